@@ -1,0 +1,209 @@
+"""Checkpoints in the official StarGAN v2 layout, written atomically, read safely.
+
+Per saved step, in checkpoint_dir:
+  {step:06d}_nets.ckpt      {net name: state_dict} of G, F, E, D (+ patch heads/plug-ins)
+  {step:06d}_nets_ema.ckpt  {net name: state_dict} of the EMA G, F, E  (what inference loads)
+  {step:06d}_optims.ckpt    {net name: Adam state_dict} (+ 'step')
+Each file also holds 'config': the run's resolved config as JSON text. The
+official code ignores entries it does not know, so it can read our files, and
+ours reads the official ones (and accepts 'module.'-prefixed keys).
+
+All randomness of training is derived from (seed, step), so nets + optimizers
++ step are the whole training state: resuming continues bit-exactly.
+"""
+import glob
+import os
+import pickle
+import re
+import tempfile
+
+import torch
+
+from core.errors import UserError
+
+KINDS = ('nets', 'nets_ema', 'optims')
+
+
+class CheckpointError(UserError):
+    """A missing, unsafe or mismatched checkpoint; the message says what to do."""
+
+
+def ckpt_path(checkpoint_dir, step, kind):
+    """Official file name, e.g. expr/checkpoints/010000_nets_ema.ckpt."""
+    return os.path.join(checkpoint_dir, f'{step:06d}_{kind}.ckpt')
+
+
+# ----------------------------------------------------------------------------------------------
+# Atomic writes: a kill during a save leaves the previous files intact.
+# ----------------------------------------------------------------------------------------------
+
+def _atomic(path, write):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)   # atomic on POSIX and Windows
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_save(obj, path):
+    """torch.save to a temporary file in the same folder, then rename over `path`."""
+    _atomic(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_bytes(path, data):
+    """Write bytes atomically."""
+    _atomic(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path, text):
+    """Write a text file atomically."""
+    atomic_write_bytes(path, text.encode('utf-8'))
+
+
+# ----------------------------------------------------------------------------------------------
+# Safe reading
+# ----------------------------------------------------------------------------------------------
+
+def safe_load(path):
+    """torch.load with weights_only=True: tensors and plain containers only, never arbitrary code."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f'checkpoint file not found: {path}')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f'{path} contains Python objects other than tensors and plain containers; refusing to '
+            f'unpickle it because that could run arbitrary code. Re-save only its state_dicts '
+            f'from a trusted environment. ({str(err).splitlines()[0]})') from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f'{path} is not a readable PyTorch checkpoint ({str(err).splitlines()[0]}); '
+                              f'it may be truncated or corrupt') from None
+
+
+def stored_config(payload):
+    """The config dict stored in a checkpoint payload, or None for official checkpoints."""
+    from core.config import Config
+    text = payload.get('config') if isinstance(payload, dict) else None
+    return Config.from_json(text) if isinstance(text, str) else None
+
+
+def _strip_prefix(state_dict):
+    """Accept checkpoints saved from DataParallel/DDP wrappers ('module.' prefixes)."""
+    if state_dict and all(k.startswith('module.') for k in state_dict):
+        return {k[len('module.'):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def _mismatch(module, state_dict):
+    """Missing, unexpected and wrongly shaped keys of state_dict for module."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f'{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}'
+              for k in own if k in state_dict and hasattr(state_dict[k], 'shape')
+              and state_dict[k].shape != own[k].shape]
+    return missing, unexpected, shapes
+
+
+def _fill_constant_buffers(module, state_dict):
+    """The 2020 CelebA-HQ release predates the registered hpf.filter buffer: it is a constant."""
+    own = module.state_dict()
+    for key in own:
+        if key.endswith('hpf.filter') and key not in state_dict:
+            state_dict[key] = own[key]
+    return state_dict
+
+
+def _describe(name, missing, unexpected, shapes, limit=8):
+    parts = []
+    for label, keys in (('missing', missing), ('unexpected', unexpected), ('shape mismatch', shapes)):
+        if keys:
+            more = f' ... and {len(keys) - limit} more' if len(keys) > limit else ''
+            parts.append(f'  {name}: {label} keys: {", ".join(keys[:limit])}{more}')
+    return parts
+
+
+def load_modules(modules, payload, path, hint=''):
+    """Strictly load payload[name] into every module of the dict `modules`.
+
+    Raises one CheckpointError listing every missing net and mismatched key.
+    """
+    problems = []
+    for name, module in modules.items():
+        if name not in payload:
+            problems.append(f'  {name}: not in the checkpoint')
+            continue
+        state_dict = _fill_constant_buffers(module, _strip_prefix(dict(payload[name])))
+        missing, unexpected, shapes = _mismatch(module, state_dict)
+        if missing or unexpected or shapes:
+            problems += _describe(name, missing, unexpected, shapes)
+            continue
+        module.load_state_dict(state_dict, strict=True)
+    if problems:
+        raise CheckpointError(f'{path} does not match the networks built from the current flags:\n'
+                              + '\n'.join(problems) + (f'\n{hint}' if hint else ''))
+
+
+def arch_hint(payload, cfg):
+    """Explain a mismatch by the config stored in the checkpoint, if there is one."""
+    from core.config import NET_FIELDS, ARCH_FIELDS, arch_differences
+    stored = stored_config(payload)
+    if stored is None:
+        return ('This checkpoint stores no config (official layout): pass the flags it was trained '
+                'with (--arch, --img_size, --num_domains, --style_dim, --latent_dim, --w_hpf, ...).')
+    fields = ARCH_FIELDS if 'discriminator' in payload else NET_FIELDS
+    diff = arch_differences(stored, cfg, fields)
+    if not diff:
+        return ''
+    return 'It was written with ' + ', '.join(f'--{k} {v[0]} (now {v[1]})' for k, v in diff.items())
+
+
+def latest_step(checkpoint_dir):
+    """Highest step for which all three files exist (an interrupted save never counts), or None."""
+    steps = []
+    for path in glob.glob(os.path.join(checkpoint_dir, '*_optims.ckpt')):
+        match = re.fullmatch(r'(\d+)_optims\.ckpt', os.path.basename(path))
+        if match and all(os.path.isfile(ckpt_path(checkpoint_dir, int(match.group(1)), k)) for k in KINDS):
+            steps.append(int(match.group(1)))
+    return max(steps) if steps else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Training state
+# ----------------------------------------------------------------------------------------------
+
+def save_training_state(checkpoint_dir, step, nets, nets_ema, optims, cfg):
+    """Write the three files of `step`; optims last, so a complete optims file means a complete step."""
+    config = cfg.to_json()
+    atomic_save({**{k: v.state_dict() for k, v in nets.items()}, 'config': config},
+                ckpt_path(checkpoint_dir, step, 'nets'))
+    atomic_save({**{k: v.state_dict() for k, v in nets_ema.items()}, 'config': config},
+                ckpt_path(checkpoint_dir, step, 'nets_ema'))
+    atomic_save({**{k: v.state_dict() for k, v in optims.items()}, 'config': config, 'step': step},
+                ckpt_path(checkpoint_dir, step, 'optims'))
+
+
+def load_training_state(checkpoint_dir, step, nets, nets_ema, optims, cfg):
+    """Load all three files of `step` into nets, nets_ema and optims (in place)."""
+    for kind, modules in (('nets', nets), ('nets_ema', nets_ema)):
+        path = ckpt_path(checkpoint_dir, step, kind)
+        payload = safe_load(path)
+        load_modules(modules, payload, path, arch_hint(payload, cfg))
+    path = ckpt_path(checkpoint_dir, step, 'optims')
+    payload = safe_load(path)
+    missing = [name for name in optims if name not in payload]
+    if missing:
+        raise CheckpointError(f'{path} has no optimizer state for {", ".join(missing)}')
+    for name, optim in optims.items():
+        try:
+            optim.load_state_dict(payload[name])
+        except (ValueError, KeyError) as err:
+            raise CheckpointError(f'{path}: optimizer state of {name} does not match its network ({err})') from None

@@ -1,0 +1,418 @@
+"""Command-line flags, presets and validation; the resolved config is immutable.
+
+Every flag of the official StarGAN v2 main.py and of Hneg_SRC's main_hSRC.py
+keeps its name and meaning, so their published command lines run unchanged.
+Where the two disagree on a default we follow the official code, except
+w_hpf (0 here: the FAN face-mask path is not shipped, see --w_hpf).
+
+A config is built once (parse_config), validated once, never mutated, saved
+as config.json with every run and stored inside every checkpoint.
+"""
+import argparse
+import json
+import os
+from collections.abc import Mapping
+
+from core import contrastive
+from core.errors import UserError
+from core.model import ARCHS, default_base_dim, default_taps, num_encoder_blocks
+
+MODES = ('train', 'sample', 'eval', 'align', 'translate', 'prepare', 'demo')
+
+# Fields that define the shapes of the saved networks: a checkpoint whose
+# stored values differ cannot be loaded into nets built from this config.
+NET_FIELDS = ('arch', 'img_size', 'style_dim', 'latent_dim', 'hidden_dim', 'num_domains',
+              'w_hpf', 'base_dim', 'max_conv_dim')
+ARCH_FIELDS = NET_FIELDS + ('nce_layers', 'patch_dim', 'patch_losses')
+
+
+class ConfigError(UserError):
+    """A bad flag or flag combination; the message names the flag."""
+
+
+class Config(Mapping):
+    """Read-only attribute access to the resolved flags."""
+
+    def __init__(self, **fields):
+        object.__setattr__(self, '_fields', dict(fields))
+
+    def __getattr__(self, name):
+        try:
+            return self._fields[name]
+        except KeyError:
+            raise AttributeError(f'config has no field {name!r}') from None
+
+    def __setattr__(self, name, value):
+        raise AttributeError('the config is immutable; build a new one with replace()')
+
+    def __getitem__(self, name):
+        return self._fields[name]
+
+    def __iter__(self):
+        return iter(self._fields)
+
+    def __len__(self):
+        return len(self._fields)
+
+    def __repr__(self):
+        return f'Config({self._fields!r})'
+
+    def replace(self, **changes):
+        """A new Config with some fields changed (the original is untouched)."""
+        return Config(**{**self._fields, **changes})
+
+    def to_json(self):
+        return json.dumps(self._fields, indent=2)
+
+    @classmethod
+    def from_json(cls, text):
+        return cls(**_tuples(json.loads(text)))
+
+
+def _tuples(fields):
+    """JSON turns tuples into lists; restore them so configs compare equal after a round trip."""
+    def fix(v):
+        return tuple(fix(x) for x in v) if isinstance(v, list) else v
+    return {k: fix(v) for k, v in fields.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Presets: defaults a preset changes; explicit flags still win.
+# ----------------------------------------------------------------------------------------------
+
+def _paper(dataset, num_domains, lambda_dce):
+    """The SRC paper's StarGAN v2 settings (Hneg_SRC run_train.sh) for one dataset."""
+    return dict(num_domains=num_domains, w_hpf=0, lambda_reg=1.0, lambda_sty=1.0, lambda_ds=2.0,
+                lambda_cyc=1.0, lambda_src=0.1, lambda_nce=0.0, lambda_dce=lambda_dce,
+                use_curriculum=True, use_hard=True, n_patch=128,
+                train_img_dir=f'data/{dataset}/train', val_img_dir=f'data/{dataset}/val',
+                src_dir=f'data/{dataset}/val', ref_dir=f'data/{dataset}/val')
+
+
+def _dirs(run):
+    return dict(checkpoint_dir=f'expr/checkpoints_{run}', sample_dir=f'expr/samples_{run}',
+                eval_dir=f'expr/eval_{run}', result_dir=f'expr/results_{run}')
+
+
+# Exactly the released Hneg_SRC behaviour: its generator, its identity "cycle"
+# term, its gradient side (query = real), its hard-negative weighting and its
+# head update (latent step only).
+_REPRODUCE = dict(arch='hsrc', cyc_mode='identity', query_side='real', hdce_mode='release',
+                  patch_head_update='latent')
+
+PRESETS = {
+    'seasons': {**_paper('seasons', 4, 1.0), **_dirs('seasons')},
+    'weather': {**_paper('weather', 5, 0.1), **_dirs('weather')},
+    'seasons-reproduce': {**_paper('seasons', 4, 1.0), **_dirs('seasons-reproduce'), **_REPRODUCE},
+    'weather-reproduce': {**_paper('weather', 5, 0.1), **_dirs('weather-reproduce'), **_REPRODUCE},
+    # Small networks on the synthetic seasons set: a few minutes on a laptop CPU.
+    'demo': dict(num_domains=4, img_size=64, base_dim=32, max_conv_dim=128, hidden_dim=128,
+                 latent_dim=16, style_dim=32, batch_size=4, val_batch_size=8, total_iters=600,
+                 lambda_ds=1.0, ds_iter=600, lambda_src=0.1, lambda_dce=1.0, use_hard=True,
+                 use_curriculum=True, n_patch=64, randcrop_prob=0.5, num_outs_per_domain=2,
+                 num_workers=0, print_every=50, sample_every=200, save_every=200, eval_every=0,
+                 train_img_dir='data/synthetic-seasons/train', val_img_dir='data/synthetic-seasons/val',
+                 src_dir='data/synthetic-seasons/val', ref_dir='data/synthetic-seasons/val',
+                 **_dirs('demo')),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Flags
+# ----------------------------------------------------------------------------------------------
+
+def _resume(value):
+    if value == 'latest':
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a step number or 'latest'") from None
+
+
+def _int_list(value):
+    if value in ('', 'auto'):
+        return None
+    try:
+        return tuple(int(v) for v in value.split(','))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected comma-separated block indices, e.g. 1,2,3") from None
+
+
+def _loss_weight(value):
+    name, sep, weight = value.partition('=')
+    try:
+        return name.strip(), float(weight) if sep else 1.0
+    except ValueError:
+        raise argparse.ArgumentTypeError('expected NAME=WEIGHT, e.g. src=0.1') from None
+
+
+def _add_model_flags(p):
+    g = p.add_argument_group('model architecture')
+    g.add_argument('--arch', choices=list(ARCHS), default='stargan-v2',
+                   help='generator: official StarGAN v2, or the lighter Hneg_SRC release generator')
+    g.add_argument('--img_size', type=int, default=256, help='image resolution (power of two, 32-512)')
+    g.add_argument('--num_domains', type=int, default=2, help='number of domains (sub-folders)')
+    g.add_argument('--latent_dim', type=int, default=16, help='latent vector dimension')
+    g.add_argument('--hidden_dim', type=int, default=512, help='hidden dimension of the mapping network')
+    g.add_argument('--style_dim', type=int, default=64, help='style code dimension')
+    g.add_argument('--base_dim', type=int, default=None,
+                   help='channels of the first conv of G, E and D (default 2**14 // img_size as upstream)')
+    g.add_argument('--max_conv_dim', type=int, default=512, help='channel cap of G, E and D')
+    g.add_argument('--w_hpf', type=float, default=0.0,
+                   help='weight of the FAN high-pass skip (faces); only 0 is supported in this release')
+
+
+def _add_loss_flags(p):
+    g = p.add_argument_group('StarGAN v2 loss weights')
+    g.add_argument('--lambda_reg', type=float, default=1.0, help='weight for the R1 regularization')
+    g.add_argument('--lambda_cyc', type=float, default=1.0, help='weight for the cycle consistency loss')
+    g.add_argument('--lambda_sty', type=float, default=1.0, help='weight for the style reconstruction loss')
+    g.add_argument('--lambda_ds', type=float, default=1.0, help='initial weight for the diversity sensitive loss')
+    g.add_argument('--ds_iter', type=int, default=100000, help='iterations over which lambda_ds decays to 0')
+    g.add_argument('--cyc_mode', choices=['cycle', 'identity'], default='cycle',
+                   help="cycle: |G(G(x,s_trg),s_org) - x| (StarGAN v2); identity: |G(x,s_org) - x| "
+                        "(what the Hneg_SRC release computes under the name 'cyc')")
+
+    g = p.add_argument_group('semantic relation losses (Jung et al. 2022)')
+    g.add_argument('--lambda_src', type=float, default=0.0, help='weight of SRC (semantic relation consistency)')
+    g.add_argument('--lambda_dce', type=float, default=0.0,
+                   help='weight of the decoupled InfoNCE (hard-negative hDCE with --use_hard)')
+    g.add_argument('--lambda_nce', type=float, default=0.0,
+                   help='weight of PatchNCE; if > 0 it replaces DCE, as in Hneg_SRC')
+    g.add_argument('--use_hard', action=argparse.BooleanOptionalAction, default=False,
+                   help='weight the DCE negatives by their semantic relation (hDCE)')
+    g.add_argument('--use_curriculum', action=argparse.BooleanOptionalAction, default=False,
+                   help='anneal the hard-negative temperature from gamma_start to gamma_end over total_iters')
+    g.add_argument('--gamma_start', type=float, default=50.0, help='hard-negative temperature at iteration 0')
+    g.add_argument('--gamma_end', type=float, default=1.0, help='hard-negative temperature at the last iteration')
+    g.add_argument('--hdce_mode', choices=['paper', 'release'], default='paper',
+                   help="paper: self-normalised importance weights exp(sim/gamma) on the exponentials; "
+                        "release: the released code's max-normalised weights multiplying the similarities")
+    g.add_argument('--src_reduction', choices=['sum', 'mean'], default='sum',
+                   help='sum SRC over images and anchors (released scale of lambda_src) or average it')
+    g.add_argument('--n_patch', type=int, default=128, help='patches sampled per feature map per image')
+    g.add_argument('--nce_layers', type=_int_list, default=None,
+                   help='generator encoder blocks whose outputs feed the patch losses, e.g. 1,2,3 '
+                        '(default: per --arch, see README)')
+    g.add_argument('--nce_T', type=float, default=0.07, help='temperature of the contrastive losses')
+    g.add_argument('--patch_dim', type=int, default=256, help='output width of the patch projection heads')
+    g.add_argument('--query_side', choices=['fake', 'real'], default='fake',
+                   help="whose features carry the gradient: fake (paper, CUT) or real (Hneg_SRC release)")
+    g.add_argument('--patch_head_update', choices=['both', 'latent'], default='both',
+                   help='step the projection heads after both G steps, or only the latent one (release)')
+    g.add_argument('--patch_loss', type=_loss_weight, action='append', default=[], metavar='NAME=WEIGHT',
+                   help='add a registered patch loss with its weight (repeatable); available: '
+                        + ', '.join(contrastive.registered()))
+
+
+def _add_training_flags(p):
+    g = p.add_argument_group('training')
+    g.add_argument('--randcrop_prob', type=float, default=0.5, help='probability of a random-resized crop')
+    g.add_argument('--total_iters', type=int, default=100000, help='number of total iterations')
+    g.add_argument('--resume_iter', type=_resume, default=0,
+                   help="iteration to resume training/testing from, or 'latest'")
+    g.add_argument('--batch_size', type=int, default=8, help='batch size for training')
+    g.add_argument('--val_batch_size', type=int, default=32, help='batch size for validation')
+    g.add_argument('--lr', type=float, default=1e-4, help='learning rate for D, E, G and the patch heads')
+    g.add_argument('--f_lr', type=float, default=1e-6, help='learning rate for the mapping network')
+    g.add_argument('--beta1', type=float, default=0.0, help='Adam beta1')
+    g.add_argument('--beta2', type=float, default=0.99, help='Adam beta2')
+    g.add_argument('--weight_decay', type=float, default=1e-4, help='Adam weight decay')
+    g.add_argument('--ema_beta', type=float, default=0.999, help='decay of the exponential moving average')
+    g.add_argument('--num_outs_per_domain', type=int, default=10, help='number of generated images per domain')
+    g.add_argument('--seed', type=int, default=777, help='seed for every random draw')
+    g.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto',
+                   help='auto uses CUDA when available')
+    g.add_argument('--num_workers', type=int, default=4, help='number of data-loading workers')
+    g.add_argument('--skip_bad_images', action='store_true',
+                   help='skip unreadable images with a warning instead of stopping')
+
+
+def _add_path_flags(p):
+    g = p.add_argument_group('directories')
+    g.add_argument('--train_img_dir', default='data/celeba_hq/train', help='training images, one folder per domain')
+    g.add_argument('--val_img_dir', default='data/celeba_hq/val', help='validation images, one folder per domain')
+    g.add_argument('--sample_dir', default='expr/samples', help='debug images written during training')
+    g.add_argument('--checkpoint_dir', default='expr/checkpoints',
+                   help='checkpoints; also holds config.json, stats.jsonl and TensorBoard logs of the run')
+    g.add_argument('--eval_dir', default='expr/eval', help='generated images and metric files')
+    g.add_argument('--result_dir', default='expr/results', help='outputs of sample mode')
+    g.add_argument('--src_dir', default='assets/representative/celeba_hq/src', help='source images for sample mode')
+    g.add_argument('--ref_dir', default='assets/representative/celeba_hq/ref', help='reference images for sample mode')
+    g.add_argument('--inp_dir', default='assets/representative/custom/female', help='input folder of align mode')
+    g.add_argument('--out_dir', default='assets/representative/celeba_hq/src/female', help='output folder of align mode')
+    g.add_argument('--wing_path', default='expr/checkpoints/wing.ckpt', help='FAN weights (faces only)')
+    g.add_argument('--lm_path', default='expr/checkpoints/celeba_lm_mean.npz', help='mean face landmarks (faces only)')
+
+    g = p.add_argument_group('step sizes')
+    g.add_argument('--print_every', type=int, default=10, help='log period in iterations (0: never)')
+    g.add_argument('--sample_every', type=int, default=5000, help='debug image period (0: never)')
+    g.add_argument('--save_every', type=int, default=10000, help='checkpoint period (0: only at the end)')
+    g.add_argument('--eval_every', type=int, default=50000, help='FID/LPIPS period during training (0: never)')
+
+
+def build_parser():
+    """The full argument parser (every mode shares one flag set, as upstream)."""
+    p = argparse.ArgumentParser(
+        description='StarGAN v2 with plug-in patch-wise semantic relation losses (SRC, hDCE, ...)',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--mode', required=True, choices=list(MODES), help='what to run')
+    p.add_argument('--preset', choices=sorted(PRESETS), default=None,
+                   help='named set of defaults (explicit flags still win): ' + ', '.join(sorted(PRESETS)))
+    p.add_argument('--dry_run', action='store_true', help='print the resolved config and exit')
+    _add_model_flags(p)
+    _add_loss_flags(p)
+    _add_training_flags(p)
+    _add_path_flags(p)
+    for name in contrastive.registered():
+        contrastive.get(name).add_arguments(p)
+    return p
+
+
+# ----------------------------------------------------------------------------------------------
+# Resolution and validation
+# ----------------------------------------------------------------------------------------------
+
+def resolve_patch_losses(ns):
+    """(name, weight) pairs of the active patch losses, from the Hneg_SRC flags and --patch_loss.
+
+    As in Hneg_SRC, lambda_nce > 0 selects PatchNCE instead of (h)DCE.
+    """
+    terms = []
+    if ns.lambda_src > 0:
+        terms.append(('src', ns.lambda_src))
+    if ns.lambda_nce > 0:
+        terms.append(('patchnce', ns.lambda_nce))
+    elif ns.lambda_dce > 0:
+        terms.append(('hdce' if ns.use_hard else 'dce', ns.lambda_dce))
+    terms.extend(ns.patch_loss)
+    return tuple((name, float(w)) for name, w in terms)
+
+
+def _power_of_two(n):
+    return n > 0 and n & (n - 1) == 0
+
+
+def _errors(cfg):
+    """Every problem of a resolved config, each naming its flag."""
+    errs = []
+    if not (_power_of_two(cfg.img_size) and 32 <= cfg.img_size <= 512):
+        errs.append(f'--img_size must be a power of two from 32 to 512 (got {cfg.img_size})')
+    if cfg.w_hpf > 0:
+        errs.append('--w_hpf > 0 needs the FAN face-landmark network, which this release does not ship; '
+                    'use --w_hpf 0')
+    if cfg.num_domains < 2:
+        errs.append('--num_domains must be at least 2')
+    for flag in ('latent_dim', 'hidden_dim', 'style_dim', 'base_dim', 'max_conv_dim', 'batch_size',
+                 'val_batch_size', 'total_iters', 'num_outs_per_domain', 'patch_dim'):
+        if getattr(cfg, flag) < 1:
+            errs.append(f'--{flag} must be at least 1')
+    for flag in ('lambda_reg', 'lambda_cyc', 'lambda_sty', 'lambda_ds', 'lambda_src', 'lambda_dce',
+                 'lambda_nce', 'lr', 'f_lr', 'weight_decay', 'ds_iter', 'num_workers',
+                 'print_every', 'sample_every', 'save_every', 'eval_every'):
+        if getattr(cfg, flag) < 0:
+            errs.append(f'--{flag} must not be negative')
+    if not 0 <= cfg.randcrop_prob <= 1:
+        errs.append('--randcrop_prob must be between 0 and 1')
+    if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1):
+        errs.append('--beta1 and --beta2 must be in [0, 1)')
+    if not 0 <= cfg.ema_beta <= 1:
+        errs.append('--ema_beta must be in [0, 1]')
+    if cfg.gamma_start <= 0 or cfg.gamma_end <= 0:
+        errs.append('--gamma_start and --gamma_end must be > 0 (they are temperatures)')
+    if cfg.nce_T <= 0:
+        errs.append('--nce_T must be > 0')
+    if isinstance(cfg.resume_iter, int) and not 0 <= cfg.resume_iter <= cfg.total_iters:
+        errs.append(f'--resume_iter must be between 0 and --total_iters ({cfg.total_iters})')
+    errs += _patch_loss_errors(cfg)
+    return errs
+
+
+def _patch_loss_errors(cfg):
+    errs = []
+    names = [name for name, _ in cfg.patch_losses]
+    for name, weight in cfg.patch_losses:
+        if name not in contrastive.registered():
+            errs.append(f'--patch_loss: unknown loss {name!r}; available: {", ".join(contrastive.registered())}')
+        elif weight < 0:
+            errs.append(f'--patch_loss: weight of {name!r} must not be negative')
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        errs.append(f'--patch_loss: {", ".join(dup)} given twice (check --lambda_src/--lambda_dce/--lambda_nce)')
+    if errs or not names:
+        return errs
+    if cfg.n_patch < 2:
+        errs.append('--n_patch must be at least 2 (a patch needs at least one negative)')
+    if cfg.nce_layers is None and cfg.img_size not in (32, 64, 128, 256, 512):
+        return errs   # the --img_size error already explains this
+    num_blocks = num_encoder_blocks(cfg.arch, cfg.img_size, cfg.w_hpf)
+    if not cfg.nce_layers or any(not 0 <= i < num_blocks for i in cfg.nce_layers):
+        errs.append(f'--nce_layers must list encoder blocks between 0 and {num_blocks - 1} '
+                    f'for --arch {cfg.arch} at --img_size {cfg.img_size}')
+    for name in set(names):
+        errs += contrastive.get(name).validate(cfg)
+    return errs
+
+
+def _mode_errors(cfg):
+    """Checks that need the file system, only for the modes that read those folders."""
+    errs = []
+    if cfg.mode == 'train':
+        for flag in ('train_img_dir', 'val_img_dir'):
+            if not os.path.isdir(getattr(cfg, flag)):
+                errs.append(f'--{flag} {getattr(cfg, flag)!r} is not a folder (one sub-folder per domain expected)')
+    if cfg.mode == 'align':
+        errs.append("--mode align needs the FAN face-landmark network, which this release does not ship")
+    return errs
+
+
+def resolve(ns):
+    """Fill the derived defaults of a parsed namespace and freeze it into a Config."""
+    fields = vars(ns).copy()
+    if fields['base_dim'] is None:
+        fields['base_dim'] = default_base_dim(fields['img_size']) if fields['img_size'] > 0 else 0
+    fields['patch_losses'] = resolve_patch_losses(ns)
+    if fields['nce_layers'] is None and _power_of_two(fields['img_size']) and fields['img_size'] >= 32:
+        fields['nce_layers'] = tuple(default_taps(fields['arch'], fields['img_size'], fields['w_hpf']))
+    del fields['patch_loss']
+    return Config(**_tuples(fields))
+
+
+def parse_config(argv=None, check_paths=True):
+    """Parse, apply the preset, resolve and validate. Raises ConfigError naming the flag(s)."""
+    parser = build_parser()
+    preset = _preset_name(argv)
+    if preset in PRESETS:
+        parser.set_defaults(**PRESETS[preset], preset=preset)
+    cfg = resolve(parser.parse_args(argv))
+    errs = _errors(cfg) + (_mode_errors(cfg) if check_paths else [])
+    if errs:
+        raise ConfigError('\n'.join(errs))
+    return cfg
+
+
+def _preset_name(argv):
+    """The --preset value, read before the full parse so that it can change the defaults.
+
+    --mode demo implies --preset demo.
+    """
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument('--preset', default=None)
+    p.add_argument('--mode', default=None)
+    known, _ = p.parse_known_args(argv)
+    return known.preset or ('demo' if known.mode == 'demo' else None)
+
+
+def arch_signature(cfg):
+    """The architecture-defining values of a config (patch losses by name only)."""
+    sig = {k: cfg.get(k) for k in ARCH_FIELDS}
+    if sig['patch_losses'] is not None:
+        sig['patch_losses'] = tuple(sorted(name for name, _ in sig['patch_losses']))
+    return sig
+
+
+def arch_differences(stored, cfg, fields=ARCH_FIELDS):
+    """Fields among `fields` whose stored value differs from cfg: {field: (stored, current)}."""
+    a, b = arch_signature(stored), arch_signature(cfg)
+    return {k: (a[k], b[k]) for k in fields if k in stored and a[k] != b[k]}

@@ -1,0 +1,86 @@
+"""The plug-in contract for patch-wise semantic-relation losses.
+
+A plug-in is one file in core/contrastive/ holding one PatchLoss subclass
+decorated with @register('name'). The training loop never names a plug-in:
+it builds core.contrastive.objective.PatchObjective, which finds plug-ins
+through this registry. Adding a loss therefore touches no training code.
+"""
+from dataclasses import dataclass
+from typing import ClassVar, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+_REGISTRY: Dict[str, type] = {}
+
+
+def register(name):
+    """Class decorator: make a PatchLoss subclass available under `name`."""
+    def wrap(cls):
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f'patch loss {name!r} is registered twice')
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+    return wrap
+
+
+def registered():
+    """Sorted names of every registered plug-in."""
+    return sorted(_REGISTRY)
+
+
+def get(name):
+    """The PatchLoss class registered under `name` (KeyError if unknown)."""
+    return _REGISTRY[name]
+
+
+@dataclass(frozen=True)
+class PatchInputs:
+    """Everything a plug-in may look at during one generator step.
+
+    Query side = the side that receives gradients; key side = stop-gradient.
+    Which image is which is decided by the objective (--query_side), never by
+    a plug-in. Feature lists are aligned layer by layer.
+    """
+    feat_q: List[torch.Tensor]                    # per layer (B, C_l, H_l, W_l), with grad
+    feat_k: List[torch.Tensor]                    # per layer (B, C_l, H_l, W_l), detached
+    patch_q: Optional[List[torch.Tensor]]         # per layer (B, K_l, D), unit rows, with grad
+    patch_k: Optional[List[torch.Tensor]]         # per layer (B, K_l, D), unit rows, detached
+    x_q: torch.Tensor                             # (B, 3, H, W) query-side image in [-1, 1]
+    x_k: torch.Tensor                             # (B, 3, H, W) key-side image, detached
+    step: int                                     # 0-based training iteration (for schedules)
+    generator: Optional[torch.Generator] = None   # per-step RNG for any sampling a plug-in does
+
+
+class PatchLoss(nn.Module):
+    """Base class of a registered plug-in.
+
+    uses_patches: True if the plug-in consumes the shared sampled, projected
+    patches (patch_q / patch_k); the objective then builds the shared
+    PatchSampler heads. Plug-ins that work on raw maps set it to False.
+    """
+    name: ClassVar[str] = ''
+    uses_patches: ClassVar[bool] = True
+
+    @classmethod
+    def add_arguments(cls, parser):
+        """Add this plug-in's own command-line flags (optional)."""
+
+    @classmethod
+    def validate(cls, cfg):
+        """Return a list of error strings, each naming the offending flag."""
+        return []
+
+    @classmethod
+    def from_config(cls, cfg, feat_channels):
+        """Build the plug-in from the resolved config and the tapped channel counts."""
+        return cls()
+
+    def forward(self, inp: PatchInputs) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Return (unweighted scalar loss averaged over layers, dict of extra detached stats).
+
+        The objective logs the loss itself under the plug-in's name; the dict
+        holds only additional values (e.g. 'infonce'), logged as name/key.
+        """
+        raise NotImplementedError

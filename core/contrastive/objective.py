@@ -1,0 +1,60 @@
+"""The weighted sum of the active patch losses, the only thing the training loop calls.
+
+It owns the shared patch sampler (projection heads) and one module per active
+plug-in; plug-ins are looked up by name in the registry, so the loop never
+changes when a loss is added.
+"""
+import torch
+from torch import nn
+
+from core import contrastive
+from core.contrastive.base import PatchInputs
+from core.contrastive.sampler import PatchSampler
+
+
+class PatchObjective(nn.Module):
+    """sum_name lambda_name * loss_name(feat_q, feat_k) over the configured plug-ins."""
+
+    def __init__(self, terms, cfg, feat_channels):
+        super().__init__()
+        self.weights = dict(terms)
+        self.n_patch = cfg.n_patch
+        self.losses = nn.ModuleDict(
+            {name: contrastive.get(name).from_config(cfg, feat_channels) for name, _ in terms})
+        uses_patches = any(loss.uses_patches for loss in self.losses.values())
+        self.sampler = PatchSampler(feat_channels, cfg.patch_dim) if uses_patches else None
+
+    def checkpoint_modules(self):
+        """Modules with parameters, by checkpoint name ('patch_sample' as in Hneg_SRC)."""
+        modules = {'patch_sample': self.sampler} if self.sampler is not None else {}
+        for name, loss in self.losses.items():
+            if any(True for _ in loss.parameters()):
+                modules[name] = loss
+        return modules
+
+    def forward(self, feat_q, feat_k, x_q, x_k, step, generator=None):
+        """Returns (weighted total, {name: unweighted value, name/extra: value}) of detached stats."""
+        feat_k = [f.detach() for f in feat_k]
+        patch_q = patch_k = None
+        if self.sampler is not None:
+            # Same positions for both sides and for every image of the batch.
+            ids = self.sampler.sample_ids(feat_k, self.n_patch, generator)
+            patch_q = self.sampler(feat_q, ids)
+            with torch.no_grad():
+                patch_k = self.sampler(feat_k, ids)
+        inp = PatchInputs(feat_q=feat_q, feat_k=feat_k, patch_q=patch_q, patch_k=patch_k,
+                          x_q=x_q, x_k=x_k.detach(), step=step, generator=generator)
+        total, stats = 0.0, {}
+        for name, loss_fn in self.losses.items():
+            value, extra = loss_fn(inp)
+            total = total + self.weights[name] * value
+            stats[name] = value.detach()
+            stats.update({f'{name}/{k}': v for k, v in extra.items()})
+        return total, stats
+
+
+def build_objective(cfg, generator):
+    """The PatchObjective of cfg.patch_losses on cfg.nce_layers, or None when no loss is active."""
+    if not cfg.patch_losses:
+        return None
+    return PatchObjective(cfg.patch_losses, cfg, generator.tap_channels(cfg.nce_layers))

@@ -1,0 +1,30 @@
+"""Training schedules as pure functions of the (0-based) iteration.
+
+Nothing here keeps state: resuming at step k gives exactly the values an
+uninterrupted run would have used at step k.
+"""
+
+
+def lambda_ds_at(step, lambda_ds, ds_iter):
+    """Diversity-sensitive weight, decayed linearly from lambda_ds to 0 over ds_iter steps.
+
+    StarGAN v2 subtracts lambda_ds / ds_iter after every iteration; this is the
+    closed form of that decay, clamped at 0 (upstream can end slightly negative).
+    """
+    if ds_iter <= 0:
+        return 0.0
+    return max(0.0, lambda_ds * (1.0 - step / ds_iter))
+
+
+def gamma_at(step, gamma_start, gamma_end, total_iters, use_curriculum):
+    """Hard-negative temperature g of hDCE (Jung et al. 2022, released schedule).
+
+    g is a temperature (the paper's gamma is about 1/g): large g gives nearly
+    uniform negative weights, small g concentrates on the hardest negatives.
+    With the curriculum it moves linearly from gamma_start to gamma_end over
+    total_iters, using the absolute iteration so that resuming is exact.
+    """
+    if not use_curriculum or total_iters <= 0:
+        return float(gamma_start)
+    frac = min(max(step / total_iters, 0.0), 1.0)
+    return float(gamma_start + (gamma_end - gamma_start) * frac)

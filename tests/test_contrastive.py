@@ -1,0 +1,483 @@
+"""Unit tests of the patch-wise relation losses (reference-losses.md 2.7, 3.7, 4.7, 5.7).
+
+Every value is checked against an independent float64 computation written
+with plain loops over images and anchors, never against the function itself.
+"""
+import math
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import core.contrastive as contrastive
+from core.contrastive import functional as LF
+from core.contrastive.base import PatchInputs
+
+TAU = 0.07
+OUR_LOSSES = ['patchnce', 'dce', 'hdce', 'src']
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def unit(*shape, seed=0, dtype=torch.float32):
+    """Random unit rows of the given shape (last dim normalised)."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(*shape, generator=g, dtype=torch.float64)
+    return (v / v.norm(dim=-1, keepdim=True)).to(dtype)
+
+
+def orthonormal(n, d, seed=0):
+    """(n, d) orthonormal rows, n <= d."""
+    g = torch.Generator().manual_seed(seed)
+    basis, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    return basis[:n]
+
+
+def random_rotation(d, seed=0):
+    """(d, d) orthogonal matrix."""
+    return orthonormal(d, d, seed)
+
+
+def ref_patch_nce(q, k, tau):
+    """Float64 loop: -log softmax of [s_ii, s_ij (j != i)] / tau at index 0."""
+    q, k = q.detach().double(), k.detach().double()
+    out = torch.zeros(q.shape[:2], dtype=torch.float64)
+    for b in range(q.shape[0]):
+        for i in range(q.shape[1]):
+            pos = math.exp(float(q[b, i] @ k[b, i]) / tau)
+            neg = sum(math.exp(float(q[b, i] @ k[b, j]) / tau)
+                      for j in range(q.shape[1]) if j != i)
+            out[b, i] = -math.log(pos / (pos + neg))
+    return out
+
+
+def ref_dce(q, k, tau, weights=None):
+    """Float64 loop: -s_ii/tau + log sum_{j != i} exp(w_ij s_ij / tau)."""
+    q, k = q.detach().double(), k.detach().double()
+    out = torch.zeros(q.shape[:2], dtype=torch.float64)
+    for b in range(q.shape[0]):
+        for i in range(q.shape[1]):
+            neg = 0.0
+            for j in range(q.shape[1]):
+                if j != i:
+                    w = 1.0 if weights is None else float(weights[b, i, j])
+                    neg += math.exp(w * float(q[b, i] @ k[b, j]) / tau)
+            out[b, i] = -float(q[b, i] @ k[b, i]) / tau + math.log(neg)
+    return out
+
+
+def ref_release_weights(k, g):
+    """Float64 loop: softmax_j(c_ij / g) over j != i divided by its row maximum."""
+    k = k.detach().double()
+    B, K, _ = k.shape
+    out = torch.zeros(B, K, K, dtype=torch.float64)
+    for b in range(B):
+        for i in range(K):
+            others = [j for j in range(K) if j != i]
+            e = {j: math.exp(float(k[b, i] @ k[b, j]) / g) for j in others}
+            total = sum(e.values())
+            top = max(e.values()) / total
+            for j in others:
+                out[b, i, j] = (e[j] / total) / top
+    return out
+
+
+def ref_hdce_paper(q, k, g, tau):
+    """Float64 loop of the paper's self-normalised estimator, N = K-1."""
+    q, k = q.detach().double(), k.detach().double()
+    B, K, _ = q.shape
+    out = torch.zeros(B, K, dtype=torch.float64)
+    for b in range(B):
+        for i in range(K):
+            others = [j for j in range(K) if j != i]
+            w = [math.exp(float(k[b, i] @ k[b, j]) / g) for j in others]
+            e = [math.exp(float(q[b, i] @ k[b, j]) / tau) for j in others]
+            estimate = sum(wj * ej for wj, ej in zip(w, e)) / (sum(w) / len(others))
+            out[b, i] = -float(q[b, i] @ k[b, i]) / tau + math.log(estimate)
+    return out
+
+
+def ref_relation_jsd(q, k, column_softmax=False):
+    """Float64 naive JSD(P_i || Q_i) per anchor, P from k k^T, Q from q q^T, self term included.
+
+    column_softmax reproduces the released code's softmax over dim 1.
+    """
+    q, k = q.detach().double(), k.detach().double()
+    B, K, _ = q.shape
+    out = torch.zeros(B, K, dtype=torch.float64)
+    for b in range(B):
+        sk, sq = k[b] @ k[b].T, q[b] @ q[b].T
+        if column_softmax:
+            sk, sq = sk.T, sq.T
+        for i in range(K):
+            p = [math.exp(float(x)) for x in sk[i]]
+            r = [math.exp(float(x)) for x in sq[i]]
+            p = [x / sum(p) for x in p]
+            r = [x / sum(r) for x in r]
+            m = [(x + y) / 2 for x, y in zip(p, r)]
+            out[b, i] = 0.5 * sum(x * math.log(x / z) for x, z in zip(p, m)) \
+                + 0.5 * sum(y * math.log(y / z) for y, z in zip(r, m))
+    return out
+
+
+def make_cfg(**overrides):
+    cfg = dict(nce_T=TAU, n_patch=16, gamma_start=50.0, gamma_end=1.0, total_iters=100,
+               use_curriculum=True, hdce_mode='release', src_reduction='sum', use_hard=True)
+    cfg.update(overrides)
+    return types.SimpleNamespace(**cfg)
+
+
+def make_inputs(B=3, Ks=(16, 8), D=32, step=0, seed=0, key_requires_grad=False):
+    """PatchInputs with random unit patches on two layers of different K."""
+    patch_q = [unit(B, K, D, seed=seed + 10 * l).requires_grad_() for l, K in enumerate(Ks)]
+    patch_k = [unit(B, K, D, seed=seed + 10 * l + 1).requires_grad_(key_requires_grad)
+               for l, K in enumerate(Ks)]
+    feat_q = [torch.randn(B, 4, 8, 8, requires_grad=True) for _ in Ks]
+    feat_k = [torch.randn(B, 4, 8, 8) for _ in Ks]
+    return PatchInputs(feat_q=feat_q, feat_k=feat_k, patch_q=patch_q, patch_k=patch_k,
+                       x_q=torch.rand(B, 3, 16, 16) * 2 - 1, x_k=torch.rand(B, 3, 16, 16) * 2 - 1,
+                       step=step)
+
+
+def build(name, **overrides):
+    return contrastive.get(name).from_config(make_cfg(**overrides), feat_channels=[4, 4])
+
+
+# Every per-anchor function, with its fixed non-tensor arguments, for the generic tests.
+ROW_FUNCTIONS = {
+    'patch_nce': lambda q, k: LF.patch_nce(q, k, TAU),
+    'dce': lambda q, k: LF.dce(q, k, TAU),
+    'dce_release_weights': lambda q, k: LF.dce(q, k, TAU, LF.release_hard_weights(k, 2.0)),
+    'hdce_paper': lambda q, k: LF.hdce_paper(q, k, 2.0, TAU),
+    'relation_jsd': LF.relation_jsd,
+}
+
+
+# ----------------------------------------------------------------------------- PatchNCE (2.7)
+
+def test_patch_nce_matches_hand_log_softmax():
+    q, k = unit(2, 6, 8, seed=1), unit(2, 6, 8, seed=2)
+    loss = LF.patch_nce(q, k, TAU)
+    assert loss.shape == (2, 6) and loss.dtype == torch.float32
+    assert torch.allclose(loss.double(), ref_patch_nce(q, k, TAU), atol=1e-4)
+    assert (loss >= 0).all()
+
+
+def test_patch_nce_identical_embeddings_give_log_k():
+    K = 10
+    v = unit(1, 1, 8).expand(2, K, 8)
+    assert torch.allclose(LF.patch_nce(v, v, TAU), torch.full((2, K), math.log(K)), atol=1e-5)
+
+
+def test_patch_nce_orthonormal_is_nearly_zero():
+    K = 16
+    v = orthonormal(K, 32).float().unsqueeze(0)                     # (1, K, 32)
+    expected = math.log1p((K - 1) * math.exp(-1 / TAU))
+    loss = LF.patch_nce(v, v, TAU)
+    # atol: the fp32 loss is a difference of two numbers near 1/tau = 14.3.
+    assert torch.allclose(loss, torch.full_like(loss, expected), atol=3e-6)
+    assert loss.max() < 2e-5
+
+
+# ----------------------------------------------------------------------------- DCE (3.7)
+
+def test_dce_matches_hand_loop():
+    q, k = unit(2, 6, 8, seed=3), unit(2, 6, 8, seed=4)
+    assert torch.allclose(LF.dce(q, k, TAU).double(), ref_dce(q, k, TAU), atol=1e-4)
+
+
+def test_softplus_of_dce_is_infonce_and_dce_is_smaller():
+    q, k = unit(3, 12, 16, seed=5), unit(3, 12, 16, seed=6)
+    dce, nce = LF.dce(q, k, TAU), LF.patch_nce(q, k, TAU)
+    assert torch.allclose(F.softplus(dce), nce, atol=1e-5)
+    assert (dce < nce).all()
+
+
+def test_dce_bounds_and_can_be_negative():
+    K = 32
+    q = unit(4, K, 16, seed=7)
+    dce = LF.dce(q, q, TAU)                                        # strong positives
+    low, high = math.log(K - 1) - 2 / TAU, math.log(K - 1) + 2 / TAU
+    assert (dce >= low).all() and (dce <= high).all()
+    assert (dce < 0).any()
+
+
+def test_dce_identical_embeddings_give_log_k_minus_one():
+    K = 10
+    v = unit(1, 1, 8).expand(3, K, 8)
+    assert torch.allclose(LF.dce(v, v, TAU), torch.full((3, K), math.log(K - 1)), atol=1e-5)
+
+
+def test_infonce_gradient_is_sigmoid_dce_times_dce_gradient():
+    q, k = unit(1, 8, 16, seed=8).requires_grad_(), unit(1, 8, 16, seed=9)
+    (grad_nce,) = torch.autograd.grad(LF.patch_nce(q, k, TAU)[0, 3], q)
+    dce_row = LF.dce(q, k, TAU)[0, 3]
+    (grad_dce,) = torch.autograd.grad(dce_row, q)
+    assert torch.allclose(grad_nce, torch.sigmoid(dce_row.detach()) * grad_dce, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- hDCE (4.7)
+
+def test_release_weights_match_hand_loop_and_range():
+    k = unit(2, 7, 8, seed=10).requires_grad_()
+    w = LF.release_hard_weights(k, 1.0)
+    assert not w.requires_grad and w.grad_fn is None
+    assert torch.allclose(w.double(), ref_release_weights(k.detach(), 1.0), atol=1e-6)
+    off_diagonal = w[:, ~torch.eye(7, dtype=torch.bool)]
+    assert (off_diagonal > 0).all() and (off_diagonal <= 1).all()
+    assert torch.equal(w.amax(dim=-1), torch.ones(2, 7))
+    assert torch.equal(w.diagonal(dim1=1, dim2=2), torch.zeros(2, 7))
+
+
+def test_release_weights_sharpen_as_g_decreases():
+    k = unit(2, 16, 8, seed=11)
+    off_diagonal = ~torch.eye(16, dtype=torch.bool)
+    smooth = LF.release_hard_weights(k, 50.0)[:, off_diagonal]
+    sharp = LF.release_hard_weights(k, 1.0)[:, off_diagonal]
+    assert smooth.min() >= math.exp(-2 / 50.0) - 1e-6              # theoretical floor e^{-2/g}
+    assert sharp.min() >= math.exp(-2 / 1.0) - 1e-6
+    assert sharp.min() < smooth.min()
+
+
+def test_weighted_dce_matches_hand_loop():
+    q, k = unit(2, 6, 8, seed=12), unit(2, 6, 8, seed=13)
+    w = LF.release_hard_weights(k, 1.0)
+    assert torch.allclose(LF.dce(q, k, TAU, w).double(), ref_dce(q, k, TAU, w), atol=1e-4)
+
+
+def test_release_hdce_with_huge_g_is_dce():
+    q, k = unit(3, 16, 8, seed=14), unit(3, 16, 8, seed=15)
+    hdce = LF.dce(q, k, TAU, LF.release_hard_weights(k, 1e6))
+    assert torch.allclose(hdce, LF.dce(q, k, TAU), atol=1e-4)
+
+
+def test_all_ones_weights_are_bitwise_dce():
+    q, k = unit(3, 16, 8, seed=16), unit(3, 16, 8, seed=17)
+    assert torch.equal(LF.dce(q, k, TAU, torch.ones(3, 16, 16)), LF.dce(q, k, TAU))
+
+
+def test_paper_hdce_matches_hand_loop():
+    q, k = unit(2, 6, 8, seed=18), unit(2, 6, 8, seed=19)
+    for g in (0.5, 2.0, 50.0):
+        assert torch.allclose(LF.hdce_paper(q, k, g, TAU).double(), ref_hdce_paper(q, k, g, TAU),
+                              atol=1e-4)
+
+
+def test_paper_hdce_with_infinite_g_is_dce():
+    q, k = unit(3, 16, 8, seed=20), unit(3, 16, 8, seed=21)
+    assert torch.equal(LF.hdce_paper(q, k, math.inf, TAU), LF.dce(q, k, TAU))
+    assert torch.allclose(LF.hdce_paper(q, k, 1e8, TAU), LF.dce(q, k, TAU), atol=1e-5)
+
+
+def test_paper_hdce_is_non_decreasing_in_gamma_when_q_equals_k():
+    q = unit(2, 32, 16, seed=22)
+    gammas = [0.0, 0.5, 1.0, 2.0, 5.0]                             # gamma = 1/g of the paper
+    losses = [LF.hdce_paper(q, q, math.inf if gm == 0 else 1 / gm, TAU).mean() for gm in gammas]
+    assert all(a <= b + 1e-6 for a, b in zip(losses, losses[1:]))
+    assert losses[-1] > losses[0] + 0.1
+
+
+def test_hdce_weights_send_no_gradient_to_the_key():
+    q, k = unit(2, 8, 8, seed=23).requires_grad_(), unit(2, 8, 8, seed=24).requires_grad_()
+    loss = LF.dce(q, k.detach(), TAU, LF.release_hard_weights(k, 1.0)).sum() \
+        + LF.hdce_paper(q, k.detach(), 1.0, TAU).sum()
+    loss.backward()
+    assert k.grad is None and q.grad is not None
+
+
+# ----------------------------------------------------------------------------- SRC (5.7)
+
+def test_src_zero_for_identical_inputs():
+    q = unit(3, 16, 8, seed=25)
+    assert LF.src_jsd(q, q, 'sum').abs() < 1e-5
+
+
+def test_src_invariant_to_rotation_of_one_side():
+    q = unit(3, 16, 8, seed=26)
+    rotated = (q.double() @ random_rotation(8, seed=27)).float()
+    assert LF.src_jsd(rotated, q, 'sum').abs() < 1e-5
+    k = unit(3, 16, 8, seed=28)
+    assert torch.allclose(LF.src_jsd(rotated, k, 'sum'), LF.src_jsd(q, k, 'sum'), atol=1e-5)
+
+
+def test_src_symmetric_and_bounded():
+    B, K = 3, 16
+    q, k = unit(B, K, 8, seed=29), unit(B, K, 8, seed=30)
+    value = LF.src_jsd(q, k, 'sum')
+    assert torch.allclose(value, LF.src_jsd(k, q, 'sum'), atol=1e-6)
+    assert 0 < value <= B * K * math.log(2)
+    rows = LF.relation_jsd(q, k)
+    assert (rows >= -1e-7).all() and (rows <= math.log(2)).all()
+
+
+def test_src_matches_naive_float64_and_release_column_softmax():
+    q, k = unit(2, 6, 8, seed=31), unit(2, 6, 8, seed=32)
+    rows = LF.relation_jsd(q, k).double()
+    assert torch.allclose(rows, ref_relation_jsd(q, k), atol=1e-6)
+    total = ref_relation_jsd(q, k, column_softmax=True).sum()
+    assert torch.allclose(LF.src_jsd(q, k, 'sum').double(), total, atol=1e-5)
+    assert torch.allclose(LF.src_jsd(q, k, 'mean').double(), total / 12, atol=1e-6)
+
+
+def test_src_is_finite_where_the_naive_fp32_form_is_not():
+    # Scaled rows make the relation distributions sharp enough to underflow in fp32.
+    q = 15 * unit(2, 8, 4, seed=33, dtype=torch.float64)                 # (B, K, D), norm 15
+    k = 15 * unit(2, 8, 4, seed=34, dtype=torch.float64)
+    p, r = (k @ k.mT).float().softmax(-1), (q @ q.mT).float().softmax(-1)
+    m = (p + r) / 2
+    naive = 0.5 * (p * (p.log() - m.log())).sum() + 0.5 * (r * (r.log() - m.log())).sum()
+    assert torch.isnan(naive)
+    stable = LF.src_jsd(q, k, 'sum')
+    assert torch.isfinite(stable)
+    assert torch.allclose(stable.double(), ref_relation_jsd(q, k).sum(), rtol=1e-4)
+
+
+def test_src_two_patch_example_by_hand():
+    # Key patches orthogonal: P_i = softmax([1, 0]); query patches identical: Q_i = [1/2, 1/2].
+    k = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    q = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
+    p = [math.e / (math.e + 1), 1 / (math.e + 1)]
+    r = [0.5, 0.5]
+    m = [(a + b) / 2 for a, b in zip(p, r)]
+    jsd = 0.5 * sum(a * math.log(a / c) for a, c in zip(p, m)) \
+        + 0.5 * sum(b * math.log(b / c) for b, c in zip(r, m))
+    assert abs(float(LF.src_jsd(q, k, 'sum')) - 2 * jsd) < 1e-6
+
+
+def test_src_gradient_reaches_only_the_query():
+    q, k = unit(2, 8, 8, seed=35).requires_grad_(), unit(2, 8, 8, seed=36).requires_grad_()
+    LF.src_jsd(q, k, 'sum').backward()
+    assert k.grad is None
+    assert q.grad is not None and q.grad.abs().sum() > 0
+
+
+def test_src_rejects_unknown_reduction():
+    q = unit(1, 4, 4)
+    with pytest.raises(ValueError):
+        LF.src_jsd(q, q, 'max')
+
+
+# ----------------------------------------------------------------------------- shared invariants
+
+@pytest.mark.parametrize('fn', ROW_FUNCTIONS.values(), ids=ROW_FUNCTIONS.keys())
+def test_same_permutation_of_patches_permutes_rows(fn):
+    q, k = unit(2, 10, 8, seed=37), unit(2, 10, 8, seed=38)
+    perm = torch.randperm(10, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(fn(q[:, perm], k[:, perm]), fn(q, k)[:, perm], atol=1e-5)
+
+
+@pytest.mark.parametrize('fn', ROW_FUNCTIONS.values(), ids=ROW_FUNCTIONS.keys())
+@pytest.mark.parametrize('B', [1, 3, 8])
+def test_any_batch_size_and_images_are_independent(fn, B):
+    q, k = unit(B, 12, 8, seed=39), unit(B, 12, 8, seed=40)
+    rows = fn(q, k)
+    assert rows.shape == (B, 12) and torch.isfinite(rows).all()
+    alone = torch.cat([fn(q[b:b + 1], k[b:b + 1]) for b in range(B)])
+    assert torch.allclose(rows, alone, atol=1e-6)
+    q2, k2 = q.clone(), k.clone()
+    q2[0], k2[0] = unit(12, 8, seed=41), unit(12, 8, seed=42)   # perturb image 0 only
+    perturbed = fn(q2, k2)
+    assert torch.equal(perturbed[1:], rows[1:])
+    assert not torch.allclose(perturbed[0], rows[0])
+
+
+@pytest.mark.parametrize('fn', ROW_FUNCTIONS.values(), ids=ROW_FUNCTIONS.keys())
+def test_low_precision_inputs_are_computed_in_fp32(fn):
+    q, k = unit(2, 8, 8, seed=43), unit(2, 8, 8, seed=44)
+    low = fn(q.bfloat16(), k.bfloat16())
+    assert low.dtype == torch.float32
+    assert torch.allclose(low, fn(q.bfloat16().float(), k.bfloat16().float()))
+
+
+# ----------------------------------------------------------------------------- plug-ins
+
+def test_our_plugins_are_registered():
+    assert set(OUR_LOSSES) <= set(contrastive.registered())
+
+
+@pytest.mark.parametrize('mode', ['release', 'paper'])
+@pytest.mark.parametrize('name', OUR_LOSSES)
+def test_plugin_contract(name, mode):
+    loss_fn = build(name, hdce_mode=mode)
+    assert loss_fn.uses_patches
+    inp = make_inputs(key_requires_grad=True)   # a careless caller: the plug-in must detach
+    loss, stats = loss_fn(inp)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    assert isinstance(stats, dict) and all(
+        isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad for v in stats.values())
+    loss.backward()
+    assert all(q.grad is not None and q.grad.abs().sum() > 0 for q in inp.patch_q)
+    assert all(k.grad is None for k in inp.patch_k)
+
+
+@pytest.mark.parametrize('B', [1, 3, 8])
+@pytest.mark.parametrize('name', OUR_LOSSES)
+def test_plugin_any_batch_size(name, B):
+    loss, _ = build(name)(make_inputs(B=B))
+    assert torch.isfinite(loss)
+
+
+def test_plugins_average_layers_of_the_functional_values():
+    inp = make_inputs(B=2)
+    pairs = list(zip(inp.patch_q, inp.patch_k))
+    expected = {
+        'patchnce': [ref_patch_nce(q, k, TAU).mean() for q, k in pairs],
+        'dce': [ref_dce(q, k, TAU).mean() for q, k in pairs],
+        'src': [ref_relation_jsd(q, k).sum() for q, k in pairs],
+    }
+    for name, per_layer in expected.items():
+        loss, stats = build(name)(inp)
+        assert abs(float(loss.detach()) - sum(per_layer) / len(per_layer)) < 1e-4
+        assert name not in stats   # the objective logs the loss under the plug-in's name
+
+
+def test_dce_plugin_logs_infonce_alongside_dce():
+    inp = make_inputs(B=2)
+    loss, stats = build('dce')(inp)
+    nce, _ = build('patchnce')(inp)
+    assert torch.allclose(stats['infonce'], nce.detach(), atol=1e-5)
+    assert loss.detach() < stats['infonce']
+
+
+def test_src_plugin_mean_reduction_scales_by_b_times_k():
+    inp = make_inputs(B=2, Ks=(16,))
+    total, _ = build('src', src_reduction='sum')(inp)
+    mean, _ = build('src', src_reduction='mean')(inp)
+    assert torch.allclose(total, mean * 2 * 16, rtol=1e-5)
+
+
+@pytest.mark.parametrize('mode', ['release', 'paper'])
+def test_hdce_gamma_follows_the_curriculum(mode):
+    hdce = build('hdce', hdce_mode=mode)
+    gammas, losses = [], []
+    for step in (0, 50, 100):
+        loss, _ = hdce(make_inputs(step=step))
+        gammas.append(hdce.gamma(step))
+        losses.append(float(loss.detach()))
+    assert gammas == pytest.approx([50.0, 25.5, 1.0])
+    assert losses[0] != losses[2]
+    flat = build('hdce', hdce_mode=mode, use_curriculum=False)
+    assert flat.gamma(100) == 50.0
+
+
+def test_hdce_plugin_modes_match_functional():
+    inp = make_inputs(B=2, step=100)                                # g = gamma_end = 1
+    pairs = list(zip(inp.patch_q, inp.patch_k))
+    release = [ref_dce(q, k, TAU, ref_release_weights(k, 1.0)).mean() for q, k in pairs]
+    paper = [ref_hdce_paper(q, k, 1.0, TAU).mean() for q, k in pairs]
+    for mode, per_layer in (('release', release), ('paper', paper)):
+        loss, _ = build('hdce', hdce_mode=mode)(inp)
+        assert abs(float(loss.detach()) - sum(per_layer) / len(per_layer)) < 1e-4
+
+
+def test_validate_names_the_flag():
+    good = make_cfg()
+    for name in OUR_LOSSES:
+        assert contrastive.get(name).validate(good) == []
+    assert any('--nce_T' in e for e in contrastive.get('dce').validate(make_cfg(nce_T=0)))
+    assert any('--nce_T' in e for e in contrastive.get('patchnce').validate(make_cfg(nce_T=-1)))
+    assert any('--hdce_mode' in e for e in contrastive.get('hdce').validate(make_cfg(hdce_mode='x')))
+    assert any('--gamma_end' in e for e in contrastive.get('hdce').validate(make_cfg(gamma_end=0)))
+    assert any('--src_reduction' in e
+               for e in contrastive.get('src').validate(make_cfg(src_reduction='max')))
