@@ -207,3 +207,43 @@ def load_training_state(checkpoint_dir, step, nets, nets_ema, optims, cfg):
             optim.load_state_dict(payload[name])
         except (ValueError, KeyError) as err:
             raise CheckpointError(f'{path}: optimizer state of {name} does not match its network ({err})') from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Inference networks
+# ----------------------------------------------------------------------------------------------
+
+def ema_checkpoint_path(cfg):
+    """--checkpoint FILE if given, else checkpoint_dir/{resume_iter}_nets_ema.ckpt ('latest' allowed)."""
+    if cfg.checkpoint:
+        return cfg.checkpoint
+    step = cfg.resume_iter
+    if step == 'latest':
+        step = latest_step(cfg.checkpoint_dir) if os.path.isdir(cfg.checkpoint_dir) else None
+        if step is None:
+            raise CheckpointError(f'no complete checkpoint in {cfg.checkpoint_dir}; train first or pass '
+                                  f'--checkpoint PATH/TO/xxxxxx_nets_ema.ckpt')
+    return ckpt_path(cfg.checkpoint_dir, step, 'nets_ema')
+
+
+def load_ema_nets(cfg, device):
+    """The EMA generator, mapping network and style encoder for sampling and evaluation.
+
+    Architecture flags come from the config stored in the checkpoint when there
+    is one (a model trained here), else from the command line (official and
+    Hneg_SRC checkpoints). Returns (nets_ema, effective config).
+    """
+    from core.config import NET_FIELDS
+    from core.model import EMA_NETS, build_nets
+    path = ema_checkpoint_path(cfg)
+    payload = safe_load(path)
+    stored = stored_config(payload)
+    if stored is not None:
+        cfg = cfg.replace(**{k: stored[k] for k in NET_FIELDS + ('domain_names',) if k in stored})
+    nets, _ = build_nets(cfg)
+    nets_ema = {name: nets[name] for name in EMA_NETS}
+    load_modules(nets_ema, payload, path, arch_hint(payload, cfg))
+    for net in nets_ema.values():
+        net.to(device).eval().requires_grad_(False)
+    from munch import Munch
+    return Munch(nets_ema), cfg

@@ -106,11 +106,12 @@ PRESETS = {
     'seasons-reproduce': {**_paper('seasons', 4, 1.0), **_dirs('seasons-reproduce'), **_REPRODUCE},
     'weather-reproduce': {**_paper('weather', 5, 0.1), **_dirs('weather-reproduce'), **_REPRODUCE},
     # Small networks on the synthetic seasons set: a few minutes on a laptop CPU.
-    'demo': dict(num_domains=4, img_size=64, base_dim=32, max_conv_dim=128, hidden_dim=128,
-                 latent_dim=16, style_dim=32, batch_size=4, val_batch_size=8, total_iters=600,
-                 lambda_ds=1.0, ds_iter=600, lambda_src=0.1, lambda_dce=1.0, use_hard=True,
+    'demo': dict(num_domains=4, img_size=64, base_dim=16, max_conv_dim=64, hidden_dim=128,
+                 latent_dim=16, style_dim=32, batch_size=4, val_batch_size=8, total_iters=400,
+                 lambda_ds=1.0, ds_iter=400, lambda_src=0.1, lambda_dce=1.0, use_hard=True,
                  use_curriculum=True, n_patch=64, randcrop_prob=0.5, num_outs_per_domain=2,
-                 num_workers=0, print_every=50, sample_every=200, save_every=200, eval_every=0,
+                 ema_beta=0.99, num_workers=0, print_every=50, sample_every=100, save_every=200,
+                 eval_every=0,
                  train_img_dir='data/synthetic-seasons/train', val_img_dir='data/synthetic-seasons/val',
                  src_dir='data/synthetic-seasons/val', ref_dir='data/synthetic-seasons/val',
                  **_dirs('demo')),
@@ -212,6 +213,8 @@ def _add_training_flags(p):
     g.add_argument('--total_iters', type=int, default=100000, help='number of total iterations')
     g.add_argument('--resume_iter', type=_resume, default=0,
                    help="iteration to resume training/testing from, or 'latest'")
+    g.add_argument('--checkpoint', default=None,
+                   help='one _nets_ema.ckpt file for sample/eval/translate (instead of checkpoint_dir + resume_iter)')
     g.add_argument('--batch_size', type=int, default=8, help='batch size for training')
     g.add_argument('--val_batch_size', type=int, default=32, help='batch size for validation')
     g.add_argument('--lr', type=float, default=1e-4, help='learning rate for D, E, G and the patch heads')
@@ -376,6 +379,7 @@ def resolve(ns):
     if fields['nce_layers'] is None and _power_of_two(fields['img_size']) and fields['img_size'] >= 32:
         fields['nce_layers'] = tuple(default_taps(fields['arch'], fields['img_size'], fields['w_hpf']))
     del fields['patch_loss']
+    fields['domain_names'] = None   # filled from the training folders (train) or the checkpoint
     return Config(**_tuples(fields))
 
 
@@ -389,7 +393,19 @@ def parse_config(argv=None, check_paths=True):
     errs = _errors(cfg) + (_mode_errors(cfg) if check_paths else [])
     if errs:
         raise ConfigError('\n'.join(errs))
+    if check_paths and cfg.mode == 'train':
+        cfg = with_domain_names(cfg)
     return cfg
+
+
+def with_domain_names(cfg):
+    """The config with domain_names read from --train_img_dir (sorted folder names = domain ids)."""
+    from core.data_loader import list_domains
+    names = list_domains(cfg.train_img_dir)
+    if len(names) != cfg.num_domains:
+        raise ConfigError(f'--num_domains is {cfg.num_domains} but {cfg.train_img_dir} has {len(names)} domain '
+                          f'folders ({", ".join(names)})')
+    return cfg.replace(domain_names=tuple(names))
 
 
 def _preset_name(argv):
