@@ -1,0 +1,68 @@
+"""Pretrained weight files (metrics, VGG features): one cache folder, never a silent download.
+
+`bash download.sh <target>` fetches files into weights_dir() and checks them;
+code asks for a file with require_weight(name), which fails with one clear
+message naming the file and the command when it is missing or corrupt.
+"""
+import hashlib
+import os
+from typing import NamedTuple, Optional
+
+from core.errors import UserError
+
+ENV_VAR = 'STARGAN_WEIGHTS_DIR'
+DEFAULT_DIR = os.path.join('~', '.cache', 'stargan-src', 'weights')
+
+
+class WeightFile(NamedTuple):
+    filename: str
+    url: str
+    sha256: Optional[str]   # full hex digest, or a prefix (torch.hub names carry the first 8 hex digits)
+    target: str             # the download.sh target that fetches it
+
+
+WEIGHTS = {
+    # torchvision ImageNet Inception v3: StarGAN v2's FID network (stargan-v2 protocol)
+    'inception_v3_torchvision': WeightFile(
+        'inception_v3_google-0cc3c7bd.pth', 'https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth',
+        '0cc3c7bd', 'metric-weights'),
+    # TF Inception 2015-12-05 ported to PyTorch: the standard FID network (pytorch-fid, torch-fidelity)
+    'inception_tf_fid': WeightFile(
+        'pt_inception-2015-12-05-6726825d.pth',
+        'https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth',
+        '6726825d', 'metric-weights'),
+    # torchvision AlexNet: the LPIPS trunk
+    'alexnet': WeightFile(
+        'alexnet-owt-7be5be79.pth', 'https://download.pytorch.org/models/alexnet-owt-7be5be79.pth',
+        '7be5be79', 'metric-weights'),
+    # torchvision VGG16: features of the LSeSim / PatchGCL releases
+    'vgg16': WeightFile(
+        'vgg16-397923af.pth', 'https://download.pytorch.org/models/vgg16-397923af.pth', '397923af', 'vgg16'),
+}
+
+
+def weights_dir():
+    """The cache folder: $STARGAN_WEIGHTS_DIR, else ~/.cache/stargan-src/weights."""
+    return os.path.expanduser(os.environ.get(ENV_VAR) or DEFAULT_DIR)
+
+
+def sha256_of(path, chunk=1 << 20):
+    """Hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(chunk), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def require_weight(name, check_hash=True):
+    """Path of weight file `name` in the cache; UserError naming the file and the command otherwise."""
+    info = WEIGHTS[name]
+    path = os.path.join(weights_dir(), info.filename)
+    if not os.path.isfile(path):
+        raise UserError(f'missing weight file {path} ({name}); fetch it with: bash download.sh {info.target} '
+                        f'(or copy {info.filename} there; set {ENV_VAR} to use another folder)')
+    if check_hash and info.sha256 and not sha256_of(path).startswith(info.sha256):
+        raise UserError(f'weight file {path} does not match its SHA-256 ({info.sha256}...); it is corrupt or a '
+                        f'different file: delete it and run: bash download.sh {info.target}')
+    return path
