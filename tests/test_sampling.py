@@ -235,3 +235,19 @@ def test_failed_video_leaves_no_partial_file(trained, seasons32, tmp_path, capsy
     assert 'reference.jpg' in os.listdir(out)
     assert not [f for f in os.listdir(out) if f.endswith('.mp4') or f.startswith('.')]
 
+
+def test_demo_ends_with_sample_outputs(tmp_path, capsys):
+    """--mode demo trains (2 steps here) and writes every sample output into the preset's result_dir."""
+    data = tmp_path / 'data'
+    argv = ['--mode', 'demo', '--total_iters', '2', '--ds_iter', '2', '--sample_every', '0', '--save_every', '2',
+            '--print_every', '0', '--num_outs_per_domain', '1', '--val_batch_size', '4', '--video_frames', '2',
+            '--train_img_dir', str(data / 'train'), '--val_img_dir', str(data / 'val'),
+            '--src_dir', str(data / 'val'), '--ref_dir', str(data / 'val'),
+            '--checkpoint_dir', str(tmp_path / 'ckpt'), '--sample_dir', str(tmp_path / 'samples'),
+            '--result_dir', str(tmp_path / 'results')]
+    assert main(argv) == 0
+    assert sorted(os.listdir(tmp_path / 'results')) == [
+        'latent_psi_0.5.jpg', 'latent_psi_0.7.jpg', 'latent_psi_1.0.jpg', 'reference.jpg',
+        'video_latent.mp4', 'video_ref.mp4']
+    assert _size(tmp_path / 'results' / 'reference.jpg') == (5 * 64, 5 * 64)
+    assert 'sampling took' in capsys.readouterr().out
