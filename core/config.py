@@ -453,6 +453,7 @@ def parse_config(argv=None, check_paths=True):
     if preset in PRESETS:
         parser.set_defaults(**PRESETS[preset], preset=preset)
     cfg = resolve(parser.parse_args(argv))
+    check_paths = check_paths and not cfg.dry_run   # --dry_run only shows the config
     errs = _errors(cfg) + (_mode_errors(cfg) if check_paths else [])
     if errs:
         raise ConfigError('\n'.join(errs))

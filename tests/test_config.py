@@ -1,0 +1,106 @@
+"""Flags: upstream names and defaults, published command lines, presets, validation, immutability."""
+import json
+import shlex
+
+import pytest
+
+from core.config import Config, ConfigError, parse_config
+from main import main
+
+# reference-stargan-v2.md §1.1: official flags and defaults (w_hpf differs on purpose: 0, FAN not shipped)
+OFFICIAL_DEFAULTS = dict(
+    img_size=256, num_domains=2, latent_dim=16, hidden_dim=512, style_dim=64, lambda_reg=1, lambda_cyc=1,
+    lambda_sty=1, lambda_ds=1, ds_iter=100000, randcrop_prob=0.5, total_iters=100000, resume_iter=0,
+    batch_size=8, val_batch_size=32, lr=1e-4, f_lr=1e-6, beta1=0.0, beta2=0.99, weight_decay=1e-4,
+    num_outs_per_domain=10, num_workers=4, seed=777, train_img_dir='data/celeba_hq/train',
+    val_img_dir='data/celeba_hq/val', sample_dir='expr/samples', checkpoint_dir='expr/checkpoints',
+    eval_dir='expr/eval', result_dir='expr/results', src_dir='assets/representative/celeba_hq/src',
+    ref_dir='assets/representative/celeba_hq/ref', inp_dir='assets/representative/custom/female',
+    out_dir='assets/representative/celeba_hq/src/female', wing_path='expr/checkpoints/wing.ckpt',
+    lm_path='expr/checkpoints/celeba_lm_mean.npz', print_every=10, sample_every=5000, save_every=10000,
+    eval_every=50000)
+# main_hSRC.py additions (lambda_src/lambda_dce default to 0 here so that official command lines
+# train plain StarGAN v2; HSRC's scripts pass them explicitly)
+HSRC_DEFAULTS = dict(lambda_nce=0.0, gamma_start=50.0, gamma_end=1.0, n_patch=128, use_curriculum=False,
+                     use_hard=False)
+
+HSRC_RUN_TRAIN = """--mode train --num_domains 4 --w_hpf 0 --lambda_reg 1 --lambda_sty 1 --lambda_ds 2 --lambda_cyc 1
+ --lambda_src 0.1 --lambda_nce 0.0 --lambda_dce 1.0 --checkpoint_dir ./expr/checkpoints_seasons
+ --eval_dir ./expr/eval_seasons --sample_dir ./expr/samples_seasons --train_img_dir ./data/seasons/train
+ --val_img_dir ./data/seasons/val --result_dir ./expr/results_seasons --use_curriculum --n_patch 128 --use_hard"""
+OFFICIAL_AFHQ_TRAIN = """--mode train --num_domains 3 --w_hpf 0 --lambda_reg 1 --lambda_sty 1 --lambda_ds 2
+ --lambda_cyc 1 --train_img_dir data/afhq/train --val_img_dir data/afhq/val"""
+
+
+def _cfg(*argv):
+    return parse_config(['--mode', 'train', *argv], check_paths=False)
+
+
+def test_official_and_hsrc_flags_keep_their_defaults():
+    cfg = _cfg()
+    assert {k: cfg[k] for k in OFFICIAL_DEFAULTS} == OFFICIAL_DEFAULTS
+    assert {k: cfg[k] for k in HSRC_DEFAULTS} == HSRC_DEFAULTS
+    assert cfg.w_hpf == 0 and cfg.patch_losses == ()
+
+
+def test_published_command_lines_run_unchanged():
+    cfg = parse_config(shlex.split(HSRC_RUN_TRAIN), check_paths=False)
+    assert cfg.patch_losses == (('src', 0.1), ('hdce', 1.0))
+    assert cfg.num_domains == 4 and cfg.lambda_ds == 2 and cfg.use_curriculum and cfg.n_patch == 128
+    afhq = parse_config(shlex.split(OFFICIAL_AFHQ_TRAIN), check_paths=False)
+    assert afhq.patch_losses == () and afhq.num_domains == 3 and afhq.arch == 'stargan-v2'
+
+
+def test_lambda_nce_replaces_dce_as_in_hsrc():
+    assert _cfg('--lambda_dce', '1', '--lambda_nce', '0.5').patch_losses == (('patchnce', 0.5),)
+    assert _cfg('--lambda_dce', '1').patch_losses == (('dce', 1.0),)
+    assert _cfg('--lambda_src', '0.1', '--patch_loss', 'patchnce=2').patch_losses == (('src', 0.1), ('patchnce', 2.0))
+
+
+def test_presets_set_defaults_and_explicit_flags_win():
+    cfg = _cfg('--preset', 'weather-reproduce', '--lambda_dce', '0.3')
+    assert (cfg.arch, cfg.num_domains, cfg.cyc_mode, cfg.query_side, cfg.hdce_mode) == (
+        'hsrc', 5, 'identity', 'real', 'release')
+    assert cfg.patch_losses == (('src', 0.1), ('hdce', 0.3))
+    paper = _cfg('--preset', 'seasons')
+    assert (paper.arch, paper.cyc_mode, paper.query_side, paper.num_domains) == ('stargan-v2', 'cycle', 'fake', 4)
+    assert _cfg('--preset', 'seasons', '--no-use_hard').patch_losses == (('src', 0.1), ('dce', 1.0))
+    demo = parse_config(['--mode', 'demo'], check_paths=False)
+    assert demo.preset == 'demo' and demo.img_size == 64
+
+
+@pytest.mark.parametrize('argv,flag', [
+    (['--img_size', '100'], '--img_size'), (['--w_hpf', '1'], '--w_hpf'), (['--num_domains', '1'], '--num_domains'),
+    (['--lambda_src', '-1'], '--lambda_src'), (['--resume_iter', '5', '--total_iters', '4'], '--resume_iter'),
+    (['--lambda_src', '0.1', '--nce_layers', '7'], '--nce_layers'), (['--patch_loss', 'foo=1'], '--patch_loss'),
+    (['--lambda_dce', '1', '--n_patch', '1'], '--n_patch'), (['--randcrop_prob', '2'], '--randcrop_prob'),
+    (['--lambda_src', '0.1', '--patch_loss', 'src=1'], '--patch_loss')])
+def test_bad_combinations_name_the_flag(argv, flag):
+    with pytest.raises(ConfigError) as err:
+        _cfg(*argv)
+    assert flag in str(err.value)
+
+
+def test_unknown_flag_exits_with_usage(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(['--mode', 'train', '--no_such_flag'])
+    assert exit_info.value.code == 2
+    assert 'no_such_flag' in capsys.readouterr().err
+
+
+def test_config_is_immutable_and_round_trips():
+    cfg = _cfg('--preset', 'seasons')
+    with pytest.raises(AttributeError):
+        cfg.lr = 1.0
+    with pytest.raises(TypeError):
+        cfg['lr'] = 1.0
+    changed = cfg.replace(lr=1.0)
+    assert changed.lr == 1.0 and cfg.lr == 1e-4
+    again = Config.from_json(cfg.to_json())
+    assert again == cfg and isinstance(again.nce_layers, tuple) and isinstance(again.patch_losses[0], tuple)
+
+
+def test_dry_run_prints_the_resolved_config(capsys):
+    assert main(['--mode', 'train', '--preset', 'weather', '--dry_run']) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed['num_domains'] == 5 and printed['lambda_dce'] == 0.1 and printed['base_dim'] == 64
