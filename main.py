@@ -15,6 +15,12 @@ def dispatch(cfg):
     if cfg.mode == 'train':
         from core.trainer import train
         train(cfg)
+    elif cfg.mode == 'sample':
+        from core.sampling import sample
+        sample(cfg)
+    elif cfg.mode == 'translate':
+        from core.sampling import translate
+        translate(cfg)
     elif cfg.mode == 'demo':
         from core.demo import run_demo
         run_demo(cfg)

@@ -223,7 +223,11 @@ def ema_checkpoint_path(cfg):
         if step is None:
             raise CheckpointError(f'no complete checkpoint in {cfg.checkpoint_dir}; train first or pass '
                                   f'--checkpoint PATH/TO/xxxxxx_nets_ema.ckpt')
-    return ckpt_path(cfg.checkpoint_dir, step, 'nets_ema')
+    path = ckpt_path(cfg.checkpoint_dir, step, 'nets_ema')
+    if not os.path.isfile(path):
+        raise CheckpointError(f'checkpoint file not found: {path}; pass --resume_iter STEP (or latest) of a saved '
+                              f'step in --checkpoint_dir, or --checkpoint PATH/TO/xxxxxx_nets_ema.ckpt')
+    return path
 
 
 def load_ema_nets(cfg, device):

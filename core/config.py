@@ -255,6 +255,28 @@ def _add_path_flags(p):
     g.add_argument('--eval_every', type=int, default=50000, help='FID/LPIPS period during training (0: never)')
 
 
+def _add_sampling_flags(p):
+    g = p.add_argument_group('sample and translate')
+    g.add_argument('--src', default=None,
+                   help='translate: one image, or a folder of images (searched recursively), to translate')
+    g.add_argument('--trg_domain', default=None,
+                   help='translate: target domain, by name (the training folder names stored in the '
+                        'checkpoint) or by id (0-based position of the sorted folder names)')
+    g.add_argument('--ref', default=None,
+                   help='translate: a reference image, or a folder of them, whose style is applied '
+                        '(one output per reference); they belong to --trg_domain, which defaults to '
+                        'the name of the folder holding them')
+    g.add_argument('--num_styles', type=int, default=1,
+                   help='translate: random latent styles per input (without --ref)')
+    g.add_argument('--psi', type=float, default=1.0,
+                   help='truncation: pull random styles toward the domain average (1: none, 0: the '
+                        'average); used by translate and video_latent.mp4')
+    g.add_argument('--fps', type=float, default=12.5,
+                   help='frames per second of the videos (12.5 plays at the pace of upstream)')
+    g.add_argument('--video_frames', type=int, default=31,
+                   help='frames per style transition in the videos (31 as upstream; fewer = shorter video)')
+
+
 def build_parser():
     """The full argument parser (every mode shares one flag set, as upstream)."""
     p = argparse.ArgumentParser(
@@ -268,6 +290,7 @@ def build_parser():
     _add_loss_flags(p)
     _add_training_flags(p)
     _add_path_flags(p)
+    _add_sampling_flags(p)
     for name in contrastive.registered():
         contrastive.get(name).add_arguments(p)
     return p
@@ -329,6 +352,20 @@ def _errors(cfg):
     if isinstance(cfg.resume_iter, int) and not 0 <= cfg.resume_iter <= cfg.total_iters:
         errs.append(f'--resume_iter must be between 0 and --total_iters ({cfg.total_iters})')
     errs += _patch_loss_errors(cfg)
+    errs += _sampling_errors(cfg)
+    return errs
+
+
+def _sampling_errors(cfg):
+    errs = []
+    if cfg.num_styles < 1:
+        errs.append('--num_styles must be at least 1')
+    if not 0 <= cfg.psi <= 1:
+        errs.append(f'--psi must be between 0 and 1 (got {cfg.psi})')
+    if not cfg.fps > 0:
+        errs.append('--fps must be > 0')
+    if cfg.video_frames < 2:
+        errs.append('--video_frames must be at least 2 (a transition needs a first and a last frame)')
     return errs
 
 
@@ -367,6 +404,32 @@ def _mode_errors(cfg):
                 errs.append(f'--{flag} {getattr(cfg, flag)!r} is not a folder (one sub-folder per domain expected)')
     if cfg.mode == 'align':
         errs.append("--mode align needs the FAN face-landmark network, which this release does not ship")
+    errs += _sampling_mode_errors(cfg)
+    return errs
+
+
+def _sampling_mode_errors(cfg):
+    """Input checks of --mode sample and --mode translate."""
+    errs = []
+    if cfg.mode == 'sample':
+        for flag in ('src_dir', 'ref_dir'):
+            if not os.path.isdir(getattr(cfg, flag)):
+                errs.append(f'--{flag} {getattr(cfg, flag)!r} is not a folder (one sub-folder per domain expected)')
+    if cfg.mode != 'translate':
+        return errs
+    if not cfg.src:
+        errs.append('--mode translate needs --src IMAGE_OR_FOLDER')
+    elif not os.path.exists(cfg.src):
+        errs.append(f'--src {cfg.src!r} does not exist')
+    if cfg.ref is None and cfg.trg_domain is None:
+        errs.append('--mode translate needs --trg_domain NAME_OR_ID (random styles) or --ref IMAGE_OR_FOLDER')
+    if cfg.ref is not None:
+        if not os.path.exists(cfg.ref):
+            errs.append(f'--ref {cfg.ref!r} does not exist')
+        if cfg.num_styles != 1:
+            errs.append('--num_styles sets the number of random styles; with --ref every reference image is one style')
+        if cfg.psi != 1:
+            errs.append('--psi truncates random styles; it does not apply to reference styles (--ref)')
     return errs
 
 

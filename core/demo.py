@@ -1,13 +1,16 @@
 """--mode demo: the whole pipeline on a laptop CPU in a few minutes.
 
 Synthetic seasons data -> a small model trained with SRC + hDCE -> sample
-grids, all under expr/. Running it again reuses the data and the finished
-training run.
+mode on the synthetic val set (reference.jpg, latent_psi_*.jpg, video_ref.mp4,
+video_latent.mp4 in the preset's result_dir), all under expr/. Running it
+again reuses the data and the finished training run.
 """
 import os
+import time
 
 from core.config import with_domain_names
 from core.errors import UserError
+from core.sampling import sample
 from core.synthetic import make_dataset
 from core.trainer import train
 
@@ -25,7 +28,7 @@ def _synthetic_root(cfg):
 
 
 def run_demo(cfg):
-    """Make the synthetic data if needed, train (or resume) the demo model, report the outputs."""
+    """Make the synthetic data if needed, train (or resume) the demo model, then sample from it."""
     root = _synthetic_root(cfg)
     try:
         make_dataset('seasons', root, num_train=DEMO_TRAIN_PER_DOMAIN, num_val=DEMO_VAL_PER_DOMAIN,
@@ -34,5 +37,9 @@ def run_demo(cfg):
         raise UserError(f'cannot prepare the demo data in {root}: {err}') from None
     train_cfg = with_domain_names(cfg.replace(mode='train', resume_iter='latest'))
     train(train_cfg)
-    print(f'demo: checkpoints in {cfg.checkpoint_dir}, training samples in {cfg.sample_dir}')
+    start = time.perf_counter()
+    sample(train_cfg.replace(mode='sample', checkpoint=None))
+    print(f'demo: sampling took {time.perf_counter() - start:.0f} s')
+    print(f'demo: checkpoints in {cfg.checkpoint_dir}, training samples in {cfg.sample_dir}, '
+          f'results (grids and videos) in {cfg.result_dir}')
     return train_cfg

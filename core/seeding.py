@@ -14,6 +14,7 @@ STREAM_REFERENCE = 1   # reference batch: which image pairs, their augmentation
 STREAM_LATENT = 2      # z_trg, z_trg2
 STREAM_PATCHES = 3     # patch positions of the contrastive losses
 STREAM_VAL = 4         # the fixed validation batch used for debug images
+STREAM_SAMPLE = 5      # sample and translate modes (z and average styles)
 
 
 def step_seed(seed, step, stream):

@@ -60,28 +60,40 @@ def cycle_grid(nets, x_src, y_src, x_ref, y_ref):
     return make_grid(torch.cat([x_src, x_ref, x_fake, x_rec]), x_src.size(0))
 
 
+def _counted(rows, on_row):
+    """Pass rows through, calling on_row() after each one (progress bars)."""
+    for row in rows:
+        yield row
+        if on_row is not None:
+            on_row()
+
+
 @torch.no_grad()
-def latent_grid(nets, x_src, z_list, s_avg, psi, num_domains):
-    """Row 0: sources; then one row per (domain, z): sources translated with the truncated style."""
+def latent_grid(nets, x_src, z_list, s_avg, psi, num_domains, on_row=None):
+    """Row 0: sources; then one row per (domain, z): sources translated with the truncated style.
+
+    on_row, if given, is called after each translated row.
+    """
     G, F = nets.generator, nets.mapping_network
     styles = []
     for y in range(num_domains):
         y_trg = torch.full((z_list.size(1),), y, dtype=torch.long, device=x_src.device)
         for z in z_list:   # z: (1, latent_dim), shared by every source of the row
             styles.append(truncate(F(z, y_trg[:1]), s_avg[y:y + 1], psi))
-    rows = [x_src] + list(translate_styles(G, x_src, styles))
+    rows = [x_src] + list(_counted(translate_styles(G, x_src, styles), on_row))
     return make_grid(torch.cat(rows), x_src.size(0))
 
 
 @torch.no_grad()
-def reference_grid(nets, x_src, x_ref, y_ref):
+def reference_grid(nets, x_src, x_ref, y_ref, on_row=None):
     """Upstream's reference grid: a blank corner and the sources on top, then per reference
-    the reference followed by every source translated with its style."""
+    the reference followed by every source translated with its style (on_row as latent_grid)."""
     G, E = nets.generator, nets.style_encoder
     s_ref = E(x_ref, y_ref)   # (R, style_dim)
     blank = torch.ones_like(x_src[:1])
     rows = [torch.cat([blank, x_src])]
-    for r, x_fake in enumerate(translate_styles(G, x_src, (s_ref[r:r + 1] for r in range(x_ref.size(0))))):
+    x_fakes = translate_styles(G, x_src, (s_ref[r:r + 1] for r in range(x_ref.size(0))))
+    for r, x_fake in enumerate(_counted(x_fakes, on_row)):
         rows.append(torch.cat([x_ref[r:r + 1], x_fake]))
     return make_grid(torch.cat(rows), x_src.size(0) + 1)
 

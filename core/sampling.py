@@ -1,0 +1,312 @@
+"""--mode sample and --mode translate: using a trained model.
+
+Both load the EMA networks of --checkpoint FILE, or of --checkpoint_dir at
+--resume_iter (a step or 'latest'). A checkpoint written here carries its
+architecture and domain names; for an official StarGAN v2 or Hneg_SRC
+checkpoint the architecture flags (--arch, --img_size, --num_domains, ...)
+describe it.
+
+sample writes into --result_dir:
+  reference.jpg                 a blank corner and the sources on top; then per reference a row:
+                                the reference, then every source translated with its style
+  latent_psi_{0.5,0.7,1.0}.jpg  sources on top; then per target domain and random z a row: every
+                                source translated with F(z, y) pulled toward the domain's
+                                average style by 1 - psi (truncation trick)
+  video_ref.mp4                 the sources' style slides from reference to reference
+  video_latent.mp4              the style slides through the latent grids' styles (at --psi),
+                                domain after domain
+Sources and references are up to --val_batch_size images of --src_dir and
+--ref_dir (one sub-folder per domain, as for training). When a folder holds
+more, the first images of each domain are taken in turn, so every domain is
+shown (upstream takes the first images in folder order, often one domain only).
+
+translate writes one PNG per input image and style into --result_dir,
+keeping the input's sub-folders:
+  <name>_to_<domain>_z<KK>.png         random style KK of --num_styles (--trg_domain, --psi)
+  <name>_to_<domain>_ref_<ref>.png     the style of reference image <ref> (--ref)
+Style zKK is the style of the latent grids' row KK of that domain at psi 1
+(same --seed), so a style chosen from the grid can be applied to a folder.
+
+Everything random is drawn from --seed: equal seeds give equal files.
+"""
+import collections
+import os
+
+import torch
+from munch import Munch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from core.checkpoint import ema_checkpoint_path, load_ema_nets
+from core.data_loader import (DataError, EvalDataset, check_images, folder_dataset, list_domains,
+                              list_images)
+from core.device import resolve_device
+from core.errors import UserError
+from core.inference import all_domain_styles, average_styles, translate_styles, truncate
+from core.seeding import STREAM_SAMPLE, step_generator
+from core.video import (max_video_sources, num_video_frames, slide_margin, style_path_frames,
+                        write_video)
+from core.visualize import PSIS, latent_grid, reference_grid, save_grid, save_image
+
+# Purposes within STREAM_SAMPLE: each draws from its own generator.
+PURPOSE_Z = 0           # z of the latent grids, video_latent and translate (style k = k-th draw)
+PURPOSE_AVERAGE = 1     # z averaged into the truncation centres
+
+
+class DomainError(UserError):
+    """A domain name or id that the model does not have."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared pieces
+# ----------------------------------------------------------------------------------------------
+
+def load_model(cfg, device):
+    """EMA networks and the effective config (architecture and domain names from the checkpoint)."""
+    path = ema_checkpoint_path(cfg)
+    nets, cfg = load_ema_nets(cfg, device)
+    names = ', '.join(cfg.domain_names) if cfg.domain_names else 'not stored (official layout)'
+    print(f'Loaded {path} ({cfg.arch}, {cfg.img_size} px, {cfg.num_domains} domains: {names})')
+    return nets, cfg
+
+
+def domain_label(cfg, y):
+    """The name of domain y, or 'domain<y>' for checkpoints without names."""
+    return cfg.domain_names[y] if cfg.domain_names else f'domain{y}'
+
+
+def draw_z(cfg, num, device):
+    """The first `num` latent codes of --seed: (num, 1, latent_dim).
+
+    One draw per code, so the k-th code does not depend on how many are drawn.
+    """
+    gen = step_generator(cfg.seed, PURPOSE_Z, STREAM_SAMPLE)
+    return torch.stack([torch.randn(1, cfg.latent_dim, generator=gen) for _ in range(num)]).to(device)
+
+
+def domain_averages(nets, cfg, device):
+    """Truncation centres: the mean style of every domain, (num_domains, style_dim)."""
+    gen = step_generator(cfg.seed, PURPOSE_AVERAGE, STREAM_SAMPLE)
+    return average_styles(nets.mapping_network, cfg.latent_dim, generator=gen, device=device)
+
+
+def stack_dataset(dataset, device):
+    """All images of an EvalDataset as one batch (N, 3, S, S) (used for at most --val_batch_size images)."""
+    return torch.stack([dataset[i][0] for i in range(len(dataset))]).to(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# --mode sample
+# ----------------------------------------------------------------------------------------------
+
+def check_domain_folders(cfg, flag):
+    """Domain folder names of --src_dir/--ref_dir, checked against the model's domains."""
+    root = getattr(cfg, flag)
+    names = list_domains(root)
+    if len(names) != cfg.num_domains:
+        raise DataError(f'--{flag} {root} has {len(names)} domain folder(s) ({", ".join(names)}) but the model '
+                        f'has {cfg.num_domains} domains; use one sub-folder per domain of the model')
+    if cfg.domain_names and tuple(names) != tuple(cfg.domain_names):
+        raise DataError(f'--{flag} {root} has the domain folders {", ".join(names)} but the model was trained '
+                        f'on {", ".join(cfg.domain_names)}; name the sub-folders after the model\'s domains')
+    return names
+
+
+def first_per_domain(paths_by_domain, limit):
+    """Up to `limit` (path, domain id) pairs: all of them if they fit, else the first images of
+    each domain taken in turn. Returned domain by domain, in folder order."""
+    if sum(len(paths) for paths in paths_by_domain) > limit:
+        take = [0] * len(paths_by_domain)
+        picked = 0
+        while picked < limit:
+            for y, paths in enumerate(paths_by_domain):
+                if picked < limit and take[y] < len(paths):
+                    take[y] += 1
+                    picked += 1
+        paths_by_domain = [paths[:n] for paths, n in zip(paths_by_domain, take)]
+    return [(path, y) for y, paths in enumerate(paths_by_domain) for path in paths]
+
+
+def load_domain_batch(cfg, flag, device):
+    """Munch(x (N, 3, S, S), y (N,)) of up to --val_batch_size images of --src_dir or --ref_dir."""
+    root = getattr(cfg, flag)
+    names = check_domain_folders(cfg, flag)
+    picked = first_per_domain([list_images(os.path.join(root, name)) for name in names], cfg.val_batch_size)
+    if not picked:
+        raise DataError(f'--{flag} {root} contains no images (one sub-folder of images per domain expected)')
+    usable = set(check_images([path for path, _ in picked], cfg.skip_bad_images))
+    picked = [(path, y) for path, y in picked if path in usable]
+    if not picked:
+        raise DataError(f'--{flag} {root}: none of the selected images can be used')
+    dataset = EvalDataset([p for p, _ in picked], [y for _, y in picked], cfg.img_size)
+    return Munch(x=stack_dataset(dataset, device), y=torch.tensor(dataset.labels, dtype=torch.long, device=device))
+
+
+def latent_path_styles(nets, z_list, s_avg, psi):
+    """Styles of the latent video: every z for domain 0, then domain 1, ...: (D * num_z, style_dim)."""
+    s_all = all_domain_styles(nets.mapping_network, z_list[:, 0]).transpose(0, 1)   # (D, num_z, style_dim)
+    s_all = truncate(s_all, s_avg.unsqueeze(1), psi)
+    return s_all.reshape(-1, s_all.size(-1))                                        # (D * num_z, style_dim)
+
+
+def video_sources(x_src, img_size, ref_column):
+    """The sources that fit in a browser-playable frame width (a note when some are left out)."""
+    num = max_video_sources(img_size, ref_column)
+    if x_src.size(0) > num:
+        print(f'note: the videos show the first {num} of {x_src.size(0)} sources (frames wider than '
+              f'{num * img_size} px do not play in common browsers)')
+    return x_src[:num]
+
+
+def write_grids(nets, cfg, src, ref, z_list, s_avg):
+    """latent_psi_*.jpg and reference.jpg, with one progress bar over all translated rows."""
+    rows = len(PSIS) * cfg.num_domains * z_list.size(0) + ref.x.size(0)
+    paths = []
+    with tqdm(total=rows, desc='grids', unit='row', disable=None, leave=False) as bar:
+        for psi in PSIS:
+            path = os.path.join(cfg.result_dir, f'latent_psi_{psi}.jpg')
+            save_grid(latent_grid(nets, src.x, z_list, s_avg, psi, cfg.num_domains, bar.update), path)
+            paths.append(path)
+        path = os.path.join(cfg.result_dir, 'reference.jpg')
+        save_grid(reference_grid(nets, src.x, ref.x, ref.y, bar.update), path)
+        paths.append(path)
+    return paths
+
+
+def write_videos(nets, cfg, src, ref, z_list, s_avg):
+    """video_ref.mp4 and video_latent.mp4, streamed."""
+    G, T = nets.generator, cfg.video_frames
+    path_ref = os.path.join(cfg.result_dir, 'video_ref.mp4')
+    s_ref = nets.style_encoder(ref.x, ref.y)   # (R, style_dim)
+    frames = style_path_frames(G, video_sources(src.x, cfg.img_size, True), s_ref, T, x_ref=ref.x,
+                               margin=slide_margin(cfg.img_size))
+    write_video(path_ref, frames, num_video_frames(s_ref.size(0), T), cfg.fps)
+
+    path_latent = os.path.join(cfg.result_dir, 'video_latent.mp4')
+    styles = latent_path_styles(nets, z_list, s_avg, cfg.psi)
+    frames = style_path_frames(G, video_sources(src.x, cfg.img_size, False), styles, T)
+    write_video(path_latent, frames, num_video_frames(styles.size(0), T), cfg.fps)
+    return [path_ref, path_latent]
+
+
+@torch.no_grad()
+def sample(cfg):
+    """--mode sample: reference.jpg, latent_psi_*.jpg, video_ref.mp4 and video_latent.mp4."""
+    device = resolve_device(cfg.device)
+    nets, cfg = load_model(cfg, device)
+    src = load_domain_batch(cfg, 'src_dir', device)
+    ref = load_domain_batch(cfg, 'ref_dir', device)
+    z_list = draw_z(cfg, cfg.num_outs_per_domain, device)   # (num_outs, 1, latent_dim)
+    s_avg = domain_averages(nets, cfg, device)
+    paths = write_grids(nets, cfg, src, ref, z_list, s_avg)
+    paths += write_videos(nets, cfg, src, ref, z_list, s_avg)
+    print(f'sample: {len(src.x)} sources, {len(ref.x)} references -> ' + ', '.join(paths))
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------
+# --mode translate
+# ----------------------------------------------------------------------------------------------
+
+def _domain_of_refs(cfg):
+    """The domain named by the folder holding --ref (a folder of references is itself that folder)."""
+    folder = cfg.ref if os.path.isdir(cfg.ref) else os.path.dirname(os.path.abspath(cfg.ref))
+    name = os.path.basename(os.path.normpath(os.path.abspath(folder)))
+    if not cfg.domain_names or name not in cfg.domain_names:
+        known = f'the model\'s domains are {", ".join(cfg.domain_names)}' if cfg.domain_names else \
+            'this checkpoint stores no domain names'
+        raise DomainError(f'--ref: the folder name {name!r} is not a domain ({known}); pass --trg_domain '
+                          f'NAME_OR_ID, the domain of the reference images')
+    return name
+
+
+def resolve_domain(cfg, value):
+    """Domain id of --trg_domain given as a name (from the checkpoint) or a 0-based id."""
+    names = cfg.domain_names
+    if names and value in names:
+        return list(names).index(value)
+    try:
+        y = int(value)
+    except ValueError:
+        if names:
+            raise DomainError(f'--trg_domain {value!r} is not a domain of this model; its domains are '
+                              + ', '.join(f'{n} ({i})' for i, n in enumerate(names))) from None
+        raise DomainError(f'--trg_domain {value!r}: this checkpoint stores no domain names (official layout); '
+                          f'give the domain id, 0 to {cfg.num_domains - 1} (sorted folder order)') from None
+    if not 0 <= y < cfg.num_domains:
+        raise DomainError(f'--trg_domain {y} is out of range: the model has domains 0 to {cfg.num_domains - 1}')
+    return y
+
+
+def image_dataset(path, img_size, skip_bad):
+    """EvalDataset of one image file or of every image under a folder (recursive)."""
+    if os.path.isdir(path):
+        return folder_dataset(path, img_size, skip_bad=skip_bad)
+    paths = check_images([path], skip_bad)
+    if not paths:
+        raise DataError(f'{path} cannot be used as an image')
+    return EvalDataset(paths, [-1], img_size)
+
+
+def output_stems(paths, root):
+    """Output names of `paths` relative to root (a folder, or the file itself), without extension.
+
+    The extension is kept (as _ext) for inputs that would otherwise share a name (a.jpg, a.png).
+    """
+    base = root if os.path.isdir(root) else os.path.dirname(os.path.abspath(root))
+    stems = [os.path.splitext(os.path.relpath(os.path.abspath(p), os.path.abspath(base))) for p in paths]
+    counts = collections.Counter(stem for stem, _ in stems)
+    return {p: stem + ('_' + ext.lstrip('.') if counts[stem] > 1 else '')
+            for p, (stem, ext) in zip(paths, stems)}
+
+
+@torch.no_grad()
+def latent_styles(nets, cfg, y):
+    """--num_styles random styles of domain y, truncated by --psi: ((K, style_dim), tags)."""
+    device = next(nets.mapping_network.parameters()).device
+    z = draw_z(cfg, cfg.num_styles, device)[:, 0]   # (K, latent_dim)
+    s = nets.mapping_network(z, torch.full((z.size(0),), y, dtype=torch.long, device=device))
+    if cfg.psi != 1:
+        s = truncate(s, domain_averages(nets, cfg, device)[y:y + 1], cfg.psi)
+    psi = '' if cfg.psi == 1 else f'_psi{cfg.psi:g}'
+    return s, [f'z{k:02d}{psi}' for k in range(z.size(0))]
+
+
+@torch.no_grad()
+def reference_styles(nets, cfg, y):
+    """Styles of the --ref image(s) as domain y: ((R, style_dim), tags)."""
+    device = next(nets.style_encoder.parameters()).device
+    refs = image_dataset(cfg.ref, cfg.img_size, cfg.skip_bad_images)
+    styles = []
+    for x_ref, _, _ in DataLoader(refs, batch_size=cfg.val_batch_size, num_workers=0):
+        x_ref = x_ref.to(device)
+        styles.append(nets.style_encoder(x_ref, torch.full((x_ref.size(0),), y, dtype=torch.long, device=device)))
+    stems = output_stems(refs.paths, cfg.ref)
+    return torch.cat(styles), ['ref_' + stems[p].replace(os.sep, '-') for p in refs.paths]
+
+
+@torch.no_grad()
+def translate(cfg):
+    """--mode translate: every --src image to the target domain, once per style."""
+    device = resolve_device(cfg.device)
+    nets, cfg = load_model(cfg, device)
+    y = resolve_domain(cfg, cfg.trg_domain if cfg.trg_domain is not None else _domain_of_refs(cfg))
+    sources = image_dataset(cfg.src, cfg.img_size, cfg.skip_bad_images)
+    styles, tags = reference_styles(nets, cfg, y) if cfg.ref else latent_styles(nets, cfg, y)
+    stems = output_stems(sources.paths, cfg.src)
+    prefix = f'_to_{domain_label(cfg, y)}_'
+    loader = DataLoader(sources, batch_size=cfg.val_batch_size, num_workers=cfg.num_workers,
+                        pin_memory=device.type == 'cuda')
+    written = []
+    with tqdm(total=len(sources) * len(tags), desc='translate', unit='img', disable=None, leave=False) as bar:
+        for x_src, _, paths in loader:
+            x_fakes = translate_styles(nets.generator, x_src.to(device), (styles[k:k + 1] for k in range(len(tags))))
+            for tag, x_fake in zip(tags, x_fakes):
+                x_fake = x_fake.cpu()
+                for i, path in enumerate(paths):
+                    out = os.path.join(cfg.result_dir, stems[path] + prefix + tag + '.png')
+                    save_image(x_fake[i:i + 1], 1, out)
+                    written.append(out)
+                bar.update(len(paths))
+    print(f'translate: {len(written)} images ({len(sources)} inputs x {len(tags)} styles) -> {cfg.result_dir}')
+    return written

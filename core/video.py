@@ -1,0 +1,263 @@
+"""Style-interpolation videos, streamed frame by frame into ffmpeg.
+
+Two videos, as in StarGAN v2's utils (Choi et al. 2020):
+  video_ref.mp4     the sources' style slides from one reference to the next;
+                    a column on the left scrolls the references past.
+  video_latent.mp4  the style slides through random latent styles, target
+                    domain after target domain.
+Each frame shows every source above its translation. Transitions follow
+upstream's ease-in-out (a sigmoid ramp, then a hold at the next style); the
+video ends by holding its last frame.
+
+Differences from upstream, all deliberate:
+  * frames are computed one at a time and piped into ffmpeg, so memory does
+    not grow with the length of the video (upstream holds every frame);
+  * consecutive references are interpolated whatever their domains, so any
+    reference set gives a video (upstream crashes when no two consecutive
+    references share a domain);
+  * pixel values are rounded, not truncated, to uint8, and frames are padded
+    to even dimensions (H.264 with yuv420p, which browsers play, needs them);
+  * --fps is the rate of distinct frames (upstream encodes at 30 fps and
+    halves the speed of a 25 fps stream, i.e. 12.5 distinct frames per second).
+"""
+import math
+import os
+import shutil
+import tempfile
+
+import torch
+import torch.nn.functional as F_nn
+from tqdm import tqdm
+
+from core.errors import UserError
+from core.visualize import to_uint8
+
+HOLD_FRACTION = 10 / 31    # upstream: 31 frames per transition, the last 10 hold the next style
+SIGMOID_RANGE = 5.0        # upstream's ramp runs sigmoid(-5) ... sigmoid(4.5)
+MAX_VIDEO_WIDTH = 4096     # widest frame that common browser H.264 decoders accept
+MAX_STDERR_CHARS = 2000    # tail of ffmpeg's error output quoted in messages
+
+
+class VideoError(UserError):
+    """ffmpeg is missing or failed; the message says why."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Timing of the interpolation
+# ----------------------------------------------------------------------------------------------
+
+def hold_frames(num_frames):
+    """Frames of a transition that hold the next style (10 of upstream's 31)."""
+    return round(num_frames * HOLD_FRACTION)
+
+
+def transition_alphas(num_frames):
+    """Interpolation weights of one transition of `num_frames` frames (>= 2).
+
+    0, then a sigmoid ramp from sigmoid(-5) upward, then 1 held. With 31
+    frames this is exactly upstream's [0] + sigmoid(-5, -4.5, ..., 4.5) + [1] * 10.
+    """
+    hold = hold_frames(num_frames)
+    ramp = num_frames - 1 - hold
+    return ([0.0] + [1 / (1 + math.exp(SIGMOID_RANGE - 2 * SIGMOID_RANGE * k / ramp)) for k in range(ramp)]
+            + [1.0] * hold)
+
+
+def path_schedule(num_styles, num_frames):
+    """(k_prev, k_next, alpha) per frame of a video through `num_styles` styles in order.
+
+    One transition per consecutive pair, then the last frame held for
+    hold_frames(num_frames) more frames (as upstream). A single style gives
+    one frame plus the hold.
+    """
+    if num_styles == 1:
+        steps = [(0, 0, 0.0)]
+    else:
+        alphas = transition_alphas(num_frames)
+        steps = [(k, k + 1, alpha) for k in range(num_styles - 1) for alpha in alphas]
+    return steps + [steps[-1]] * hold_frames(num_frames)
+
+
+def num_video_frames(num_styles, num_frames):
+    """Length of the video path_schedule describes."""
+    return len(path_schedule(num_styles, num_frames))
+
+
+def max_video_sources(img_size, ref_column):
+    """How many source columns fit in MAX_VIDEO_WIDTH (beside the reference column if ref_column)."""
+    extra = img_size + slide_margin(img_size) if ref_column else 0
+    return max(1, (MAX_VIDEO_WIDTH - extra) // img_size)
+
+
+def slide_margin(img_size):
+    """Gap between the reference column and the sources (upstream: 32 px at 256 px)."""
+    return img_size // 8
+
+
+# ----------------------------------------------------------------------------------------------
+# Frames (values in [-1, 1], on the device of the inputs)
+# ----------------------------------------------------------------------------------------------
+
+def source_strip(x_src, x_fake):
+    """Every source above its translation, side by side: (N, 3, H, W) x 2 -> (3, 2H, N * W)."""
+    pairs = torch.cat([x_src, x_fake], dim=2)                  # (N, 3, 2H, W)
+    n, c, h2, w = pairs.shape
+    return pairs.permute(1, 2, 0, 3).reshape(c, h2, n * w)    # (3, 2H, N * W)
+
+
+def slide_column(x_prev, x_next, alpha, margin):
+    """Upstream's sliding reference column: x_prev rises from the lower slot while x_next enters.
+
+    x_prev, x_next (3, H, W) -> (3, 2H, W + margin) on a black canvas.
+    """
+    c, h, w = x_prev.shape
+    canvas = x_prev.new_full((c, 2 * h, w + margin), -1.0)
+    merged = torch.cat([x_prev, x_next], dim=1)   # (3, 2H, W)
+    top = int(h * (1 - alpha))
+    canvas[:, top:, :w] = merged[:, :2 * h - top]
+    return canvas
+
+
+@torch.no_grad()
+def style_path_frames(generator, x_src, styles, num_frames, x_ref=None, margin=0):
+    """Yield the frames of a video whose style walks through `styles` (K, style_dim) in order.
+
+    Frames are (3, 2H, N * W), or with x_ref (K, 3, H, W) the references'
+    slide column in front: (3, 2H, W + margin + N * W). The sources are
+    encoded once; a repeated schedule entry reuses the previous frame.
+    """
+    enc = generator.run_encoder(x_src)
+    last_key, frame = None, None
+    for key in path_schedule(styles.size(0), num_frames):
+        if key != last_key:
+            k_prev, k_next, alpha = key
+            s = torch.lerp(styles[k_prev:k_prev + 1], styles[k_next:k_next + 1], alpha)   # (1, style_dim)
+            frame = source_strip(x_src, generator.run_decoder(enc, s))
+            if x_ref is not None:
+                frame = torch.cat([slide_column(x_ref[k_prev], x_ref[k_next], alpha, margin), frame], dim=2)
+            last_key = key
+        yield frame
+
+
+# ----------------------------------------------------------------------------------------------
+# Streaming writer
+# ----------------------------------------------------------------------------------------------
+
+def ffmpeg_executable():
+    """`ffmpeg` on PATH, else the binary shipped by the imageio-ffmpeg wheel."""
+    found = shutil.which('ffmpeg')
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError) as err:
+        raise VideoError(f'no ffmpeg executable: put ffmpeg on PATH or `pip install imageio-ffmpeg` ({err})') from None
+
+
+class VideoWriter:
+    """H.264 (libx264, yuv420p) MP4 written from uint8 frames piped into ffmpeg.
+
+    Frames go to a temporary file next to `path`, renamed to `path` only when
+    ffmpeg succeeds; on any failure the temporary file is removed. Odd frame
+    sizes are padded with black to even ones. Use as a context manager.
+    """
+
+    def __init__(self, path, width, height, fps):
+        import ffmpeg
+        self.path = path
+        self.width, self.height = width + width % 2, height + height % 2
+        self.frames = 0
+        self.finished = False
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+        os.close(fd)
+        stream = (ffmpeg.input('pipe:', format='rawvideo', pix_fmt='rgb24', s=f'{self.width}x{self.height}',
+                               framerate=fps)
+                  .output(self.tmp, format='mp4', vcodec='libx264', pix_fmt='yuv420p', movflags='+faststart')
+                  .global_args('-hide_banner', '-loglevel', 'error')
+                  .overwrite_output())
+        exe = ffmpeg_executable()
+        try:
+            self.process = stream.run_async(cmd=exe, pipe_stdin=True, pipe_stderr=True)
+        except OSError as err:
+            self._remove_tmp()
+            raise VideoError(f'cannot start ffmpeg ({exe}): {err}') from None
+
+    def write(self, frame):
+        """Append one frame: uint8 tensor (3, h, w) with h, w at most the video size, on any device."""
+        pad_h, pad_w = self.height - frame.size(1), self.width - frame.size(2)
+        if pad_h or pad_w:
+            frame = F_nn.pad(frame, (0, pad_w, 0, pad_h))   # black on the right and bottom
+        data = frame.permute(1, 2, 0).contiguous().cpu().numpy().tobytes()   # (H, W, 3) rgb24
+        try:
+            self.process.stdin.write(data)
+        except (BrokenPipeError, OSError):
+            self._fail('ffmpeg stopped accepting frames')
+        self.frames += 1
+
+    def close(self):
+        """Finish encoding and move the file into place; VideoError if ffmpeg failed."""
+        self.finished = True
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass
+        errors = self.process.stderr.read().decode(errors='replace')
+        if self.process.wait() != 0 or self.frames == 0:
+            self._remove_tmp()
+            raise VideoError(f'ffmpeg could not write {self.path}: {errors[-MAX_STDERR_CHARS:].strip() or "no frames"}')
+        os.replace(self.tmp, self.path)
+
+    def abort(self):
+        """Stop ffmpeg and remove the partial file (does nothing once finished)."""
+        if self.finished:
+            return
+        self.finished = True
+        self.process.kill()
+        self.process.wait()
+        for pipe in (self.process.stdin, self.process.stderr):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+        self._remove_tmp()
+
+    def _fail(self, what):
+        self.process.kill()
+        errors = self.process.stderr.read().decode(errors='replace')
+        self.abort()
+        raise VideoError(f'{what} while writing {self.path}: {errors[-MAX_STDERR_CHARS:].strip()}')
+
+    def _remove_tmp(self):
+        if os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_video(path, frames, total, fps, desc=None):
+    """Stream `total` frames ((3, H, W) in [-1, 1], all one size) from an iterator into an MP4."""
+    writer = None
+    try:
+        for frame in tqdm(frames, total=total, desc=desc or os.path.basename(path), unit='frame',
+                          disable=None, leave=False):
+            if writer is None:
+                writer = VideoWriter(path, frame.size(2), frame.size(1), fps)
+            writer.write(to_uint8(frame))
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if writer is None:
+        raise VideoError(f'no frames to write to {path}')
+    writer.close()
+    return writer.frames

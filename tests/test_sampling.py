@@ -1,0 +1,253 @@
+"""--mode sample / translate / demo on a tiny model trained for a few steps on synthetic data."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import core.video
+from conftest import tiny_flags
+from core.config import parse_config
+from core.data_loader import EvalTransform, list_images, load_rgb
+from core.model import build_nets
+from core.sampling import draw_z
+from main import main
+from test_video import read_video
+
+S = 32   # image size of the tiny model
+
+
+def _with_mode(flags, mode, *extra):
+    flags = list(flags)
+    flags[flags.index('--mode') + 1] = mode
+    return flags + list(extra)
+
+
+@pytest.fixture(scope='module')
+def trained(seasons32, tmp_path_factory):
+    """A tiny model trained for 2 steps; returns the flags that trained it."""
+    run = tmp_path_factory.mktemp('run')
+    flags = tiny_flags(seasons32, run, '--total_iters', '2', '--sample_every', '0')
+    assert main(flags) == 0
+    return flags
+
+
+def _sample_flags(trained, out, *extra):
+    ckpt = trained[trained.index('--checkpoint_dir') + 1]
+    return _with_mode(trained, 'sample', '--checkpoint', os.path.join(ckpt, '000002_nets_ema.ckpt'),
+                      '--result_dir', str(out), *extra)
+
+
+def _translate_flags(trained, out, *extra):
+    return _with_mode(trained, 'translate', '--resume_iter', 'latest', '--result_dir', str(out), *extra)
+
+
+def _size(path):
+    with Image.open(path) as img:
+        return img.size
+
+
+def _refs_one_per_domain(seasons32, root):
+    """A reference tree with the first val image of each domain: 4 references."""
+    for domain in sorted(os.listdir(seasons32 / 'val')):
+        (root / domain).mkdir(parents=True)
+        shutil.copy(list_images(str(seasons32 / 'val' / domain))[0], root / domain)
+    return root
+
+
+def test_sample_writes_grids_and_videos(trained, seasons32, tmp_path):
+    refs = _refs_one_per_domain(seasons32, tmp_path / 'refs')
+    out = tmp_path / 'results'
+    n_src, n_ref, n_out, T = 5, 4, 2, 4
+    assert main(_sample_flags(trained, out, '--src_dir', str(seasons32 / 'val'), '--ref_dir', str(refs),
+                              '--val_batch_size', str(n_src), '--num_outs_per_domain', str(n_out),
+                              '--video_frames', str(T))) == 0
+    assert sorted(os.listdir(out)) == ['latent_psi_0.5.jpg', 'latent_psi_0.7.jpg', 'latent_psi_1.0.jpg',
+                                       'reference.jpg', 'video_latent.mp4', 'video_ref.mp4']
+    # reference.jpg: a header row, then one row per reference starting with that reference.
+    assert _size(out / 'reference.jpg') == ((n_src + 1) * S, (n_ref + 1) * S)
+    grid = np.asarray(Image.open(out / 'reference.jpg'), dtype=np.float32)
+    ref_paths = [list_images(str(refs / d))[0] for d in sorted(os.listdir(refs))]
+    for r, path in enumerate(ref_paths):
+        expected = np.asarray(load_rgb(path).resize((S, S), Image.BILINEAR), dtype=np.float32)
+        tile = grid[(r + 1) * S:(r + 2) * S, :S]
+        assert np.abs(tile - expected).mean() < 8, r
+        assert np.abs(tile - grid[(r + 1) * S:(r + 2) * S, S:2 * S]).mean() > 8   # not a copy of the source
+    # latent grids: sources on top, then every domain x every z.
+    for psi in ('0.5', '0.7', '1.0'):
+        assert _size(out / f'latent_psi_{psi}.jpg') == (n_src * S, (1 + 4 * n_out) * S)
+    # videos: one transition per consecutive pair of styles, even-sized H.264 frames.
+    # T = 4 frames per transition, then the last frame held round(4 * 10 / 31) = 1 more time
+    frames, meta = read_video(out / 'video_ref.mp4')
+    assert len(frames) == (n_ref - 1) * T + 1
+    assert meta['size'] == (S + S // 8 + n_src * S, 2 * S) and meta['codec'] == 'h264'
+    frames, meta = read_video(out / 'video_latent.mp4')
+    assert len(frames) == (4 * n_out - 1) * T + 1 and meta['size'] == (n_src * S, 2 * S)
+
+
+def test_sample_is_deterministic_per_seed(trained, seasons32, tmp_path):
+    common = ('--src_dir', str(seasons32 / 'val'), '--ref_dir', str(seasons32 / 'val'), '--video_frames', '2')
+    for name, seed in (('a', '5'), ('b', '5'), ('c', '6')):
+        assert main(_sample_flags(trained, tmp_path / name, *common, '--seed', seed)) == 0
+    for file in ('latent_psi_0.7.jpg', 'reference.jpg'):
+        assert (tmp_path / 'a' / file).read_bytes() == (tmp_path / 'b' / file).read_bytes()
+    assert np.array_equal(read_video(tmp_path / 'a' / 'video_latent.mp4')[0],
+                          read_video(tmp_path / 'b' / 'video_latent.mp4')[0])
+    assert (tmp_path / 'a' / 'latent_psi_0.7.jpg').read_bytes() != (tmp_path / 'c' / 'latent_psi_0.7.jpg').read_bytes()
+    # the reference grid involves no randomness
+    assert (tmp_path / 'a' / 'reference.jpg').read_bytes() == (tmp_path / 'c' / 'reference.jpg').read_bytes()
+
+
+def test_translate_latent_styles_names_sizes_and_seed(trained, seasons32, tmp_path):
+    src = seasons32 / 'val'
+    inputs = list_images(str(src))
+    for name, seed in (('a', '1'), ('b', '1'), ('c', '2')):
+        assert main(_translate_flags(trained, tmp_path / name, '--src', str(src), '--trg_domain', 'winter',
+                                     '--num_styles', '3', '--seed', seed)) == 0
+    written = sorted(str(p.relative_to(tmp_path / 'a')) for p in (tmp_path / 'a').rglob('*.png'))
+    expected = sorted(os.path.splitext(os.path.relpath(p, src))[0] + f'_to_winter_z{k:02d}.png'
+                      for p in inputs for k in range(3))
+    assert written == expected
+    for rel in written:
+        assert _size(tmp_path / 'a' / rel) == (S, S)
+        assert (tmp_path / 'a' / rel).read_bytes() == (tmp_path / 'b' / rel).read_bytes()
+    assert any((tmp_path / 'a' / rel).read_bytes() != (tmp_path / 'c' / rel).read_bytes() for rel in written)
+    # different styles give different images
+    one = written[0].replace('_z00', '_z{:02d}')
+    assert len({(tmp_path / 'a' / one.format(k)).read_bytes() for k in range(3)}) == 3
+
+
+def test_translate_by_id_with_psi_single_image(trained, seasons32, tmp_path):
+    image = list_images(str(seasons32 / 'val' / 'autumn'))[0]
+    stem = os.path.splitext(os.path.basename(image))[0]
+    assert main(_translate_flags(trained, tmp_path, '--src', image, '--trg_domain', '1', '--psi', '0.5')) == 0
+    assert os.listdir(tmp_path) == [f'{stem}_to_spring_z00_psi0.5.png']
+
+
+def test_translate_with_reference_image_and_folder(trained, seasons32, tmp_path):
+    src = list_images(str(seasons32 / 'val' / 'autumn'))[0]
+    stem = os.path.splitext(os.path.basename(src))[0]
+    ref = list_images(str(seasons32 / 'val' / 'winter'))[1]
+    ref_stem = os.path.splitext(os.path.basename(ref))[0]
+    # the reference's domain is read from its folder name
+    assert main(_translate_flags(trained, tmp_path / 'one', '--src', src, '--ref', ref)) == 0
+    assert os.listdir(tmp_path / 'one') == [f'{stem}_to_winter_ref_{ref_stem}.png']
+    assert main(_translate_flags(trained, tmp_path / 'all', '--src', src, '--ref', str(seasons32 / 'val' / 'summer'),
+                                 '--trg_domain', 'summer')) == 0
+    refs = list_images(str(seasons32 / 'val' / 'summer'))
+    assert sorted(os.listdir(tmp_path / 'all')) == sorted(
+        f'{stem}_to_summer_ref_{os.path.splitext(os.path.basename(r))[0]}.png' for r in refs)
+
+
+def test_translate_style_k_is_the_grids_row_k(trained):
+    cfg = parse_config(_translate_flags(trained, 'unused', '--src', '.', '--trg_domain', '0'), check_paths=False)
+    assert torch.equal(draw_z(cfg, 2, 'cpu'), draw_z(cfg, 5, 'cpu')[:2])
+
+
+def test_official_layout_checkpoint_loads_with_flags(seasons32, tmp_path, capsys):
+    """A plain dict of state_dicts without config (the official files) loads with architecture flags."""
+    arch = ['--img_size', '32', '--num_domains', '3', '--base_dim', '8', '--max_conv_dim', '16',
+            '--hidden_dim', '32', '--style_dim', '16', '--latent_dim', '8']
+    flags = ['--mode', 'translate', *arch, '--num_workers', '0', '--val_batch_size', '2']
+    cfg = parse_config(flags, check_paths=False)
+    torch.manual_seed(0)
+    nets, _ = build_nets(cfg)
+    path = tmp_path / '100000_nets_ema.ckpt'
+    torch.save({name: nets[name].state_dict() for name in ('generator', 'mapping_network', 'style_encoder')}, path)
+
+    image = list_images(str(seasons32 / 'val' / 'spring'))[0]
+    out = tmp_path / 'out'
+    assert main(flags + ['--checkpoint', str(path), '--src', image, '--trg_domain', '2',
+                         '--result_dir', str(out)]) == 0
+    stem = os.path.splitext(os.path.basename(image))[0]
+    written = out / f'{stem}_to_domain2_z00.png'
+    # the output is the loaded networks' translation, not that of freshly initialised ones
+    x = EvalTransform(32)(load_rgb(image)).unsqueeze(0)
+    with torch.no_grad():
+        s = nets.mapping_network(draw_z(cfg, 1, 'cpu')[:, 0], torch.tensor([2]))
+        expected = ((nets.generator(x, s)[0] + 1) / 2).clamp(0, 1).mul(255).round().permute(1, 2, 0).numpy()
+    got = np.asarray(Image.open(written), dtype=np.float32)
+    assert np.abs(got - expected).max() <= 1
+
+    capsys.readouterr()
+    assert main(flags + ['--checkpoint', str(path), '--src', image, '--trg_domain', 'winter',
+                         '--result_dir', str(out)]) == 1
+    assert 'stores no domain names' in capsys.readouterr().err
+    bad = [v if v != '16' else '12' for v in flags]   # --style_dim/--max_conv_dim 12: shapes differ
+    assert main(bad + ['--checkpoint', str(path), '--src', image, '--trg_domain', '0',
+                       '--result_dir', str(tmp_path / 'bad')]) == 1
+    err = capsys.readouterr().err
+    assert 'does not match the networks built from the current flags' in err and 'stores no config' in err
+    assert 'Traceback' not in err and not (tmp_path / 'bad').exists()
+
+
+def _fails(argv, capsys, *phrases):
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and 'Traceback' not in err
+    for phrase in phrases:
+        assert phrase in err, (phrase, err)
+
+
+def test_bad_input_one_clear_message_and_nothing_written(trained, seasons32, tmp_path, capsys):
+    out = tmp_path / 'out'
+    src = str(seasons32 / 'val')
+    _fails(_translate_flags(trained, out, '--src', src, '--trg_domain', 'monsoon'), capsys,
+           "'monsoon' is not a domain", 'autumn (0), spring (1), summer (2), winter (3)')
+    _fails(_translate_flags(trained, out, '--src', src, '--trg_domain', '4'), capsys, 'out of range')
+    _fails(_translate_flags(trained, out, '--src', src, '--ref', src), capsys, "'val' is not a domain", '--trg_domain')
+    _fails(_translate_flags(trained, out, '--src', src, '--ref', src, '--trg_domain', '0', '--psi', '0.5'),
+           capsys, '--psi')
+    _fails(_translate_flags(trained, out, '--trg_domain', '0'), capsys, '--src')
+    _fails(_translate_flags(trained, out, '--src', str(tmp_path / 'nope.jpg'), '--trg_domain', '0'), capsys,
+           'nope.jpg')
+    broken = tmp_path / 'inputs'
+    shutil.copytree(seasons32 / 'val' / 'autumn', broken)
+    (broken / 'broken.jpg').write_bytes(b'not an image')
+    _fails(_translate_flags(trained, out, '--src', str(broken), '--trg_domain', '0'), capsys,
+           'broken.jpg', '--skip_bad_images')
+    _fails(_with_mode(trained, 'translate', '--resume_iter', '1', '--src', src, '--trg_domain', '0',
+                      '--result_dir', str(out)), capsys, 'checkpoint file not found', '--resume_iter')
+    # sample: reference folders that do not match the model's domains
+    three = tmp_path / 'three'
+    for domain in ('autumn', 'spring', 'summer'):
+        shutil.copytree(seasons32 / 'val' / domain, three / domain)
+    _fails(_sample_flags(trained, out, '--src_dir', src, '--ref_dir', str(three)), capsys,
+           '--ref_dir', '3 domain folder(s)', '4 domains')
+    shutil.copytree(seasons32 / 'val' / 'winter', three / 'snow')
+    _fails(_sample_flags(trained, out, '--src_dir', src, '--ref_dir', str(three)), capsys,
+           '--ref_dir', 'autumn, spring, summer, winter')
+    _fails(_sample_flags(trained, out, '--src_dir', str(tmp_path / 'missing'), '--ref_dir', src), capsys,
+           '--src_dir')
+    assert not out.exists()
+    _fails(_sample_flags(trained, out, '--src_dir', src, '--ref_dir', src, '--video_frames', '1'), capsys,
+           '--video_frames')
+
+
+def test_failed_video_leaves_no_partial_file(trained, seasons32, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(core.video, 'ffmpeg_executable', lambda: '/bin/false')
+    out = tmp_path / 'out'
+    _fails(_sample_flags(trained, out, '--src_dir', str(seasons32 / 'val'), '--ref_dir', str(seasons32 / 'val'),
+                         '--video_frames', '2'), capsys, 'video_ref.mp4')
+    assert 'reference.jpg' in os.listdir(out)
+    assert not [f for f in os.listdir(out) if f.endswith('.mp4') or f.startswith('.')]
+
+
+def test_demo_ends_with_sample_outputs(tmp_path, capsys):
+    """--mode demo trains (2 steps here) and writes every sample output into the preset's result_dir."""
+    data = tmp_path / 'data'
+    argv = ['--mode', 'demo', '--total_iters', '2', '--ds_iter', '2', '--sample_every', '0', '--save_every', '2',
+            '--print_every', '0', '--num_outs_per_domain', '1', '--val_batch_size', '4', '--video_frames', '2',
+            '--train_img_dir', str(data / 'train'), '--val_img_dir', str(data / 'val'),
+            '--src_dir', str(data / 'val'), '--ref_dir', str(data / 'val'),
+            '--checkpoint_dir', str(tmp_path / 'ckpt'), '--sample_dir', str(tmp_path / 'samples'),
+            '--result_dir', str(tmp_path / 'results')]
+    assert main(argv) == 0
+    assert sorted(os.listdir(tmp_path / 'results')) == [
+        'latent_psi_0.5.jpg', 'latent_psi_0.7.jpg', 'latent_psi_1.0.jpg', 'reference.jpg',
+        'video_latent.mp4', 'video_ref.mp4']
+    assert _size(tmp_path / 'results' / 'reference.jpg') == (5 * 64, 5 * 64)
+    assert 'sampling took' in capsys.readouterr().out
