@@ -24,7 +24,10 @@ the feature networks are built once; real statistics are cached
 averages over sources (upstream averages per batch, so a smaller last batch
 weighs more; equal when the val count is a multiple of --val_batch_size), and
 the Frechet distance uses an eigen-decomposition instead of scipy's sqrtm
-(equal up to rounding, see metrics.fid.frechet_distance).
+(equal up to rounding, see metrics.fid.frechet_distance). Images are read as
+for training (core.data_loader.load_rgb: EXIF orientation applied, transparency
+composited onto white, every image extension), where upstream only converts
+.png/.jpg/.jpeg/.JPG files to RGB; ordinary RGB photos are read identically.
 """
 import json
 import os
@@ -34,6 +37,7 @@ import time
 
 import numpy as np
 import torch
+from munch import Munch
 from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -58,6 +62,7 @@ def fid_file_name(protocol, step, mode):
 
 
 def lpips_file_name(step, mode):
+    """Upstream's LPIPS_{step:05d}_{mode}.json."""
     return f'LPIPS_{step:05d}_{mode}.json'
 
 
@@ -75,8 +80,8 @@ def build_eval_tools(cfg, device, pretrained=True):
 
     pretrained=False gives randomly initialised networks (tests, benchmarks).
     """
-    from munch import Munch
-    return Munch(lpips=build_lpips(device, pretrained), fid=build_fid_extractors(cfg.fid_protocol, device, pretrained))
+    return Munch(lpips=build_lpips(device, pretrained),
+                 fid=build_fid_extractors(cfg.fid_protocol, device, pretrained))
 
 
 def eval_domains(cfg):
@@ -99,7 +104,7 @@ def _val_paths(cfg, domain):
 
 
 class EvalData:
-    """What both modes share: val image paths, real statistics and their square roots (computed on demand)."""
+    """What both modes share: the checked domains, val image paths and real statistics (computed on demand)."""
 
     def __init__(self, cfg, tools, device):
         from core.manifest import verify_manifest
