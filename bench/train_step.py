@@ -72,18 +72,20 @@ def main(argv=None):
     train_step(run, cfg, batch, 0, device)   # warm-up (allocator, cuDNN autotuning)
     _sync(device)
     per_iter = calls[0]
-    times = []
+    times, cpu_times = [], []
     for i in range(known.iters):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         train_step(run, cfg, batch, i + 1, device)
         _sync(device)
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
 
     params = sum(p.numel() for net in run.nets.values() for p in net.parameters())
     print(f'device={device.type} arch={cfg.arch} img_size={cfg.img_size} batch_size={cfg.batch_size} '
           f'patch_losses={",".join(f"{n}={w}" for n, w in cfg.patch_losses) or "none"} '
           f'nce_layers={",".join(map(str, cfg.nce_layers)) if cfg.patch_losses else "-"} '
-          f'params={params} threads={torch.get_num_threads()} iters={known.iters}')
+          f'params={params} threads={torch.get_num_threads()} iters={known.iters} '
+          f'median_cpu_s_per_iter={statistics.median(cpu_times):.4f}')
     print(f'median_s_per_iter={statistics.median(times):.4f} encoder_passes_per_g_step={per_iter // 2}')
     return 0
 

@@ -37,6 +37,12 @@ def ckpt_path(checkpoint_dir, step, kind):
 # Atomic writes: a kill during a save leaves the previous files intact.
 # ----------------------------------------------------------------------------------------------
 
+def _umask():
+    mask = os.umask(0)   # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path, write):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -46,6 +52,7 @@ def _atomic(path, write):
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)   # atomic on POSIX and Windows
     except BaseException:
         if os.path.exists(tmp):

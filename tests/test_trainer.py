@@ -126,6 +126,9 @@ def test_interrupted_save_keeps_the_previous_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(safe_load(path)['x'], torch.ones(3))
     assert os.listdir(tmp_path) == ['a.ckpt']
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~mask   # not mkstemp's private 0600
 
 
 def test_latest_step_ignores_incomplete_saves(tmp_path):
