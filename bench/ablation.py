@@ -288,7 +288,7 @@ def parse_args(argv):
     p.add_argument('--add', action='append', default=[], metavar="NAME='FLAGS'",
                    help="an extra configuration, e.g. --add gcl-clean='--patch_loss patchgcl=0.5 "
                         "--gcl_self_loops clean' (repeatable)")
-    p.add_argument('--steps', type=int, default=100, help='training iterations of every configuration')
+    p.add_argument('--steps', type=int, default=60, help='training iterations of every configuration')
     p.add_argument('--img_size', type=int, default=32, help='image size of the synthetic data and the networks')
     p.add_argument('--batch_size', type=int, default=4, help='training batch size')
     p.add_argument('--num_train', type=int, default=24, help='synthetic training images per domain')
@@ -367,8 +367,9 @@ def write_tables(rows, args, extra, notes):
                 'extra flags': ' '.join(extra) or '-'}
     notes = notes + ['median_s_per_iter: one full training iteration (D latent, D ref, G latent, G ref, EMA), '
                      'first step excluded; wall-clock, noisy on a shared machine',
-                     'peak_rss_mb: peak resident memory of the run\'s process; train_mem_mb: its growth during '
-                     'training (CPU) or peak CUDA memory allocated (GPU)',
+                     'peak_rss_mb: peak resident memory of the run\'s process (importing torch alone takes '
+                     'several hundred MB); train_mem_mb: its growth during training (CPU) or peak CUDA memory '
+                     'allocated (GPU)',
                      'runs (checkpoints, stats.jsonl, train.log): ' + os.path.join(args.out_dir, 'runs')]
     atomic_write_text(os.path.join(args.out_dir, 'ablation.csv'), table_csv(rows))
     atomic_write_text(os.path.join(args.out_dir, 'ablation.md'), table_markdown(rows, settings, notes))

@@ -67,11 +67,12 @@ def self_similarity(feat, ids, patch_size, use_norm):
     feat = F.normalize(feat, dim=1) if use_norm else feat / math.sqrt(channels)
     flat = feat.flatten(2)                                          # (B, C, H*W)
     query = flat[:, :, ids].transpose(1, 2)                         # (B, K, C)
+    sim = torch.bmm(query, flat)                                    # (B, K, H*W)
     if patch_size < height and patch_size < width:
-        keys = flat[:, :, window_index(ids, height, width, patch_size)]   # (B, C, K, p*p)
-        sim = torch.einsum('bkc,bckn->bkn', query, keys)
-    else:
-        sim = torch.bmm(query, flat)                                # (B, K, H*W)
+        # Pick each window from the full map: gathering the window keys instead would need
+        # (B, C, K, p*p) memory, gigabytes at 256 px.
+        window = window_index(ids, height, width, patch_size)      # (K, p*p)
+        sim = sim.gather(2, window.expand(sim.shape[0], -1, -1))   # (B, K, p*p)
     return sim if use_norm else torch.tanh(sim / 10)
 
 
