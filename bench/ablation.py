@@ -282,6 +282,7 @@ def table_markdown(rows, settings, notes):
 # ----------------------------------------------------------------------------------------------
 
 def parse_args(argv):
+    """(the runner's own options, the remaining flags for every configuration)."""
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--configs', default='all', help='comma-separated names of: ' + ', '.join(CONFIGS))

@@ -104,6 +104,8 @@ def test_missing_weight_file_is_a_config_error(weights_missing, name):
     assert any(VGG_FLAGS[name] in e and 'bash download.sh vgg16' in e for e in errors)
     with pytest.raises(UserError, match='download.sh vgg16'):
         vgg16_trunk(torch.device('cpu'))
+    sampling = plugin_config(name).replace(**{VGG_FLAGS[name][2:]: 'vgg16', 'mode': 'sample'})
+    assert contrastive.get(name).validate(sampling) == []        # only training needs the weights
 
 
 def test_missing_weights_stop_training_before_any_work(weights_missing, seasons32, tmp_path, capsys):

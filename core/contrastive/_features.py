@@ -12,6 +12,7 @@ from core.errors import UserError
 from core.weights import require_weight
 
 FEATURE_SOURCES = ['encoder', 'vgg16']
+TRAINING_MODES = ('train', 'demo')
 
 
 def add_feature_flag(group, flag, loss_name):
@@ -23,8 +24,12 @@ def add_feature_flag(group, flag, loss_name):
 
 
 def feature_errors(cfg, flag):
-    """Config errors of the feature source chosen by --<flag> (checked before any work)."""
-    if getattr(cfg, flag) != 'vgg16':
+    """Config errors of the feature source chosen by --<flag> (checked before any work).
+
+    Only training needs the weights: sampling a model trained with VGG16
+    features works without them.
+    """
+    if getattr(cfg, flag) != 'vgg16' or cfg.mode not in TRAINING_MODES:
         return []
     errors = []
     if cfg.query_side != 'fake':
