@@ -191,9 +191,9 @@ def put_nce_released(q, k, tau, num_neg):
     sim = _similarity(q, k)                                       # (B, K, K)
     positive = _positive(sim).reshape(batch * num, 1)             # (B*K, 1)
     negatives = sim.masked_fill(_self_mask(sim), -10.0).reshape(batch * num, num)   # (B*K, K)
-    ranked = negatives.sort(dim=0, descending=True).values[:, :num_neg]
+    ranked = negatives.sort(dim=0, descending=True).values[:, :num_neg]     # (B*K, n)
     logits = torch.cat([positive, ranked], dim=1) / tau           # (B*K, n+1)
-    return (logits.logsumexp(dim=1) - logits[:, 0]).reshape(batch, num)
+    return (logits.logsumexp(dim=1) - logits[:, 0]).reshape(batch, num)   # (B*K,) -> (B, K)
 
 
 def layer_mean(per_layer):

@@ -227,7 +227,8 @@ class PatchGCLLoss(PatchLoss):
     def layer_loss(self, layer, f_q, f_k):
         """(loss, mean degree) of one layer from sampled features f_q, f_k (B, K, C)."""
         e_q = l2_normalize(layer.embed(f_q.float()))                # (B, K, D) with grad
-        e_k = l2_normalize(layer.embed(f_k.float())).detach()
+        with torch.no_grad():
+            e_k = l2_normalize(layer.embed(f_k.float()))            # (B, K, D) key side
         adj = self.source_graph(e_q, e_k)
         degree = (adj.sum(dim=-1) - adj.diagonal(dim1=1, dim2=2)).mean()
         v, z = encode_pair(layer.gnn, propagation_matrix(adj, self.self_loops), e_k, e_q)
