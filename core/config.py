@@ -117,6 +117,10 @@ PRESETS = {
                  src_dir='data/synthetic-seasons/val', ref_dir='data/synthetic-seasons/val',
                  **_dirs('demo')),
 }
+# Several plug-ins with their own weights in one run: the paper's SRC + hDCE plus PatchGCL
+# (its weight 0.5 is our choice: PatchGCL has no published StarGAN v2 setting).
+PRESETS['seasons-combined'] = {**PRESETS['seasons'], **_dirs('seasons-combined'), 'patch_loss': [('patchgcl', 0.5)]}
+PRESETS['demo-combined'] = {**PRESETS['demo'], **_dirs('demo-combined'), 'patch_loss': [('patchgcl', 0.5)]}
 
 
 # ----------------------------------------------------------------------------------------------
