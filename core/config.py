@@ -308,7 +308,9 @@ def build_parser():
 def resolve_patch_losses(ns):
     """(name, weight) pairs of the active patch losses, from the Hneg_SRC flags and --patch_loss.
 
-    As in Hneg_SRC, lambda_nce > 0 selects PatchNCE instead of (h)DCE.
+    As in Hneg_SRC, lambda_nce > 0 selects PatchNCE instead of (h)DCE. Among
+    --patch_loss entries a later one replaces an earlier one of the same name, so
+    a command line can change the weight a preset gives.
     """
     terms = []
     if ns.lambda_src > 0:
@@ -317,7 +319,7 @@ def resolve_patch_losses(ns):
         terms.append(('patchnce', ns.lambda_nce))
     elif ns.lambda_dce > 0:
         terms.append(('hdce' if ns.use_hard else 'dce', ns.lambda_dce))
-    terms.extend(ns.patch_loss)
+    terms.extend(dict(ns.patch_loss).items())
     return tuple((name, float(w)) for name, w in terms)
 
 
