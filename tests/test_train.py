@@ -1,7 +1,6 @@
 """End-to-end training on synthetic data: checkpoints, logs, bit-exact resume, bad input."""
 import json
 import math
-import os
 
 import pytest
 import torch
