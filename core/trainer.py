@@ -16,8 +16,8 @@ import os
 import torch
 from munch import Munch
 
-from core.checkpoint import CheckpointError, latest_step, load_training_state, save_training_state
-from core.checkpoint import atomic_write_text
+from core.checkpoint import (CheckpointError, atomic_write_text, latest_step, load_training_state,
+                             save_training_state)
 from core.contrastive.objective import build_objective
 from core.data_loader import load_val_batch, make_train_iterator
 from core.device import resolve_device
@@ -70,14 +70,20 @@ def resolve_start_step(cfg):
 
 @contextlib.contextmanager
 def frozen(*modules):
-    """Temporarily compute no weight gradients for `modules` (input gradients still flow)."""
-    for m in modules:
-        m.requires_grad_(False)
+    """Temporarily compute no weight gradients for `modules` (input gradients still flow).
+
+    Each parameter gets its own flag back afterwards, so parameters that are
+    always frozen stay frozen.
+    """
+    params = [p for m in modules for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
     try:
         yield
     finally:
-        for m in modules:
-            m.requires_grad_(True)
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
 
 
 def optimize(loss, optims):

@@ -65,6 +65,8 @@ def test_presets_set_defaults_and_explicit_flags_win():
     paper = _cfg('--preset', 'seasons')
     assert (paper.arch, paper.cyc_mode, paper.query_side, paper.num_domains) == ('stargan-v2', 'cycle', 'fake', 4)
     assert _cfg('--preset', 'seasons', '--no-use_hard').patch_losses == (('src', 0.1), ('dce', 1.0))
+    combined = _cfg('--preset', 'seasons-combined', '--patch_loss', 'patchgcl=0.2')
+    assert combined.patch_losses == (('src', 0.1), ('hdce', 1.0), ('patchgcl', 0.2))
     demo = parse_config(['--mode', 'demo'], check_paths=False)
     assert demo.preset == 'demo' and demo.img_size == 64
 

@@ -1,7 +1,6 @@
 """End-to-end training on synthetic data: checkpoints, logs, bit-exact resume, bad input."""
 import json
 import math
-import os
 
 import pytest
 import torch
@@ -135,7 +134,8 @@ def test_corrupt_image_stops_before_training(seasons32, tmp_path, capsys):
     err = capsys.readouterr().err
     assert 'broken.jpg' in err and '--skip_bad_images' in err
     assert not (tmp_path / 'checkpoints').exists() or not list((tmp_path / 'checkpoints').glob('*.ckpt'))
-    assert main(tiny_flags(data, tmp_path, '--skip_bad_images', '--total_iters', '2', '--sample_every', '0')) == 0
+    with pytest.warns(UserWarning, match='broken.jpg'):
+        assert main(tiny_flags(data, tmp_path, '--skip_bad_images', '--total_iters', '2', '--sample_every', '0')) == 0
 
 
 def test_bad_flags_are_rejected_before_any_work(seasons32, tmp_path, capsys):

@@ -151,6 +151,51 @@ def src_jsd(q, k, reduction='sum'):
     raise ValueError(f'unknown SRC reduction {reduction!r}')
 
 
+def put_nce(q, k, tau, num_neg, decoupled=False):
+    """Negative pruning, PUT (Lin et al. ACM MM 2022): each query keeps only its hardest negatives.
+
+    For anchor i the negatives j != i are ranked by s_ij = q_i . k_j and only
+    the n = min(num_neg, K-1) largest are kept:
+      InfoNCE: L_i = -s_ii/tau + log( e^{s_ii/tau} + sum_{j in top_n(i)} e^{s_ij/tau} ),
+      decoupled (DCE): the positive left out of the denominator.
+    n = K-1 gives exactly patch_nce (or dce). Gradient flows through the kept
+    similarities only (the ranking itself is not differentiated).
+
+    Args: q, k (B, K, D) unit rows; tau > 0; num_neg >= 1; decoupled bool.
+    Returns: (B, K) fp32 loss per anchor. Needs K >= 2.
+    """
+    sim = _similarity(q, k)                                       # (B, K, K)
+    negatives = sim.masked_fill(_self_mask(sim), float('-inf'))
+    hardest = negatives.topk(min(num_neg, sim.shape[-1] - 1), dim=-1).values   # (B, K, n)
+    positive = _positive(sim)                                     # (B, K)
+    if decoupled:
+        return (hardest / tau).logsumexp(dim=-1) - positive / tau
+    logits = torch.cat([positive[..., None], hardest], dim=-1) / tau          # (B, K, n+1)
+    return logits.logsumexp(dim=-1) - positive / tau
+
+
+def put_nce_released(q, k, tau, num_neg):
+    """PUT exactly as its released code computes it (kept only to reproduce published numbers).
+
+    The (B*K, K) matrix of negatives (self pair set to -10, as CUT) is sorted
+    along dim 0, i.e. each key patch's column over ALL B*K queries, and its
+    first num_neg columns are kept. Row r then pairs query r's positive with
+    the r-th largest similarities of num_neg arbitrary key patches, not with
+    its own hardest negatives; the last B rows hold only -10 entries, and
+    images are mixed when B > 1.
+
+    Args: q, k (B, K, D) unit rows; tau > 0; num_neg >= 1 (at most K columns).
+    Returns: (B, K) fp32 loss per row r = b*K + i (rows are not per-query losses).
+    """
+    batch, num, _ = q.shape
+    sim = _similarity(q, k)                                       # (B, K, K)
+    positive = _positive(sim).reshape(batch * num, 1)             # (B*K, 1)
+    negatives = sim.masked_fill(_self_mask(sim), -10.0).reshape(batch * num, num)   # (B*K, K)
+    ranked = negatives.sort(dim=0, descending=True).values[:, :num_neg]     # (B*K, n)
+    logits = torch.cat([positive, ranked], dim=1) / tau           # (B*K, n+1)
+    return (logits.logsumexp(dim=1) - logits[:, 0]).reshape(batch, num)   # (B*K,) -> (B, K)
+
+
 def layer_mean(per_layer):
     """Average over layers of the per-layer means; per_layer is a list of (B, K_l) tensors."""
     return torch.stack([t.mean() for t in per_layer]).mean()

@@ -1,0 +1,398 @@
+"""Ablation of the patch-wise losses: same data, same seed, same steps, one table.
+
+    python bench/ablation.py [--configs NAME,NAME,...] [--add NAME='FLAGS'] [--steps N]
+                             [--img_size S] [--batch_size B] [--out_dir DIR] [training flags of main.py]
+
+Renders the synthetic seasons data (--img_size, --num_train images per
+domain) once, then trains every selected configuration from scratch with CPU-
+sized networks for --steps iterations and the same --seed, so that runs differ
+only in their patch losses. Each configuration trains in its own process, so
+that its peak memory is its own. Afterwards every run's EMA networks are
+scored with the quality benchmark (metrics/quality.py: domain accuracy of
+latent- and reference-guided outputs and structure preservation). The table
+goes to OUT/ablation.md and OUT/ablation.csv:
+
+  config, patch losses, median s/iter (training step only, warm-up step excluded),
+  peak RSS of the run's process, RSS growth during training (peak CUDA memory on
+  GPU), plug-in parameters, finite (no NaN/inf in the last step's losses),
+  domain_acc_latent, domain_acc_reference, domain_acc, structure.
+
+Each run keeps OUT/runs/<config>/: checkpoints of the last step (sample mode
+can load them), config.json, stats.jsonl, train.log and result.json. Running
+again replaces those run folders. Extra flags after the runner's own are
+passed to every configuration (e.g. --arch hsrc, --n_patch 64). Timings are
+wall-clock on whatever else the machine is doing: compare them within one table.
+"""
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from core.checkpoint import atomic_write_text  # noqa: E402
+from core.errors import UserError  # noqa: E402
+
+# name -> (what it is, its flags). Weights: the SRC paper's Seasons values for SRC/hDCE, the released
+# single-domain values for FSeSim/LSeSim (10) and PUT (1), our choice for PatchGCL (0.5, no published one).
+CONFIGS = {
+    'none': ('StarGAN v2 without patch losses', []),
+    'patchnce': ('PatchNCE (CUT)', ['--patch_loss', 'patchnce=1']),
+    'dce': ('decoupled InfoNCE', ['--patch_loss', 'dce=1']),
+    'src': ('SRC', ['--lambda_src', '0.1']),
+    'src+hdce': ('SRC + hDCE (Jung et al. 2022)',
+                 ['--lambda_src', '0.1', '--lambda_dce', '1', '--use_hard', '--use_curriculum']),
+    'fsesim': ('FSeSim (fixed features)', ['--patch_loss', 'fsesim=10']),
+    'lsesim': ('LSeSim (learned head)', ['--patch_loss', 'lsesim=10']),
+    'patchgcl': ('PatchGCL', ['--patch_loss', 'patchgcl=0.5']),
+    'put': ('PUT, 5 negatives per query', ['--patch_loss', 'put=1']),
+    'src+hdce+patchgcl': ('SRC + hDCE + PatchGCL',
+                          ['--lambda_src', '0.1', '--lambda_dce', '1', '--use_hard', '--use_curriculum',
+                           '--patch_loss', 'patchgcl=0.5']),
+}
+QUALITY_KEYS = ('domain_acc_latent', 'domain_acc_reference', 'domain_acc', 'structure')
+COLUMNS = ('config', 'patch_losses', 'median_s_per_iter', 'peak_rss_mb', 'train_mem_mb', 'plugin_params',
+           'finite') + QUALITY_KEYS + ('status',)
+
+
+# ----------------------------------------------------------------------------------------------
+# Configurations
+# ----------------------------------------------------------------------------------------------
+
+def select_configs(names, added=()):
+    """[(name, description, flags)] of the comma-separated names ('all') plus NAME=FLAGS additions."""
+    chosen = list(CONFIGS) if names == 'all' else [n.strip() for n in names.split(',') if n.strip()]
+    unknown = [n for n in chosen if n not in CONFIGS]
+    if unknown:
+        raise UserError(f'--configs: unknown {", ".join(unknown)}; available: {", ".join(CONFIGS)} (or all)')
+    selected = [(n, CONFIGS[n][0], list(CONFIGS[n][1])) for n in chosen]
+    for item in added:
+        name, sep, flags = item.partition('=')
+        # The name becomes a folder name: letters, digits and . _ + - only.
+        if not sep or not re.fullmatch(r'[A-Za-z0-9][\w.+-]*', name):
+            raise UserError(f"--add expects NAME='FLAGS' (NAME: letters, digits, . _ + -), got {item!r}")
+        selected.append((name, 'custom', shlex.split(flags)))
+    names = [n for n, _, _ in selected]
+    if len(set(names)) != len(names) or not names:
+        raise UserError('--configs/--add: every configuration needs its own name, and at least one is needed')
+    return selected
+
+
+def base_flags(args, data_root, run_dir):
+    """Training flags shared by every configuration: CPU-sized networks, the same data and seed."""
+    steps = str(args.steps)
+    return ['--mode', 'train', '--img_size', str(args.img_size), '--num_domains', '4', '--base_dim', '16',
+            '--max_conv_dim', '64', '--hidden_dim', '64', '--style_dim', '16', '--latent_dim', '8',
+            '--batch_size', str(args.batch_size), '--val_batch_size', '8', '--num_outs_per_domain', '1',
+            '--num_workers', '0', '--n_patch', '32', '--patch_dim', '64', '--lambda_ds', '1',
+            '--ema_beta', '0.99', '--total_iters', steps, '--ds_iter', steps, '--seed', str(args.seed),
+            '--device', args.device, '--print_every', str(max(1, args.steps // 10)), '--sample_every', '0',
+            '--save_every', '0', '--eval_every', '0',
+            '--train_img_dir', os.path.join(data_root, 'train'), '--val_img_dir', os.path.join(data_root, 'val'),
+            '--src_dir', os.path.join(data_root, 'val'), '--ref_dir', os.path.join(data_root, 'val'),
+            '--checkpoint_dir', os.path.join(run_dir, 'checkpoints'), '--sample_dir', os.path.join(run_dir, 'samples'),
+            '--eval_dir', os.path.join(run_dir, 'eval'), '--result_dir', os.path.join(run_dir, 'results')]
+
+
+def run_flags(args, data_root, run_dir, config_flags, extra):
+    """Base flags, then the configuration's, then the user's extra flags (which win)."""
+    return base_flags(args, data_root, run_dir) + list(config_flags) + list(extra)
+
+
+# ----------------------------------------------------------------------------------------------
+# One configuration, in its own process
+# ----------------------------------------------------------------------------------------------
+
+def peak_rss_mb():
+    """Peak resident memory of this process so far, in MB (None where the OS does not report it)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2 ** 20 if sys.platform == 'darwin' else peak / 2 ** 10   # bytes on macOS, KB on Linux
+
+
+def train_config(flags):
+    """Train one configuration; returns its result dict (time, memory, parameters, last losses)."""
+    import torch
+    from core.checkpoint import save_training_state
+    from core.config import parse_config
+    from core.data_loader import make_train_iterator
+    from core.device import resolve_device
+    from core.logger import RunLogger
+    from core.trainer import build_training, train_step
+
+    cfg = parse_config(flags)
+    device = resolve_device(cfg.device)
+    run = build_training(cfg, device)
+    batches = make_train_iterator(cfg, 0, device)
+    logger = RunLogger(cfg.checkpoint_dir, 0, cfg.total_iters, tensorboard=False)
+    atomic_write_text(os.path.join(cfg.checkpoint_dir, 'config.json'), cfg.to_json() + '\n')
+    rss_before = peak_rss_mb()
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    times, stats = [], {}
+    try:
+        for step in range(cfg.total_iters):
+            batch = next(batches)
+            start = time.perf_counter()
+            stats = train_step(run, cfg, batch, step, device)
+            if device.type == 'cuda':
+                torch.cuda.synchronize(device)   # time the step, not its launch
+            times.append(time.perf_counter() - start)
+            logger.advance()
+            if (step + 1) % cfg.print_every == 0:
+                logger.log(step + 1, stats)
+    finally:
+        batches.close()
+        logger.close()
+    save_training_state(cfg.checkpoint_dir, cfg.total_iters, run.nets, run.nets_ema, run.optims, cfg)
+    return measurements(cfg, run, device, times, stats, rss_before)
+
+
+def measurements(cfg, run, device, times, stats, rss_before):
+    """The result dict of a finished run."""
+    import torch
+    peak = peak_rss_mb()
+    if device.type == 'cuda':
+        train_mem = torch.cuda.max_memory_allocated(device) / 2 ** 20
+    else:
+        train_mem = None if peak is None else peak - rss_before
+    last = {k: float(v) for k, v in stats.items()}
+    timed = times[1:] if len(times) > 1 else times   # the first step pays for allocation and warm-up
+    return {'patch_losses': ' + '.join(f'{n}={w:g}' for n, w in cfg.patch_losses) or '-',
+            'median_s_per_iter': statistics.median(timed), 'total_train_s': sum(times), 'steps': len(times),
+            'peak_rss_mb': peak, 'train_mem_mb': train_mem, 'device': device.type,
+            'plugin_params': sum(p.numel() for n in run.head_names for p in run.nets[n].parameters()),
+            'finite': all(math.isfinite(v) for v in last.values()), 'last_stats': last}
+
+
+def worker_main(spec_path):
+    """Entry point of a configuration's process: train, then write result.json beside the checkpoints."""
+    with open(spec_path) as f:
+        spec = json.load(f)
+    try:
+        result = train_config(spec['flags'])
+    except UserError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    atomic_write_text(spec['result'], json.dumps(result, indent=2) + '\n')
+    return 0
+
+
+def launch(name, flags, run_dir):
+    """Train one configuration in a child process; returns its result dict, or a failure status."""
+    if os.path.isdir(run_dir):
+        shutil.rmtree(run_dir)   # a run folder of an earlier ablation (see --out_dir)
+    os.makedirs(run_dir)
+    spec = os.path.join(run_dir, 'spec.json')
+    result_path = os.path.join(run_dir, 'result.json')
+    atomic_write_text(spec, json.dumps({'flags': flags, 'result': result_path}) + '\n')
+    with open(os.path.join(run_dir, 'train.log'), 'w') as log:
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--_worker', spec],
+                              stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0 or not os.path.isfile(result_path):
+        return {'status': f'failed: {_last_error(os.path.join(run_dir, "train.log"))}'}
+    with open(result_path) as f:
+        return {**json.load(f), 'status': 'ok'}
+
+
+def _last_error(log_path):
+    """The 'error: ...' line of a failed run's log, else its last line."""
+    with open(log_path, errors='replace') as f:
+        lines = [line.strip() for line in f if line.strip()]
+    errors = [line for line in lines if line.startswith('error:')]
+    return (errors or lines or ['no output'])[-1][:200]
+
+
+# ----------------------------------------------------------------------------------------------
+# Quality
+# ----------------------------------------------------------------------------------------------
+
+def quality_scorer():
+    """metrics.quality.quality_scores, or None when this checkout has no quality benchmark."""
+    try:
+        from metrics.quality import quality_scores
+    except ImportError:
+        return None
+    return quality_scores
+
+
+def score_run(scorer, run_dir, steps, device_name):
+    """Quality figures of one run's EMA networks (loaded from its last checkpoint)."""
+    from core.checkpoint import ckpt_path, load_ema_nets
+    from core.config import Config
+    from core.device import resolve_device
+    with open(os.path.join(run_dir, 'checkpoints', 'config.json')) as f:
+        cfg = Config.from_json(f.read())
+    device = resolve_device(device_name)
+    nets_ema, cfg = load_ema_nets(cfg.replace(checkpoint=ckpt_path(cfg.checkpoint_dir, steps, 'nets_ema')),
+                                  device)
+    scores = scorer(nets_ema, cfg, device)
+    return {k: float(scores[k]) for k in QUALITY_KEYS if k in scores}
+
+
+# ----------------------------------------------------------------------------------------------
+# The table
+# ----------------------------------------------------------------------------------------------
+
+def _cell(value):
+    if value is None:
+        return 'n/a'
+    if isinstance(value, bool):
+        return 'yes' if value else 'NO'
+    if isinstance(value, float):
+        return f'{value:.4f}' if abs(value) < 10 else f'{value:.0f}'
+    return str(value)
+
+
+def table_csv(rows):
+    """CSV text: one header line (COLUMNS) and one line per configuration; missing values empty."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction='ignore', lineterminator='\n')
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ('' if row.get(k) is None else row.get(k)) for k in COLUMNS})
+    return out.getvalue()
+
+
+def table_markdown(rows, settings, notes):
+    """Markdown text: the settings, the table, then the notes."""
+    lines = ['# Patch-loss ablation', '', ', '.join(f'{k}: {v}' for k, v in settings.items()), '',
+             '| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
+    for row in rows:
+        lines.append('| ' + ' | '.join(_cell(row.get(k)) for k in COLUMNS) + ' |')
+    return '\n'.join(lines + [''] + [f'- {note}' for note in notes]) + '\n'
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+def parse_args(argv):
+    """(the runner's own options, the remaining flags for every configuration)."""
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--configs', default='all', help='comma-separated names of: ' + ', '.join(CONFIGS))
+    p.add_argument('--add', action='append', default=[], metavar="NAME='FLAGS'",
+                   help="an extra configuration, e.g. --add gcl-clean='--patch_loss patchgcl=0.5 "
+                        "--gcl_self_loops clean' (repeatable)")
+    p.add_argument('--steps', type=int, default=60, help='training iterations of every configuration')
+    p.add_argument('--img_size', type=int, default=32, help='image size of the synthetic data and the networks')
+    p.add_argument('--batch_size', type=int, default=4, help='training batch size')
+    p.add_argument('--num_train', type=int, default=24, help='synthetic training images per domain')
+    p.add_argument('--num_val', type=int, default=8, help='synthetic validation images per domain')
+    p.add_argument('--seed', type=int, default=777, help='the one seed of data and training')
+    p.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='cpu')
+    p.add_argument('--out_dir', default='expr/ablation', help='data, runs and the tables')
+    p.add_argument('--no_quality', action='store_true', help='time and memory only')
+    p.add_argument('--list', action='store_true', help='print the configurations and exit')
+    p.add_argument('--_worker', help=argparse.SUPPRESS)
+    return p.parse_known_args(argv)
+
+
+def check_flags(selected, args, extra):
+    """Parse and validate every configuration's flags before any training (errors name the flag)."""
+    from core.config import parse_config
+    data_root = os.path.join(args.out_dir, 'data')
+    for name, _, flags in selected:
+        try:
+            parse_config(run_flags(args, data_root, os.path.join(args.out_dir, 'runs', name), flags, extra),
+                         check_paths=False)
+        except UserError as err:
+            raise UserError(f'configuration {name}: {err}') from None
+        except SystemExit:
+            raise UserError(f'configuration {name}: its flags do not parse (see the message above)') from None
+
+
+def prepare_data(args):
+    """The synthetic seasons dataset under OUT/data (reused when it matches)."""
+    from core.synthetic import make_dataset
+    root = os.path.join(args.out_dir, 'data')
+    try:
+        make_dataset('seasons', root, num_train=args.num_train, num_val=args.num_val, img_size=args.img_size,
+                     seed=args.seed)
+    except (FileExistsError, NotADirectoryError, ValueError) as err:
+        raise UserError(f'cannot prepare the synthetic data in {root}: {err} (choose another --out_dir)') from None
+    return root
+
+
+def run_ablation(args, extra):
+    """Train and score every selected configuration; write the tables; return the rows."""
+    selected = select_configs(args.configs, args.add)
+    if args.steps < 1:
+        raise UserError('--steps must be at least 1')
+    check_flags(selected, args, extra)
+    data_root = prepare_data(args)
+    rows = []
+    for i, (name, description, flags) in enumerate(selected, 1):
+        run_dir = os.path.join(args.out_dir, 'runs', name)
+        result = launch(name, run_flags(args, data_root, run_dir, flags, extra), run_dir)
+        rows.append({'config': name, 'description': description, 'run_dir': run_dir, **result})
+        print(f'[{i}/{len(selected)}] {name}: {result["status"]}'
+              + (f', {result["median_s_per_iter"]:.3f} s/iter' if result['status'] == 'ok' else ''), flush=True)
+    notes = add_quality(rows, args)
+    write_tables(rows, args, extra, notes)
+    return rows
+
+
+def add_quality(rows, args):
+    """Fill the quality columns in place; returns notes for the table."""
+    scorer = None if args.no_quality else quality_scorer()
+    if scorer is None:
+        return ['quality: ' + ('skipped (--no_quality)' if args.no_quality else
+                               'metrics/quality.py is not in this checkout; time and memory only')]
+    for row in rows:
+        if row['status'] == 'ok':
+            row.update(score_run(scorer, row['run_dir'], args.steps, args.device))
+    return ['quality: metrics.quality.quality_scores on each run\'s EMA networks']
+
+
+def write_tables(rows, args, extra, notes):
+    """OUT/ablation.md and OUT/ablation.csv, written atomically."""
+    import torch
+    settings = {'steps': args.steps, 'img_size': args.img_size, 'batch_size': args.batch_size, 'seed': args.seed,
+                'device': args.device, 'threads': torch.get_num_threads(),
+                'extra flags': ' '.join(extra) or '-'}
+    notes = notes + ['median_s_per_iter: one full training iteration (D latent, D ref, G latent, G ref, EMA), '
+                     'first step excluded; wall-clock, noisy on a shared machine',
+                     'peak_rss_mb: peak resident memory of the run\'s process (importing torch alone takes '
+                     'several hundred MB); train_mem_mb: its growth during training (CPU) or peak CUDA memory '
+                     'allocated (GPU)',
+                     'runs (checkpoints, stats.jsonl, train.log): ' + os.path.join(args.out_dir, 'runs')]
+    atomic_write_text(os.path.join(args.out_dir, 'ablation.csv'), table_csv(rows))
+    atomic_write_text(os.path.join(args.out_dir, 'ablation.md'), table_markdown(rows, settings, notes))
+
+
+def main(argv=None):
+    args, extra = parse_args(argv)
+    args.out_dir = os.path.abspath(args.out_dir)
+    if args._worker:
+        return worker_main(args._worker)
+    if args.list:
+        for name, (description, flags) in CONFIGS.items():
+            print(f'{name:20s} {description}: {" ".join(flags) or "(no patch loss)"}')
+        return 0
+    try:
+        run_ablation(args, extra)
+    except UserError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    print(f'tables: {os.path.join(args.out_dir, "ablation.md")}, {os.path.join(args.out_dir, "ablation.csv")}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Helpers shared by the tests of the LSeSim, PatchGCL and PUT plug-ins."""
+import dataclasses
+
+import torch
+
+import core.contrastive as contrastive
+from core.config import parse_config
+from core.contrastive.base import PatchInputs
+
+BASE_FLAGS = ['--mode', 'train', '--img_size', '32', '--n_patch', '16', '--patch_dim', '16']
+
+
+def plugin_config(name, *extra, weight=1.0):
+    """The validated config of a run with the single patch loss `name` (no folders needed)."""
+    return parse_config(BASE_FLAGS + ['--patch_loss', f'{name}={weight}', *extra], check_paths=False)
+
+
+def build_plugin(name, *extra, channels=(4, 6), weight=1.0):
+    """Plug-in `name` built from command-line flags, on layers with the given channel counts."""
+    torch.manual_seed(0)
+    return contrastive.get(name).from_config(plugin_config(name, *extra, weight=weight), list(channels))
+
+
+def feature_inputs(B=2, channels=(4, 6), sizes=((8, 8), (4, 6)), seed=0, same=False, key_grad=True, step=0,
+                   patch_dim=16, n_patch=16):
+    """PatchInputs with random feature maps (and shared patches) on layers of the given shapes.
+
+    same: query maps equal to the key maps. key_grad: the key side is handed
+    over with requires_grad, as a careless caller would; plug-ins must detach it.
+    """
+    g = torch.Generator().manual_seed(seed)
+    feat_k = [torch.randn(B, c, h, w, generator=g) for c, (h, w) in zip(channels, sizes)]
+    feat_q = [f.clone() if same else torch.randn(f.shape, generator=g) for f in feat_k]
+    patch_k = [_unit(B, min(n_patch, h * w), patch_dim, g) for h, w in sizes]
+    patch_q = [p.clone() if same else _unit(*p.shape, g) for p in patch_k]
+    return PatchInputs(feat_q=[f.requires_grad_() for f in feat_q], feat_k=[f.requires_grad_(key_grad) for f in feat_k],
+                       patch_q=[p.requires_grad_() for p in patch_q],
+                       patch_k=[p.requires_grad_(key_grad) for p in patch_k],
+                       x_q=torch.rand(B, 3, 32, 32, generator=g) * 2 - 1,
+                       x_k=torch.rand(B, 3, 32, 32, generator=g) * 2 - 1, step=step,
+                       generator=torch.Generator().manual_seed(seed + 100))
+
+
+def _unit(*shape_and_gen):
+    *shape, g = shape_and_gen
+    v = torch.randn(*shape, generator=g)
+    return v / v.norm(dim=-1, keepdim=True)
+
+
+def with_generator(inp, seed):
+    """The same inputs with a freshly seeded generator (to replay a plug-in's sampling)."""
+    return dataclasses.replace(inp, generator=torch.Generator().manual_seed(seed))
+
+
+def image_slice(inp, b):
+    """The inputs of image b alone (batch of one)."""
+    def one(items):
+        return None if items is None else [t[b:b + 1].detach().requires_grad_(t.requires_grad) for t in items]
+    return PatchInputs(feat_q=one(inp.feat_q), feat_k=one(inp.feat_k), patch_q=one(inp.patch_q),
+                       patch_k=one(inp.patch_k), x_q=inp.x_q[b:b + 1], x_k=inp.x_k[b:b + 1], step=inp.step,
+                       generator=inp.generator)

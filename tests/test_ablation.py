@@ -1,0 +1,86 @@
+"""bench/ablation.py: configuration selection, tables, and a tiny end-to-end run with a stand-in quality metric."""
+import csv
+import io
+import sys
+import types
+
+import pytest
+
+from bench import ablation
+from core.errors import UserError
+
+
+def test_select_configs_and_additions():
+    assert [n for n, _, _ in ablation.select_configs('all')] == list(ablation.CONFIGS)
+    chosen = ablation.select_configs('none, patchgcl', ["gcl-clean=--patch_loss patchgcl=0.5 --gcl_self_loops clean"])
+    assert [n for n, _, _ in chosen] == ['none', 'patchgcl', 'gcl-clean']
+    assert chosen[2][2] == ['--patch_loss', 'patchgcl=0.5', '--gcl_self_loops', 'clean']
+    with pytest.raises(UserError, match='unknown nope'):
+        ablation.select_configs('none,nope')
+    with pytest.raises(UserError, match='own name'):
+        ablation.select_configs('put', ['put=--patch_loss dce=1'])
+    with pytest.raises(UserError, match='NAME='):
+        ablation.select_configs('put', ['--patch_loss dce=1'])
+
+
+def test_every_builtin_configuration_is_a_valid_run():
+    from core.config import parse_config
+    args, extra = ablation.parse_args(['--steps', '10'])
+    for name, _, flags in ablation.select_configs('all'):
+        cfg = parse_config(ablation.run_flags(args, 'data', 'runs/' + name, flags, extra), check_paths=False)
+        assert cfg.total_iters == 10 and cfg.seed == 777 and cfg.img_size == 32
+        assert bool(cfg.patch_losses) == (name != 'none')
+    combined = parse_config(ablation.run_flags(args, 'data', 'r', ablation.CONFIGS['src+hdce+patchgcl'][1],
+                                               ['--n_patch', '8']), check_paths=False)
+    assert [n for n, _ in combined.patch_losses] == ['src', 'hdce', 'patchgcl'] and combined.n_patch == 8
+
+
+def test_tables_render_missing_values():
+    rows = [{'config': 'a', 'patch_losses': 'put=1', 'median_s_per_iter': 0.25, 'peak_rss_mb': 700.5,
+             'train_mem_mb': None, 'plugin_params': 0, 'finite': True, 'domain_acc': 0.5, 'status': 'ok'},
+            {'config': 'b', 'status': 'failed: error: x'}]
+    parsed = list(csv.DictReader(io.StringIO(ablation.table_csv(rows))))
+    assert list(parsed[0]) == list(ablation.COLUMNS)
+    assert parsed[0]['median_s_per_iter'] == '0.25' and parsed[0]['train_mem_mb'] == ''
+    assert parsed[1]['status'] == 'failed: error: x' and parsed[1]['median_s_per_iter'] == ''
+    md = ablation.table_markdown(rows, {'steps': 3}, ['a note'])
+    assert '| a | put=1 | 0.2500 | 700 | n/a | 0 | yes | n/a | n/a | 0.5000 | n/a | ok |' in md
+    assert md.count('\n|') == 4 and md.rstrip().endswith('- a note')
+
+
+def test_tiny_ablation_end_to_end(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def quality_scores(nets_ema, cfg, device, classifier=None):
+        calls.append(cfg.patch_losses)
+        assert {'generator', 'mapping_network', 'style_encoder'} <= set(nets_ema)
+        assert cfg.domain_names == ('autumn', 'spring', 'summer', 'winter') and device.type == 'cpu'
+        params = sum(p.numel() for p in nets_ema.generator.parameters())
+        return {'domain_acc_latent': 0.25, 'domain_acc_reference': 0.5, 'domain_acc': 0.375,
+                'structure': float(params)}
+
+    monkeypatch.setitem(sys.modules, 'metrics.quality', types.SimpleNamespace(quality_scores=quality_scores))
+    out = tmp_path / 'abl'
+    argv = ['--configs', 'put', '--add', f"broken=--val_img_dir {tmp_path / 'missing'}", '--steps', '3',
+            '--num_train', '2', '--num_val', '2', '--batch_size', '2', '--out_dir', str(out), '--n_patch', '8']
+    assert ablation.main(argv) == 0
+    rows = list(csv.DictReader(io.StringIO((out / 'ablation.csv').read_text())))
+    assert [r['config'] for r in rows] == ['put', 'broken']
+    put, broken = rows
+    assert put['status'] == 'ok' and put['finite'] == 'True' and put['patch_losses'] == 'put=1'
+    assert float(put['median_s_per_iter']) > 0 and float(put['peak_rss_mb']) > 0
+    assert put['domain_acc'] == '0.375' and float(put['structure']) > 1000
+    assert broken['status'].startswith('failed: error: --val_img_dir') and broken['domain_acc'] == ''
+    assert calls == [(('put', 1.0),)]                       # only finished runs are scored
+    assert (out / 'runs' / 'put' / 'checkpoints' / '000003_nets_ema.ckpt').is_file()
+    assert (out / 'runs' / 'put' / 'checkpoints' / 'stats.jsonl').read_text().count('\n') == 3
+    md = (out / 'ablation.md').read_text()
+    assert '| put | put=1 |' in md and 'extra flags: --n_patch 8' in md
+    assert '[1/2] put: ok' in capsys.readouterr().out
+
+
+def test_bad_flags_stop_before_any_training(tmp_path, capsys):
+    assert ablation.main(['--configs', 'put', '--put_negatives', '0', '--out_dir', str(tmp_path / 'abl')]) == 1
+    err = capsys.readouterr().err
+    assert 'configuration put' in err and '--put_negatives' in err
+    assert not (tmp_path / 'abl').exists()

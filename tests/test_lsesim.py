@@ -1,0 +1,224 @@
+"""FSeSim / LSeSim (reference-losses.md 6.6): values against float64 loops, invariants, gradient routing."""
+import math
+
+import pytest
+import torch
+
+import core.contrastive as contrastive
+from core.contrastive.lsesim import (head_nce, keep_mask, kept_count, self_similarity, structure_loss,
+                                     window_index)
+from plugin_helpers import build_plugin, feature_inputs, image_slice, plugin_config, with_generator
+
+
+# ----------------------------------------------------------------------------- float64 references
+
+def ref_self_similarity(feat, ids, size, use_norm):
+    """Loop over images and queries; keys sliced as the release does: feat[:, :, top:top+p, left:left+p]."""
+    feat = feat.detach().double()
+    B, C, H, W = feat.shape
+    feat = feat - feat.mean(dim=(2, 3), keepdim=True)
+    feat = feat / feat.norm(dim=1, keepdim=True) if use_norm else feat / math.sqrt(C)
+    out = []
+    for b in range(B):
+        rows = []
+        for pos in ids.tolist():
+            r, c = divmod(pos, W)
+            query = feat[b, :, r, c]
+            if size < H and size < W:
+                top, left = min(max(r - size // 2, 0), H - size), min(max(c - size // 2, 0), W - size)
+                keys = feat[b, :, top:top + size, left:left + size].reshape(C, -1)
+            else:
+                keys = feat[b].reshape(C, -1)
+            sim = query @ keys
+            rows.append(sim if use_norm else torch.tanh(sim / 10))
+        out.append(torch.stack(rows))
+    return torch.stack(out)
+
+
+def ref_structure(sim_real, sim_fake, keep, mode, use_norm):
+    """Loop over rows: zero below the (floor(N*keep)+1)-th largest of the fake row, then the criterion."""
+    sim_real, sim_fake = sim_real.detach().double(), sim_fake.detach().double()
+    B, K, N = sim_fake.shape
+    floor = int(N * keep)
+    out = torch.zeros(B, K, dtype=torch.float64)
+    for b in range(B):
+        for i in range(K):
+            t = sorted(sim_fake[b, i].tolist(), reverse=True)[min(floor, N - 1)]
+            m = (sim_fake[b, i] >= t).double()
+            real, fake = sim_real[b, i] * m, sim_fake[b, i] * m
+            if mode == 'cos':
+                d = abs(1 - float(real @ fake / (real.norm() * fake.norm())))
+                out[b, i] = d if use_norm else (0.5 * d * d if d < 1 else d - 0.5)
+            else:
+                s = N / max(floor, 1)
+                diff = (s * real - s * fake).abs()
+                per = diff if use_norm else torch.where(diff < 1, 0.5 * diff ** 2, diff - 0.5)
+                out[b, i] = per.mean()
+    return out
+
+
+# ----------------------------------------------------------------------------- tensor functions
+
+@pytest.mark.parametrize('size', [3, 64])
+@pytest.mark.parametrize('use_norm', [False, True])
+def test_self_similarity_matches_release_slicing(size, use_norm):
+    feat = torch.randn(2, 5, 7, 9, generator=torch.Generator().manual_seed(1))   # non-square map
+    ids = torch.tensor([0, 8, 31, 62, 40, 17])
+    sim = self_similarity(feat, ids, size, use_norm)
+    expected_n = size * size if size < 7 else 63
+    assert sim.shape == (2, 6, expected_n) and sim.dtype == torch.float32
+    assert torch.allclose(sim.double(), ref_self_similarity(feat, ids, size, use_norm), atol=1e-6)
+
+
+def test_windows_stay_inside_the_map_and_contain_their_query():
+    H, W, p = 6, 9, 4
+    ids = torch.arange(H * W)
+    win = window_index(ids, H, W, p)
+    assert win.shape == (H * W, p * p)
+    assert (win >= 0).all() and (win < H * W).all()
+    rows, cols = win // W, win % W
+    for i in range(H * W):
+        assert int(ids[i]) in win[i].tolist()
+        assert rows[i].max() - rows[i].min() == p - 1 and cols[i].max() - cols[i].min() == p - 1
+        assert len(set(win[i].tolist())) == p * p
+
+
+def test_self_similarity_is_invariant_to_channel_offsets_and_scale():
+    g = torch.Generator().manual_seed(2)
+    feat = torch.randn(2, 6, 8, 8, generator=g)
+    ids = torch.randperm(64, generator=g)[:10]
+    offset = torch.randn(1, 6, 1, 1, generator=g) * 5
+    for use_norm in (False, True):
+        base = self_similarity(feat, ids, 64, use_norm)
+        assert torch.allclose(self_similarity(feat + offset, ids, 64, use_norm), base, atol=1e-5)
+    scaled = self_similarity(7.5 * feat, ids, 64, use_norm=True)
+    assert torch.allclose(scaled, self_similarity(feat, ids, 64, use_norm=True), atol=1e-5)
+    assert not torch.allclose(self_similarity(7.5 * feat, ids, 64, False), self_similarity(feat, ids, 64, False))
+
+
+@pytest.mark.parametrize('keep', [0.25, 0.1, 1.0])
+def test_mask_keeps_the_top_fraction_of_the_fake_map(keep):
+    sim = torch.randn(3, 5, 37, generator=torch.Generator().manual_seed(3))
+    mask = keep_mask(sim, keep)
+    assert (mask.sum(-1) == kept_count(37, keep)).all()          # no ties in random data
+    assert kept_count(37, 0.25) == 37 // 4 + 1 and kept_count(37, 1.0) == 37
+    smallest_kept = sim.masked_fill(~mask, float('inf')).amin(-1)
+    largest_dropped = sim.masked_fill(mask, float('-inf')).amax(-1)
+    assert (smallest_kept > largest_dropped).all()
+    ties = torch.zeros(1, 1, 8)
+    assert keep_mask(ties, 0.25).all()                            # ties keep more, as released
+
+
+@pytest.mark.parametrize('mode', ['cos', 'l1'])
+@pytest.mark.parametrize('use_norm', [False, True])
+def test_structure_loss_matches_hand_loop(mode, use_norm):
+    g = torch.Generator().manual_seed(4)
+    sim_real, sim_fake = torch.randn(2, 4, 20, generator=g).tanh(), torch.randn(2, 4, 20, generator=g).tanh()
+    rows = structure_loss(sim_real, sim_fake, 0.25, mode, use_norm)
+    assert rows.shape == (2, 4)
+    assert torch.allclose(rows.double(), ref_structure(sim_real, sim_fake, 0.25, mode, use_norm), atol=1e-6)
+    assert torch.allclose(structure_loss(sim_fake, sim_fake, 0.25, mode, use_norm), torch.zeros(2, 4), atol=1e-6)
+    if mode == 'cos':
+        assert (rows >= 0).all() and (rows <= 2).all()
+
+
+def test_head_nce_of_identical_maps_is_log_3k():
+    K = 12
+    maps = torch.randn(1, 1, 30).expand(2, K, 30)
+    assert torch.allclose(head_nce(maps, maps, maps, 0.07), torch.full((2, K), math.log(3 * K)), atol=1e-5)
+
+
+def test_head_nce_matches_cross_entropy_of_the_release_logits():
+    g = torch.Generator().manual_seed(5)
+    src, tgt, oth = (torch.randn(2, 6, 10, generator=g) for _ in range(3))
+    n = [v.double() / v.double().norm(dim=-1, keepdim=True) for v in (src, tgt, oth)]
+    logits = torch.cat([n[0] @ n[1].mT, n[0] @ n[2].mT, n[1] @ n[2].mT], dim=-1) / 0.07   # (B, K, 3K)
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), torch.arange(6).repeat(2),
+                                                 reduction='none').view(2, 6)
+    assert torch.allclose(head_nce(src, tgt, oth, 0.07).double(), expected, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- plug-ins
+
+@pytest.mark.parametrize('name', ['fsesim', 'lsesim'])
+def test_identical_features_give_zero(name):
+    loss, _ = build_plugin(name)(feature_inputs(same=True))
+    assert abs(float(loss.detach())) < 1e-6
+
+
+@pytest.mark.parametrize('extra', [[], ['--sesim_use_norm', '--sesim_loss', 'l1'], ['--sesim_patch_size', '3']])
+def test_fsesim_plugin_averages_layers_of_the_reference(extra):
+    loss_fn = build_plugin('fsesim', *extra)
+    inp = feature_inputs()
+    loss, stats = loss_fn(inp)
+    # The sampler draws layer after layer from one generator: replay it.
+    replay = torch.Generator().manual_seed(100)
+    ids = [torch.randperm(f.shape[2] * f.shape[3], generator=replay)[:16] for f in inp.feat_k]
+    per_layer = [ref_structure(ref_self_similarity(fk, idx, loss_fn.patch_size, loss_fn.use_norm),
+                               ref_self_similarity(fq, idx, loss_fn.patch_size, loss_fn.use_norm),
+                               0.25, loss_fn.mode, loss_fn.use_norm).mean()
+                 for fq, fk, idx in zip(inp.feat_q, inp.feat_k, ids)]
+    assert stats == {}
+    assert abs(float(loss.detach()) - float(sum(per_layer) / 2)) < 1e-5
+
+
+@pytest.mark.parametrize('name', ['fsesim', 'lsesim'])
+@pytest.mark.parametrize('B', [1, 3])
+def test_gradient_reaches_only_the_fake_side(name, B):
+    inp = feature_inputs(B=B, key_grad=True)
+    loss, _ = build_plugin(name)(inp)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in inp.feat_q)
+    assert all(f.grad is None for f in inp.feat_k)
+
+
+def test_query_side_real_still_masks_by_the_fake_map():
+    inp = feature_inputs()
+    fake_query, _ = build_plugin('fsesim')(inp)
+    real_query, _ = build_plugin('fsesim', '--query_side', 'real', '--cyc_mode', 'identity')(
+        with_generator(inp, 100))
+    # Swapping which side is the fake image changes the mask, hence the value.
+    assert not torch.allclose(fake_query, real_query)
+
+
+def test_fsesim_rows_of_one_image_do_not_depend_on_the_others():
+    loss_fn = build_plugin('fsesim')
+    inp = feature_inputs(B=3)
+    together, _ = loss_fn(inp)
+    alone = [loss_fn(with_generator(image_slice(inp, b), 100))[0] for b in range(3)]
+    assert torch.allclose(together, torch.stack(alone).mean(), atol=1e-6)
+
+
+def test_lsesim_head_learns_only_from_its_own_infonce():
+    loss_fn = build_plugin('lsesim', weight=4.0)
+    assert loss_fn.head_scale == 0.25
+    heads = list(loss_fn.heads.parameters())
+    inp = feature_inputs()
+    loss, stats = loss_fn(inp)
+    structure, maps_real, maps_fake, ids = loss_fn.structure(with_generator(inp, 100))
+    assert torch.allclose(loss, structure)                         # the value is the structure loss
+    grads = torch.autograd.grad(loss, heads, retain_graph=True)
+    head_only = torch.autograd.grad(loss_fn.head_loss(maps_real, maps_fake, ids), heads)
+    assert all(torch.allclose(a, 0.25 * b, atol=1e-7) for a, b in zip(grads, head_only))
+    assert all(b.abs().sum() > 0 for b in head_only)
+    assert torch.allclose(stats['head_nce'], loss_fn.head_loss(maps_real, maps_fake, ids).detach())
+    # The structure term reaches the features through the frozen head but never the head itself.
+    assert all(g is None for g in torch.autograd.grad(structure, heads, allow_unused=True))
+
+
+def test_lsesim_heads_are_checkpointed_fsesim_has_no_parameters():
+    lsesim, fsesim = build_plugin('lsesim', channels=(256, 8)), build_plugin('fsesim')
+    assert [h[0].out_channels for h in lsesim.heads] == [64, 32]   # max(32, C/4)
+    assert all(key.startswith('heads.') for key in lsesim.state_dict())
+    assert not list(fsesim.parameters()) and not fsesim.state_dict()
+    assert abs(float(lsesim.heads[0][0].weight.detach().std()) - 0.02) < 0.005
+
+
+def test_validation_names_the_flags():
+    cls = contrastive.get('lsesim')
+    good = plugin_config('lsesim')
+    assert cls.validate(good) == []
+    for field, value, flag in (('sesim_keep', 0.0, '--sesim_keep'), ('sesim_keep', 1.5, '--sesim_keep'),
+                               ('sesim_patch_size', 0, '--sesim_patch_size'), ('lsesim_T', 0.0, '--lsesim_T')):
+        assert any(flag in e for e in cls.validate(good.replace(**{field: value}))), flag
