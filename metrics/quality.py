@@ -81,14 +81,15 @@ def train_domain_classifier(train_dir, img_size, device, seed=0, steps=CLASSIFIE
     model = DomainClassifier(int(y.max()) + 1).to(device)
     optim = torch.optim.Adam(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        idx = torch.randint(len(x), (min(CLASSIFIER_BATCH, len(x)),), generator=gen).to(device)
-        flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device).view(-1, 1, 1, 1)
-        batch = torch.where(flip, x[idx].flip(-1), x[idx])
-        loss = F.cross_entropy(model(batch), y[idx])
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        optim.step()
+    with torch.enable_grad():   # callers such as quality_scores run under no_grad
+        for _ in range(steps):
+            idx = torch.randint(len(x), (min(CLASSIFIER_BATCH, len(x)),), generator=gen).to(device)
+            flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device).view(-1, 1, 1, 1)
+            batch = torch.where(flip, x[idx].flip(-1), x[idx])
+            loss = F.cross_entropy(model(batch), y[idx])
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
     return model.eval().requires_grad_(False)
 
 

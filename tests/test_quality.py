@@ -83,6 +83,14 @@ def test_scores_of_known_translators(qcfg, classifier):
     assert all(isinstance(v, float) for v in oracle.values())
 
 
+def test_scores_train_the_classifier_when_none_is_given(qcfg, tmp_path):
+    """As bench/ablation.py calls it: quality_scores(nets_ema, cfg, device) alone."""
+    cfg = qcfg.replace(fid_stats_dir=str(tmp_path / 'fresh'))
+    scores = Q.quality_scores(stub_nets(lambda x, s: x, 4), cfg, 'cpu')
+    assert scores['classifier_val_acc'] >= 0.9 and scores['domain_acc'] <= 0.1
+    assert len(os.listdir(tmp_path / 'fresh')) == 1
+
+
 def test_benchmark_command_line_on_a_trained_checkpoint(seasons32, tmp_path, capsys, classifier):
     train(parse_config(tiny_flags(seasons32, tmp_path, '--total_iters', '2', '--sample_every', '0')))
     spec = importlib.util.spec_from_file_location('bench_quality', os.path.join(ROOT, 'bench', 'quality.py'))
