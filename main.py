@@ -21,6 +21,12 @@ def dispatch(cfg):
     elif cfg.mode == 'translate':
         from core.sampling import translate
         translate(cfg)
+    elif cfg.mode == 'eval':
+        from metrics.eval import evaluate
+        evaluate(cfg)
+    elif cfg.mode == 'prepare':
+        from core.prepare import prepare
+        prepare(cfg)
     elif cfg.mode == 'demo':
         from core.demo import run_demo
         run_demo(cfg)

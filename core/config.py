@@ -282,6 +282,24 @@ def _add_sampling_flags(p):
                    help='frames per style transition in the videos (31 as upstream; fewer = shorter video)')
 
 
+def _add_eval_flags(p):
+    g = p.add_argument_group('evaluation (--mode eval, --eval_every) and dataset preparation (--mode prepare)')
+    g.add_argument('--fid_protocol', choices=['stargan-v2', 'standard', 'both'], default='stargan-v2',
+                   help='stargan-v2: the official StarGAN v2 FID (torchvision Inception; comparable with the '
+                        'StarGAN v2 and SRC papers); standard: the TF-Inception FID of pytorch-fid and '
+                        'torch-fidelity (comparable with the wider literature); both: one file each')
+    g.add_argument('--save_eval_images', action='store_true',
+                   help='also write the generated images to eval_dir/<latent|reference>/<src>2<trg>/ as PNG')
+    g.add_argument('--fid_stats_dir', default='expr/fid_stats',
+                   help='cache of real-image FID statistics, keyed by folder contents, protocol and image size')
+    g.add_argument('--raw_dir', default=None,
+                   help='--mode prepare: folder of images, one sub-folder per domain, to split into '
+                        '--train_img_dir and --val_img_dir')
+    g.add_argument('--val_per_domain', type=int, default=None,
+                   help='--mode prepare: validation images per domain (default with --preset seasons/weather: '
+                        'the SRC paper\'s 100/400)')
+
+
 def build_parser():
     """The full argument parser (every mode shares one flag set, as upstream)."""
     p = argparse.ArgumentParser(
@@ -296,6 +314,7 @@ def build_parser():
     _add_training_flags(p)
     _add_path_flags(p)
     _add_sampling_flags(p)
+    _add_eval_flags(p)
     for name in contrastive.registered():
         contrastive.get(name).add_arguments(p)
     return p
@@ -413,7 +432,14 @@ def _mode_errors(cfg):
     if cfg.mode == 'align':
         errs.append("--mode align needs the FAN face-landmark network, which this release does not ship")
     errs += _sampling_mode_errors(cfg)
+    errs += _eval_mode_errors(cfg)
     return errs
+
+
+def _eval_mode_errors(cfg):
+    """Inputs of --mode eval / prepare, and the metric weights needed by --eval_every during training."""
+    from metrics.preflight import eval_config_errors
+    return eval_config_errors(cfg)
 
 
 def _sampling_mode_errors(cfg):

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from core.errors import UserError
+from core.manifest import verify_manifest
 from core.seeding import STREAM_REFERENCE, STREAM_SOURCE, STREAM_VAL, step_generator
 
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
@@ -247,7 +248,8 @@ def check_images(paths, skip_bad=False):
 
 
 def _load_checked_tree(root, num_domains, skip_bad):
-    """Image paths and domain ids of a domain tree, after the domain-count and image checks."""
+    """Image paths and domain ids of a domain tree, after the manifest, domain-count and image checks."""
+    verify_manifest(root)
     domains = list_domains(root)
     _check_domain_count(root, domains, num_domains)
     paths, labels = _domain_images(root, domains)

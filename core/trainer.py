@@ -211,6 +211,9 @@ def train(cfg):
             if _every(done, cfg.save_every):
                 save_training_state(cfg.checkpoint_dir, done, run.nets, run.nets_ema, run.optims, cfg)
                 saved = done
+            if _every(done, cfg.eval_every):
+                from metrics.eval import evaluate_nets   # the metric networks load only when used
+                logger.log(done, evaluate_nets(run.nets_ema, cfg, done, device))
         if saved != cfg.total_iters:
             save_training_state(cfg.checkpoint_dir, cfg.total_iters, run.nets, run.nets_ema, run.optims, cfg)
     finally:

@@ -2,10 +2,17 @@
 
 `bash download.sh <target>` fetches files into weights_dir() and checks them;
 code asks for a file with require_weight(name), which fails with one clear
-message naming the file and the command when it is missing or corrupt.
+message naming the file and the command when it is missing or corrupt, and
+load_weights(module, name) loads it strictly into a network.
+
+download.sh reads this table through the command line, so it lives in one place:
+    python -m core.weights dir               the cache folder
+    python -m core.weights files TARGET      "filename url" per file of a download target
+    python -m core.weights verify TARGET     check every file of TARGET (exit 1 with the message if not)
 """
 import hashlib
 import os
+import sys
 from typing import NamedTuple, Optional
 
 from core.errors import UserError
@@ -66,3 +73,62 @@ def require_weight(name, check_hash=True):
         raise UserError(f'weight file {path} does not match its SHA-256 ({info.sha256}...); it is corrupt or a '
                         f'different file: delete it and run: bash download.sh {info.target}')
     return path
+
+
+def load_weights(module, name):
+    """Load weight file `name` (from the cache, checked) strictly into `module`; returns the module.
+
+    A file that does not fit the network raises one UserError naming the file
+    and the command that fetches the right one.
+    """
+    from core.checkpoint import CheckpointError, safe_load
+    path = require_weight(name)
+    try:
+        state_dict = safe_load(path)
+    except CheckpointError as err:
+        raise UserError(f'{err}; delete it and run: bash download.sh {WEIGHTS[name].target}') from None
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = sorted(k for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape))
+    if missing or unexpected or shapes:
+        detail = '; '.join(f'{label}: {", ".join(keys[:3])}{" ..." if len(keys) > 3 else ""}'
+                           for label, keys in (('missing', missing), ('unexpected', unexpected),
+                                               ('wrong shape', shapes)) if keys)
+        raise UserError(f'weight file {path} does not fit the {name} network ({detail}); delete it and run: '
+                        f'bash download.sh {WEIGHTS[name].target}')
+    module.load_state_dict(state_dict)
+    return module
+
+
+def _target_files(target):
+    names = [name for name, info in WEIGHTS.items() if info.target == target]
+    if not names:
+        targets = sorted({info.target for info in WEIGHTS.values()})
+        raise UserError(f'no weight files belong to download target {target!r}; known: {", ".join(targets)}')
+    return names
+
+
+def main(argv=None):
+    """The command line used by download.sh; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv == ['dir']:
+            print(weights_dir())
+        elif len(argv) == 2 and argv[0] == 'files':
+            for name in _target_files(argv[1]):
+                print(WEIGHTS[name].filename, WEIGHTS[name].url)
+        elif len(argv) == 2 and argv[0] == 'verify':
+            for name in _target_files(argv[1]):
+                print(f'ok  {require_weight(name)}')
+        else:
+            print('usage: python -m core.weights dir | files TARGET | verify TARGET', file=sys.stderr)
+            return 2
+    except UserError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

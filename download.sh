@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# Datasets, pretrained networks and metric weights.
+#
+#   bash download.sh <target> [argument]
+#
+# Run it from anywhere; paths (data/, expr/) are relative to the repository.
+# Every file is downloaded to <name>.part and renamed when complete, so an
+# interrupted download never looks finished. Run without a target for the list.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python}
+DOWNLOADS=data/downloads
+
+usage() {
+    cat <<'EOF'
+usage: bash download.sh <target> [argument]
+
+metric weights (into $STARGAN_WEIGHTS_DIR, default ~/.cache/stargan-src/weights; SHA-256 checked)
+  metric-weights                  Inception v3 (torchvision and TF-FID) and AlexNet for --mode eval
+  vgg16                           torchvision VGG16 (features of some patch-loss plug-ins)
+datasets (split into data/<name>/train and data/<name>/val with a manifest, see --mode prepare)
+  seasons                         ComboGAN alps_seasons (4 seasons; 100 val images per season)
+  weather [ARCHIVE]               Five-class weather dataset (needs a login: run without ARCHIVE for the steps)
+  synthetic-seasons               procedural stand-in for seasons (data/synthetic-seasons), no download
+  synthetic-weather               procedural stand-in for weather (data/synthetic-weather), no download
+  celeba-hq-dataset, afhq-dataset, afhq-v2-dataset     StarGAN v2's datasets (into data/)
+pretrained networks (into expr/checkpoints/)
+  pretrained-stargan-v2-celeba-hq   (alias pretrained-network-celeba-hq) official CelebA-HQ, 100k
+  pretrained-stargan-v2-afhq        (alias pretrained-network-afhq)      official AFHQ, 100k
+  pretrained-hsrc-seasons           Hneg_SRC release, Seasons (Google Drive)
+  pretrained-hsrc-weather           Hneg_SRC release, Weather (Google Drive)
+EOF
+}
+
+fail() { echo "error: $*" >&2; exit 1; }
+
+# fetch URL OUT: download URL to OUT (resumable, via OUT.part)
+fetch() {
+    local url=$1 out=$2
+    mkdir -p "$(dirname "$out")"
+    if [ -s "$out" ]; then echo "already there: $out"; return 0; fi
+    echo "downloading $url"
+    if command -v curl >/dev/null 2>&1; then
+        curl -L --fail --retry 3 -C - -o "$out.part" "$url" || fail "download of $url failed (partial file kept as $out.part; run again to resume)"
+    elif command -v wget >/dev/null 2>&1; then
+        wget -c -O "$out.part" "$url" || fail "download of $url failed (partial file kept as $out.part; run again to resume)"
+    else
+        fail "neither curl nor wget is installed"
+    fi
+    mv "$out.part" "$out"
+}
+
+sha256() { "$PYTHON" -c 'import sys; from core.weights import sha256_of; print(sha256_of(sys.argv[1]))' "$1"; }
+
+unpack() {  # unpack ZIP DEST (Python's zipfile: no unzip binary needed)
+    mkdir -p "$2"
+    "$PYTHON" -m zipfile -e "$1" "$2" || fail "$1 is not a readable zip archive (delete it and download again)"
+}
+
+is_html() { head -c 512 "$1" | grep -qi '<html\|<!doctype html'; }
+
+# --------------------------------------------------------------------------------------------
+# Metric weights: the file list lives in core/weights.py (one place for code and script).
+# --------------------------------------------------------------------------------------------
+weights() {
+    local target=$1 dir name url
+    dir=$("$PYTHON" -m core.weights dir)
+    "$PYTHON" -m core.weights files "$target" >/dev/null || exit 1
+    while read -r name url; do
+        fetch "$url" "$dir/$name"
+    done < <("$PYTHON" -m core.weights files "$target")
+    "$PYTHON" -m core.weights verify "$target" || fail "a file did not match its SHA-256 (see above); it was kept for inspection: delete it and run bash download.sh $target again"
+}
+
+# --------------------------------------------------------------------------------------------
+# Seasons: ComboGAN's archive holds train*/test* folders per season (exact names unverified);
+# both halves of each season are merged into one domain folder, then split as in the paper.
+# --------------------------------------------------------------------------------------------
+merge_combogan() {  # merge_combogan UNPACKED_DIR OUT_DIR
+    local src=$1 out=$2 dir name domain split count
+    rm -rf "$out"
+    while IFS= read -r -d '' dir; do
+        name=$(basename "$dir")
+        split=$(printf '%s' "$name" | sed -E 's/^(train|test).*/\1/')
+        domain=$(printf '%s' "$name" | sed -E 's/^(train|test)[0-9]*[_-]*//')
+        [ -n "$domain" ] || domain=$(printf '%s' "$name" | sed -E 's/^(train|test)//')
+        mkdir -p "$out/$domain"
+        count=0
+        while IFS= read -r -d '' f; do
+            cp "$f" "$out/$domain/${split}_$(basename "$f")"
+            count=$((count + 1))
+        done < <(find "$dir" -type f -print0)
+        echo "  $name -> $domain ($count files)"
+    done < <(find "$src" -mindepth 1 -maxdepth 3 -type d \( -name 'train*' -o -name 'test*' \) -print0 | sort -z)
+    [ -d "$out" ] || fail "no train*/test* folders found in $src; arrange one folder per season by hand and run: $PYTHON main.py --mode prepare --preset seasons --raw_dir FOLDER"
+}
+
+seasons() {
+    local zip=$DOWNLOADS/alps_seasons.zip
+    fetch https://data.vision.ee.ethz.ch/cvl/combogan/alps_seasons.zip "$zip"
+    echo "sha256 $(sha256 "$zip")  $zip"
+    unpack "$zip" "$DOWNLOADS/alps_seasons"
+    echo "merging ComboGAN's train/test folders into one folder per season:"
+    merge_combogan "$DOWNLOADS/alps_seasons" "$DOWNLOADS/seasons_by_domain"
+    local n
+    n=$(find "$DOWNLOADS/seasons_by_domain" -mindepth 1 -maxdepth 1 -type d | wc -l)
+    [ "$n" -eq 4 ] || fail "expected 4 season folders in $DOWNLOADS/seasons_by_domain, found $n; fix them by hand, then run: $PYTHON main.py --mode prepare --preset seasons --raw_dir $DOWNLOADS/seasons_by_domain"
+    "$PYTHON" main.py --mode prepare --preset seasons --raw_dir "$DOWNLOADS/seasons_by_domain"
+}
+
+# --------------------------------------------------------------------------------------------
+# Weather: IEEE DataPort needs a (free) login, so the archive is downloaded by hand.
+# --------------------------------------------------------------------------------------------
+weather_steps() {
+    cat <<EOF
+The Five-class Weather Image Dataset needs a (free) IEEE account, so it cannot be fetched here:
+  1. Open https://ieee-dataport.org/documents/five-class-weather-image-dataset and log in.
+  2. Download the dataset archive (.zip) from the page's "Dataset Files" section.
+  3. Finish with:  bash download.sh weather PATH/TO/THE/ARCHIVE.zip
+     (it unpacks the archive, finds the five class folders and splits them into
+     data/weather/train and data/weather/val with 400 val images per class, as in the SRC paper).
+EOF
+}
+
+weather() {
+    if [ $# -lt 1 ]; then weather_steps; exit 0; fi
+    local archive=$1 raw=$DOWNLOADS/weather_raw root
+    [ -f "$archive" ] || fail "$archive is not a file"
+    echo "sha256 $(sha256 "$archive")  $archive"
+    rm -rf "$raw"
+    unpack "$archive" "$raw"
+    # the folder that holds the class folders (cloudy, foggy, rainy, snowy, sunny or clear)
+    root=$(find "$raw" -type d -iname cloudy -print -quit)
+    [ -n "$root" ] || fail "no 'cloudy' folder found in $archive; arrange one folder per class by hand and run: $PYTHON main.py --mode prepare --preset weather --raw_dir FOLDER"
+    root=$(dirname "$root")
+    echo "class folders in $root: $(find "$root" -mindepth 1 -maxdepth 1 -type d -exec basename {} \; | sort | tr '\n' ' ')"
+    "$PYTHON" main.py --mode prepare --preset weather --raw_dir "$root"
+}
+
+# --------------------------------------------------------------------------------------------
+# Pretrained networks
+# --------------------------------------------------------------------------------------------
+stargan_pretrained() {  # stargan_pretrained NAME DROPBOX_ID
+    local out=expr/checkpoints/$1/100000_nets_ema.ckpt
+    fetch "https://www.dropbox.com/s/$2/100000_nets_ema.ckpt?dl=1" "$out"
+    echo "sha256 $(sha256 "$out")  $out"
+}
+
+gdrive() {  # gdrive FILE_ID OUT: Google Drive, including the large-file confirmation step
+    fetch "https://drive.usercontent.google.com/download?id=$1&export=download&confirm=t" "$2"
+    if is_html "$2"; then
+        rm -f "$2"
+        fail "Google Drive returned a web page instead of the file; download https://drive.google.com/file/d/$1/view by hand and put it at $2"
+    fi
+}
+
+hsrc_pretrained() {  # hsrc_pretrained NAME FILE_ID: the release's file (a zip or a checkpoint; unverified)
+    local out=expr/downloads/hsrc_$1.download dest=expr/checkpoints/hsrc_$1
+    gdrive "$2" "$out"
+    echo "sha256 $(sha256 "$out")  $out"
+    mkdir -p "$dest"
+    if "$PYTHON" -c 'import sys, zipfile; sys.exit(not zipfile.is_zipfile(sys.argv[1]))' "$out"; then
+        unpack "$out" "$dest"
+    else
+        cp "$out" "$dest/"
+    fi
+    echo "Hneg_SRC $1 files in $dest:"
+    find "$dest" -type f | sed 's/^/  /'
+    echo "use them with --arch hsrc --preset $1-reproduce --checkpoint <the *_nets_ema.ckpt file>"
+}
+
+# --------------------------------------------------------------------------------------------
+[ $# -ge 1 ] || { usage; exit 1; }
+target=$1
+shift
+case "$target" in
+    metric-weights|vgg16) weights "$target" ;;
+    seasons) seasons ;;
+    weather) weather "$@" ;;
+    synthetic-seasons) "$PYTHON" -m core.synthetic seasons --out data/synthetic-seasons ;;
+    synthetic-weather) "$PYTHON" -m core.synthetic weather --out data/synthetic-weather ;;
+    pretrained-stargan-v2-celeba-hq|pretrained-network-celeba-hq)
+        stargan_pretrained celeba_hq 96fmei6c93o8b8t
+        echo "note: this network was trained with --w_hpf 1 (FAN face masks), which this release does not support" ;;
+    pretrained-stargan-v2-afhq|pretrained-network-afhq)
+        stargan_pretrained afhq etwm810v25h42sn
+        echo "use it with: python main.py --mode sample --num_domains 3 --resume_iter 100000 --checkpoint_dir expr/checkpoints/afhq ..." ;;
+    pretrained-hsrc-seasons) hsrc_pretrained seasons 1885ZJk4wFI5UKWW_o-2seF8vkMu1jXGt ;;
+    pretrained-hsrc-weather) hsrc_pretrained weather 106Y5ssK5WickKsttPYhZgx8OtYYSkLOy ;;
+    celeba-hq-dataset)
+        fetch "https://www.dropbox.com/s/f7pvjij2xlpff59/celeba_hq.zip?dl=1" "$DOWNLOADS/celeba_hq.zip"
+        unpack "$DOWNLOADS/celeba_hq.zip" data ;;
+    afhq-dataset)
+        fetch "https://www.dropbox.com/s/t9l9o3vsx2jai3z/afhq.zip?dl=1" "$DOWNLOADS/afhq.zip"
+        unpack "$DOWNLOADS/afhq.zip" data ;;
+    afhq-v2-dataset)
+        fetch "https://www.dropbox.com/s/vkzjokiwof5h8w6/afhq_v2.zip?dl=1" "$DOWNLOADS/afhq_v2.zip"
+        unpack "$DOWNLOADS/afhq_v2.zip" data ;;
+    -h|--help|help) usage ;;
+    *) echo "error: unknown target '$target'" >&2; usage >&2; exit 1 ;;
+esac

@@ -1,0 +1,231 @@
+"""A CPU-sized quality benchmark for comparing loss plug-ins on the synthetic datasets.
+
+FID needs thousands of images and an ImageNet network to mean much; on a
+laptop, with the synthetic seasons/weather data, two direct measures are
+cheaper and easier to read:
+
+domain_acc  Does the translation land in the target domain? A small domain
+            classifier, trained only on the real training images (never on
+            the translation model's outputs), labels every latent- and
+            reference-guided translation of the val images into every other
+            domain; the score is its accuracy (chance = 1 / num_domains).
+structure   Is the scene kept? The Pearson correlation between the edge maps
+            (Sobel gradient magnitude of the luminance) of the output and of
+            the ground truth: core.synthetic renders the same layout in the
+            target domain, so the correct translation is known. Without such
+            a dataset the source image stands in (the key 'structure_ground_truth' says which).
+
+quality_scores(nets_ema, cfg, device) returns both (and per mode); bench/quality.py
+is the command line. The classifier is cached per training-folder content.
+"""
+import json
+import os
+import re
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from munch import Munch
+
+from core.data_loader import EvalTransform, list_domains, list_images, load_rgb
+from core.errors import UserError
+from core.manifest import content_digest, file_records, relative_images
+from core.seeding import STREAM_QUALITY, step_generator
+from core.synthetic import MARKER, layout_seed, render_scene
+
+CLASSIFIER_SIZE = 32        # the classifier sees images at 32 x 32: colour and layout suffice
+CLASSIFIER_VERSION = 1      # bump when the classifier or its training changes
+CLASSIFIER_STEPS = 200
+CLASSIFIER_BATCH = 64
+MAX_SOURCES_PER_DOMAIN = 32
+LUMA = (0.299, 0.587, 0.114)
+
+
+class DomainClassifier(nn.Module):
+    """Three conv layers and a linear head: images in [-1, 1] of any size -> domain logits."""
+
+    def __init__(self, num_domains, width=16):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+        self.head = nn.Linear(2 * width, num_domains)
+
+    def forward(self, x):
+        x = F.interpolate(x, size=(CLASSIFIER_SIZE, CLASSIFIER_SIZE), mode='area')
+        return self.head(self.features(x).flatten(1))   # (N, num_domains)
+
+
+def _load_tree(root, img_size, limit=None):
+    """(images (N, 3, S, S) in [-1, 1], domain ids (N,), paths) of a domain tree."""
+    transform = EvalTransform(img_size)
+    images, labels, paths = [], [], []
+    for y, name in enumerate(list_domains(root)):
+        for path in list_images(os.path.join(root, name))[:limit]:
+            images.append(transform(load_rgb(path)))
+            labels.append(y)
+            paths.append(path)
+    if not images:
+        raise UserError(f'{root} has no images')
+    return torch.stack(images), torch.tensor(labels), paths
+
+
+def train_domain_classifier(train_dir, img_size, device, seed=0, steps=CLASSIFIER_STEPS):
+    """Train a DomainClassifier on the images of train_dir (flip augmentation); returns it in eval mode."""
+    x, y, _ = _load_tree(train_dir, img_size)
+    x = F.interpolate(x, size=(CLASSIFIER_SIZE, CLASSIFIER_SIZE), mode='area').to(device)   # (N, 3, 32, 32)
+    y = y.to(device)
+    torch.manual_seed(seed)
+    model = DomainClassifier(int(y.max()) + 1).to(device)
+    optim = torch.optim.Adam(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.enable_grad():   # callers such as quality_scores run under no_grad
+        for _ in range(steps):
+            idx = torch.randint(len(x), (min(CLASSIFIER_BATCH, len(x)),), generator=gen).to(device)
+            flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device).view(-1, 1, 1, 1)
+            batch = torch.where(flip, x[idx].flip(-1), x[idx])
+            loss = F.cross_entropy(model(batch), y[idx])
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+    return model.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def accuracy(classifier, x, y, chunk=256):
+    """Fraction of images x (N, 3, S, S) that the classifier puts in domain y (N,)."""
+    preds = torch.cat([classifier(x[i:i + chunk]).argmax(1) for i in range(0, len(x), chunk)])
+    return float((preds == y.to(preds.device)).float().mean())
+
+
+def classifier_path(cfg, cache_dir=None):
+    """Cache file of the classifier for cfg.train_img_dir's current contents and cfg.img_size."""
+    rels = relative_images(cfg.train_img_dir)
+    digest = content_digest(file_records(cfg.train_img_dir, rels))
+    folder = cache_dir or cfg.fid_stats_dir
+    return os.path.join(folder, f'domain_classifier_v{CLASSIFIER_VERSION}_{cfg.img_size}px_{digest[:16]}.pt')
+
+
+def load_or_train_classifier(cfg, device, path=None):
+    """The domain classifier of cfg.train_img_dir: loaded from `path` (default: the cache), else trained and saved.
+
+    Returns Munch(model, val_acc, path); val_acc is its accuracy on the real val images.
+    """
+    from core.checkpoint import atomic_save, safe_load
+    path = path or classifier_path(cfg)
+    num_domains = len(list_domains(cfg.train_img_dir))
+    model = DomainClassifier(num_domains).to(device)
+    if os.path.isfile(path):
+        model.load_state_dict(safe_load(path))
+        model.eval().requires_grad_(False)
+    else:
+        model = train_domain_classifier(cfg.train_img_dir, cfg.img_size, device, cfg.seed)
+        atomic_save(model.state_dict(), path)
+    x_val, y_val, _ = _load_tree(cfg.val_img_dir, cfg.img_size)
+    return Munch(model=model, val_acc=accuracy(model, x_val.to(device), y_val), path=path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Structure
+# ----------------------------------------------------------------------------------------------
+
+def edge_map(x):
+    """Sobel gradient magnitude of the luminance: (N, 3, H, W) in [-1, 1] -> (N, H, W)."""
+    luma = (x * torch.tensor(LUMA, device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)   # (N, 1, H, W)
+    kx = torch.tensor([[-1., 0., 1.], [-2., 0., 2.], [-1., 0., 1.]], device=x.device)
+    kernels = torch.stack([kx, kx.T]).unsqueeze(1)                                             # (2, 1, 3, 3)
+    grad = F.conv2d(F.pad(luma, (1, 1, 1, 1), mode='replicate'), kernels)                      # (N, 2, H, W)
+    return grad.pow(2).sum(1).sqrt()
+
+
+def edge_agreement(x, target):
+    """Pearson correlation of the edge maps of x and target, per image: (N,) in [-1, 1]."""
+    a, b = edge_map(x).flatten(1), edge_map(target).flatten(1)   # (N, H*W)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-8)
+
+
+def synthetic_params(val_dir):
+    """The parameters of the core.synthetic dataset that holds val_dir, or None for other data."""
+    try:
+        with open(os.path.join(os.path.dirname(os.path.abspath(val_dir)), MARKER), encoding='utf-8') as f:
+            params = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return params if params.get('generator') == 'core.synthetic' else None
+
+
+def ground_truth(params, path, src, trg, img_size):
+    """The layout of val image `path` (domain src) rendered in domain trg, (3, S, S) in [-1, 1]; None if unknown."""
+    match = re.fullmatch(r'(\d+)\.png', os.path.basename(path))
+    if params is None or match is None or src not in params['domains'] or trg not in params['domains']:
+        return None
+    seed = layout_seed(params['dataset'], src, 'val', int(match.group(1)), params['seed'])
+    pixels = torch.from_numpy(render_scene(seed, params['dataset'], trg, img_size)).float()   # (S, S, 3)
+    return pixels.permute(2, 0, 1) / 127.5 - 1
+
+
+def structure_targets(params, paths, names, y_src, y_trg, x_src, img_size):
+    """Ground-truth renderings of the sources in domain y_trg, or the sources themselves: ((N, 3, S, S), is_gt)."""
+    if params is not None:
+        renders = [ground_truth(params, p, names[y], names[y_trg], img_size) for p, y in zip(paths, y_src.tolist())]
+        if all(r is not None for r in renders):
+            return torch.stack(renders).to(x_src.device), True
+    return x_src, False
+
+
+# ----------------------------------------------------------------------------------------------
+# The benchmark
+# ----------------------------------------------------------------------------------------------
+
+def _styles(nets, mode, x_val, y_val, y, num, gen, device, latent_dim):
+    """num style codes of domain y: F(z, y) (latent) or E(x_ref, y) of random val images x_ref of y (reference)."""
+    y_trg = torch.full((num,), y, dtype=torch.long, device=device)
+    if mode == 'latent':
+        return nets.mapping_network(torch.randn(num, latent_dim, generator=gen).to(device), y_trg)
+    members = torch.nonzero(y_val == y).flatten()                                 # val images of domain y
+    x_ref = x_val[members[torch.randint(len(members), (num,), generator=gen)]]    # (num, 3, S, S)
+    return nets.style_encoder(x_ref.to(device), y_trg)
+
+
+@torch.no_grad()
+def quality_scores(nets_ema, cfg, device, classifier=None, max_sources=MAX_SOURCES_PER_DOMAIN):
+    """Domain accuracy and structure preservation of latent- and reference-guided translations.
+
+    Every val image (up to max_sources per domain) is translated into every
+    other domain once per mode. Returns a dict of floats: domain_acc_latent,
+    domain_acc_reference, domain_acc (their mean), structure_latent,
+    structure_reference, structure (their mean), structure_ground_truth (1.0 if
+    structure was measured against ground-truth renderings, 0.0 if against the
+    sources), classifier_val_acc and num_translations.
+    classifier: a Munch from load_or_train_classifier (trained or loaded when None).
+    """
+    classifier = classifier or load_or_train_classifier(cfg, device)
+    names = list_domains(cfg.val_img_dir)
+    x_val, y_val, paths = _load_tree(cfg.val_img_dir, cfg.img_size, limit=max_sources)
+    params = synthetic_params(cfg.val_img_dir)
+    scores, used_gt, total = {}, True, 0
+    for mode in ('latent', 'reference'):
+        gen = step_generator(cfg.seed, 0 if mode == 'latent' else 1, STREAM_QUALITY)
+        hits = agreement = total = 0
+        for y in range(len(names)):
+            src = torch.nonzero(y_val != y).flatten()                    # sources: every other domain
+            x_src = x_val[src].to(device)                                # (n, 3, S, S)
+            s_trg = _styles(nets_ema, mode, x_val, y_val, y, len(src), gen, device, cfg.latent_dim)
+            x_fake = nets_ema.generator(x_src, s_trg)
+            target, is_gt = structure_targets(params, [paths[i] for i in src], names, y_val[src], y, x_src,
+                                              cfg.img_size)
+            used_gt &= is_gt
+            hits += accuracy(classifier.model, x_fake, torch.full((len(src),), y)) * len(src)
+            agreement += edge_agreement(x_fake, target).sum().item()
+            total += len(src)
+        scores[f'domain_acc_{mode}'] = hits / total
+        scores[f'structure_{mode}'] = agreement / total
+    scores['domain_acc'] = (scores['domain_acc_latent'] + scores['domain_acc_reference']) / 2
+    scores['structure'] = (scores['structure_latent'] + scores['structure_reference']) / 2
+    scores['structure_ground_truth'] = float(used_gt)
+    scores['classifier_val_acc'] = classifier.val_acc
+    scores['num_translations'] = float(2 * total)
+    return scores

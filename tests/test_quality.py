@@ -1,0 +1,104 @@
+"""The CPU quality benchmark: classifier, structure measure, scores of known translators, the command line."""
+import importlib.util
+import os
+
+import pytest
+import torch
+from munch import Munch
+
+import metrics.quality as Q
+from conftest import ROOT, tiny_flags
+from core.config import parse_config
+from core.data_loader import list_domains
+from core.trainer import train
+
+
+@pytest.fixture(scope='module')
+def qcfg(seasons32, tmp_path_factory):
+    cache = tmp_path_factory.mktemp('quality')
+    return parse_config(tiny_flags(seasons32, cache, '--fid_stats_dir', str(cache / 'cache'))[2:]
+                        + ['--mode', 'eval'], check_paths=False)
+
+
+@pytest.fixture(scope='module')
+def classifier(qcfg):
+    return Q.load_or_train_classifier(qcfg, 'cpu')
+
+
+def test_classifier_learns_the_domains_and_is_cached(qcfg, classifier, monkeypatch):
+    assert classifier.val_acc >= 0.9
+    assert os.path.isfile(classifier.path) and 'domain_classifier_v1_32px_' in classifier.path
+    monkeypatch.setattr(Q, 'train_domain_classifier', lambda *a, **k: pytest.fail('trained again'))
+    again = Q.load_or_train_classifier(qcfg, 'cpu')
+    assert again.path == classifier.path and again.val_acc == classifier.val_acc
+
+
+def test_edge_agreement_tracks_the_layout_not_the_colours():
+    from core.synthetic import layout_seed, render_scene
+
+    def image(index, domain):
+        pixels = render_scene(layout_seed('seasons', 'summer', 'val', index), 'seasons', domain, 64)
+        return torch.from_numpy(pixels).permute(2, 0, 1).float().unsqueeze(0) / 127.5 - 1
+    gt = image(0, 'winter')
+    same_layout = Q.edge_agreement(image(0, 'summer'), gt).item()
+    other_layout = Q.edge_agreement(image(1, 'winter'), gt).item()
+    assert Q.edge_agreement(gt, gt).item() == pytest.approx(1.0)
+    assert same_layout > other_layout + 0.2
+
+
+class Oracle(torch.nn.Module):
+    """Translates every val image into the ground-truth rendering of its layout (style = one-hot domain)."""
+
+    def __init__(self, cfg, x_val, paths, names, params):
+        super().__init__()
+        self.cfg, self.x_val, self.paths, self.names, self.params = cfg, x_val, paths, names, params
+
+    def forward(self, x_src, s):
+        out = []
+        for x, y_trg in zip(x_src, s.argmax(1).tolist()):
+            k = next(i for i, v in enumerate(self.x_val) if torch.equal(v, x))
+            src = os.path.basename(os.path.dirname(self.paths[k]))
+            out.append(Q.ground_truth(self.params, self.paths[k], src, self.names[y_trg], self.cfg.img_size))
+        return torch.stack(out)
+
+
+def stub_nets(generator, num_domains):
+    one_hot = torch.nn.functional.one_hot
+    return Munch(generator=generator,
+                 mapping_network=lambda z, y: one_hot(y, num_domains).float(),
+                 style_encoder=lambda x, y: one_hot(y, num_domains).float())
+
+
+def test_scores_of_known_translators(qcfg, classifier):
+    names = list_domains(qcfg.val_img_dir)
+    x_val, _, paths = Q._load_tree(qcfg.val_img_dir, qcfg.img_size)
+    params = Q.synthetic_params(qcfg.val_img_dir)
+    oracle = Q.quality_scores(stub_nets(Oracle(qcfg, x_val, paths, names, params), 4), qcfg, 'cpu', classifier)
+    identity = Q.quality_scores(stub_nets(lambda x, s: x, 4), qcfg, 'cpu', classifier)
+    assert oracle['structure_ground_truth'] == 1.0 and oracle['num_translations'] == 2 * 12 * 3
+    assert oracle['structure'] == pytest.approx(1.0) and oracle['domain_acc'] >= 0.9
+    assert identity['domain_acc'] <= 0.1                   # it stays in the source domain
+    assert 0.3 < identity['structure'] < oracle['structure']
+    assert set(oracle) >= {'domain_acc_latent', 'domain_acc_reference', 'domain_acc', 'structure'}
+    assert all(isinstance(v, float) for v in oracle.values())
+
+
+def test_scores_train_the_classifier_when_none_is_given(qcfg, tmp_path):
+    """As bench/ablation.py calls it: quality_scores(nets_ema, cfg, device) alone."""
+    cfg = qcfg.replace(fid_stats_dir=str(tmp_path / 'fresh'))
+    scores = Q.quality_scores(stub_nets(lambda x, s: x, 4), cfg, 'cpu')
+    assert scores['classifier_val_acc'] >= 0.9 and scores['domain_acc'] <= 0.1
+    assert len(os.listdir(tmp_path / 'fresh')) == 1
+
+
+def test_benchmark_command_line_on_a_trained_checkpoint(seasons32, tmp_path, capsys, classifier):
+    train(parse_config(tiny_flags(seasons32, tmp_path, '--total_iters', '2', '--sample_every', '0')))
+    spec = importlib.util.spec_from_file_location('bench_quality', os.path.join(ROOT, 'bench', 'quality.py'))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    flags = tiny_flags(seasons32, tmp_path)[2:] + ['--resume_iter', 'latest', '--classifier', classifier.path]
+    assert bench.main(flags) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    acc, structure = (float(part.split('=')[1]) for part in last.split())
+    assert last.startswith('domain_acc=') and 0 <= acc <= 1 and -1 <= structure <= 1
+    assert bench.main(flags + ['--val_img_dir', str(tmp_path / 'nowhere')]) == 1
