@@ -96,6 +96,8 @@ def base_flags(args, data_root, run_dir):
             '--max_conv_dim', '64', '--hidden_dim', '64', '--style_dim', '16', '--latent_dim', '8',
             '--batch_size', str(args.batch_size), '--val_batch_size', '8', '--num_outs_per_domain', '1',
             '--num_workers', '0', '--n_patch', '32', '--patch_dim', '64', '--lambda_ds', '1',
+            # the demo's 10x learning rates: a few hundred CPU steps then separate the domains
+            '--lr', '1e-3', '--f_lr', '1e-5',
             '--ema_beta', '0.99', '--total_iters', steps, '--ds_iter', steps, '--seed', str(args.seed),
             '--device', args.device, '--print_every', str(max(1, args.steps // 10)), '--sample_every', '0',
             '--save_every', '0', '--eval_every', '0',
@@ -289,7 +291,7 @@ def parse_args(argv):
     p.add_argument('--add', action='append', default=[], metavar="NAME='FLAGS'",
                    help="an extra configuration, e.g. --add gcl-clean='--patch_loss patchgcl=0.5 "
                         "--gcl_self_loops clean' (repeatable)")
-    p.add_argument('--steps', type=int, default=60, help='training iterations of every configuration')
+    p.add_argument('--steps', type=int, default=150, help='training iterations of every configuration')
     p.add_argument('--img_size', type=int, default=32, help='image size of the synthetic data and the networks')
     p.add_argument('--batch_size', type=int, default=4, help='training batch size')
     p.add_argument('--num_train', type=int, default=24, help='synthetic training images per domain')
