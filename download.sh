@@ -50,7 +50,7 @@ fetch() {
     mv "$out.part" "$out"
 }
 
-sha256() { "$PYTHON" -c 'import sys; from core.weights import sha256_of; print(sha256_of(sys.argv[1]))' "$1"; }
+sha256() { "$PYTHON" -c 'import sys; from core.manifest import sha256_file; print(sha256_file(sys.argv[1]))' "$1"; }
 
 unpack() {  # unpack ZIP DEST (Python's zipfile: no unzip binary needed)
     mkdir -p "$2"

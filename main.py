@@ -4,34 +4,30 @@
     python main.py --mode demo
 Run with --help for every flag.
 """
+import importlib
 import sys
 
 from core.config import parse_config
 from core.errors import UserError
 
 
+# mode -> (module, function); imported only when run, so --help and --dry_run stay fast.
+MODES = {
+    'train': ('core.trainer', 'train'),
+    'sample': ('core.sampling', 'sample'),
+    'translate': ('core.sampling', 'translate'),
+    'eval': ('metrics.eval', 'evaluate'),
+    'prepare': ('core.prepare', 'prepare'),
+    'demo': ('core.demo', 'run_demo'),
+}
+
+
 def dispatch(cfg):
-    """Run the mode; imports are local so that --help and --dry_run stay fast."""
-    if cfg.mode == 'train':
-        from core.trainer import train
-        train(cfg)
-    elif cfg.mode == 'sample':
-        from core.sampling import sample
-        sample(cfg)
-    elif cfg.mode == 'translate':
-        from core.sampling import translate
-        translate(cfg)
-    elif cfg.mode == 'eval':
-        from metrics.eval import evaluate
-        evaluate(cfg)
-    elif cfg.mode == 'prepare':
-        from core.prepare import prepare
-        prepare(cfg)
-    elif cfg.mode == 'demo':
-        from core.demo import run_demo
-        run_demo(cfg)
-    else:
+    """Run the function of cfg.mode."""
+    if cfg.mode not in MODES:
         raise UserError(f'--mode {cfg.mode} is not available in this release')
+    module, function = MODES[cfg.mode]
+    getattr(importlib.import_module(module), function)(cfg)
 
 
 def main(argv=None):

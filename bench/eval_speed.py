@@ -106,7 +106,7 @@ def random_feature_weights(folder):
     for name, net in nets.items():
         path = os.path.join(folder, W.WEIGHTS[name].filename)
         torch.save(net.state_dict(), path)
-        W.WEIGHTS[name] = W.WEIGHTS[name]._replace(sha256=W.sha256_of(path))
+        W.WEIGHTS[name] = W.WEIGHTS[name]._replace(sha256=W.sha256_file(path))
     return {'inception': nets['inception_v3_torchvision'].state_dict(), 'alexnet': nets['alexnet'].state_dict()}
 
 

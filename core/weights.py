@@ -10,12 +10,12 @@ download.sh reads this table through the command line, so it lives in one place:
     python -m core.weights files TARGET      "filename url" per file of a download target
     python -m core.weights verify TARGET     check every file of TARGET (exit 1 with the message if not)
 """
-import hashlib
 import os
 import sys
 from typing import NamedTuple, Optional
 
 from core.errors import UserError
+from core.manifest import sha256_file
 
 ENV_VAR = 'STARGAN_WEIGHTS_DIR'
 DEFAULT_DIR = os.path.join('~', '.cache', 'stargan-src', 'weights')
@@ -53,15 +53,6 @@ def weights_dir():
     return os.path.expanduser(os.environ.get(ENV_VAR) or DEFAULT_DIR)
 
 
-def sha256_of(path, chunk=1 << 20):
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(chunk), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def require_weight(name, check_hash=True):
     """Path of weight file `name` in the cache; UserError naming the file and the command otherwise."""
     info = WEIGHTS[name]
@@ -69,7 +60,7 @@ def require_weight(name, check_hash=True):
     if not os.path.isfile(path):
         raise UserError(f'missing weight file {path} ({name}); fetch it with: bash download.sh {info.target} '
                         f'(or copy {info.filename} there; set {ENV_VAR} to use another folder)')
-    if check_hash and info.sha256 and not sha256_of(path).startswith(info.sha256):
+    if check_hash and info.sha256 and not sha256_file(path).startswith(info.sha256):
         raise UserError(f'weight file {path} does not match its SHA-256 ({info.sha256}...); it is corrupt or a '
                         f'different file: delete it and run: bash download.sh {info.target}')
     return path

@@ -214,7 +214,7 @@ def _register_tiny_weight(tmp_path, monkeypatch, module, corrupt=False):
     monkeypatch.setenv('STARGAN_WEIGHTS_DIR', str(tmp_path))
     path = tmp_path / 'tiny-weights.pth'
     torch.save(module.state_dict(), path)
-    sha = '00000000' if corrupt else W.sha256_of(path)[:8]
+    sha = '00000000' if corrupt else W.sha256_file(path)[:8]
     monkeypatch.setitem(W.WEIGHTS, 'tiny', W.WeightFile(path.name, 'https://example.invalid/tiny.pth', sha,
                                                         'metric-weights'))
 
@@ -243,7 +243,7 @@ def test_inception_loads_weights_from_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv('STARGAN_WEIGHTS_DIR', str(tmp_path))
     info = W.WEIGHTS['inception_tf_fid']
     torch.save(source.state_dict(), tmp_path / info.filename)
-    monkeypatch.setitem(W.WEIGHTS, 'inception_tf_fid', info._replace(sha256=W.sha256_of(tmp_path / info.filename)))
+    monkeypatch.setitem(W.WEIGHTS, 'inception_tf_fid', info._replace(sha256=W.sha256_file(tmp_path / info.filename)))
     loaded = TFInception(pretrained=True)
     assert all(torch.equal(a, b) for a, b in zip(loaded.net.state_dict().values(), source.state_dict().values()))
     assert FIDExtractor('standard', pretrained=True).identity == info.filename

@@ -84,3 +84,21 @@ class PatchLoss(nn.Module):
         holds only additional values (e.g. 'infonce'), logged as name/key.
         """
         raise NotImplementedError
+
+
+class TemperedPatchLoss(PatchLoss):
+    """Base of the InfoNCE-like plug-ins on the shared patches: one temperature, --nce_T."""
+
+    uses_patches = True
+
+    def __init__(self, tau=0.07):
+        super().__init__()
+        self.tau = tau
+
+    @classmethod
+    def validate(cls, cfg):
+        return [] if cfg.nce_T > 0 else ['--nce_T must be > 0']
+
+    @classmethod
+    def from_config(cls, cfg, feat_channels):
+        return cls(tau=cfg.nce_T)

@@ -2,33 +2,19 @@
 import torch.nn.functional as F
 
 from core.contrastive import functional as LF
-from core.contrastive.base import PatchLoss, register
+from core.contrastive.base import TemperedPatchLoss, register
 from core.schedules import gamma_at
 
 HDCE_MODES = ['release', 'paper']
 
 
 @register('dce')
-class DCELoss(PatchLoss):
+class DCELoss(TemperedPatchLoss):
     """Mean over anchors of decoupled InfoNCE (positive left out of the denominator).
 
     The loss (DCE) can be negative. Extra stat: 'infonce' = softplus(DCE) per
     anchor, i.e. InfoNCE on the same logits, the value the released code printed.
     """
-
-    uses_patches = True
-
-    def __init__(self, tau=0.07):
-        super().__init__()
-        self.tau = tau
-
-    @classmethod
-    def validate(cls, cfg):
-        return [] if cfg.nce_T > 0 else ['--nce_T must be > 0']
-
-    @classmethod
-    def from_config(cls, cfg, feat_channels):
-        return cls(tau=cfg.nce_T)
 
     def row_losses(self, q, k, step):
         """(B, K) loss per anchor of one layer; k is already detached."""
