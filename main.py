@@ -8,7 +8,7 @@ import importlib
 import sys
 
 from core.config import parse_config
-from core.errors import UserError
+from core.errors import UserError, run_cli
 
 
 # mode -> (module, function); imported only when run, so --help and --dry_run stay fast.
@@ -30,20 +30,16 @@ def dispatch(cfg):
     getattr(importlib.import_module(module), function)(cfg)
 
 
-def main(argv=None):
-    try:
-        cfg = parse_config(argv)
-        if cfg.dry_run:
-            print(cfg.to_json())
-            return 0
+def run(argv=None):
+    cfg = parse_config(argv)
+    if cfg.dry_run:
+        print(cfg.to_json())
+    else:
         dispatch(cfg)
-    except UserError as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print('interrupted', file=sys.stderr)
-        return 130
-    return 0
+
+
+def main(argv=None):
+    return run_cli(lambda: run(argv))
 
 
 if __name__ == '__main__':

@@ -42,7 +42,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from core.checkpoint import atomic_write_text  # noqa: E402
-from core.errors import UserError  # noqa: E402
+from core.errors import UserError, run_cli  # noqa: E402
 
 # name -> (what it is, its flags). Weights: the SRC paper's Seasons values for SRC/hDCE, the released
 # single-domain values for FSeSim/LSeSim (10) and PUT (1), our choice for PatchGCL (0.5, no published one).
@@ -185,13 +185,10 @@ def worker_main(spec_path):
     """Entry point of a configuration's process: train, then write result.json beside the checkpoints."""
     with open(spec_path) as f:
         spec = json.load(f)
-    try:
+    def run():
         result = train_config(spec['flags'])
-    except UserError as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 1
-    atomic_write_text(spec['result'], json.dumps(result, indent=2) + '\n')
-    return 0
+        atomic_write_text(spec['result'], json.dumps(result, indent=2) + '\n')
+    return run_cli(run)
 
 
 def launch(name, flags, run_dir):
@@ -387,13 +384,10 @@ def main(argv=None):
         for name, (description, flags) in CONFIGS.items():
             print(f'{name:20s} {description}: {" ".join(flags) or "(no patch loss)"}')
         return 0
-    try:
+    def run():
         run_ablation(args, extra)
-    except UserError as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 1
-    print(f'tables: {os.path.join(args.out_dir, "ablation.md")}, {os.path.join(args.out_dir, "ablation.csv")}')
-    return 0
+        print(f'tables: {os.path.join(args.out_dir, "ablation.md")}, {os.path.join(args.out_dir, "ablation.csv")}')
+    return run_cli(run)
 
 
 if __name__ == '__main__':

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from core.config import parse_config  # noqa: E402
 from core.device import resolve_device  # noqa: E402
-from core.errors import UserError  # noqa: E402
+from core.errors import UserError, run_cli  # noqa: E402
 from metrics.quality import MAX_SOURCES_PER_DOMAIN, load_or_train_classifier, quality_scores  # noqa: E402
 
 DEFAULT_FLAGS = ['--preset', 'demo', '--resume_iter', 'latest']
@@ -43,7 +43,8 @@ def parse(argv):
 
 def main(argv=None):
     from core.sampling import load_model
-    try:
+
+    def run():
         args, cfg = parse(sys.argv[1:] if argv is None else argv)
         device = resolve_device(cfg.device)
         nets, cfg = load_model(cfg, device)
@@ -51,14 +52,11 @@ def main(argv=None):
         classifier = load_or_train_classifier(cfg, device, args.classifier)
         print(f'domain classifier {classifier.path}: accuracy on the real val images {classifier.val_acc:.3f}')
         scores = quality_scores(nets, cfg, device, classifier, args.max_sources)
-    except UserError as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 1
-    for key, value in scores.items():
-        print(f'{key}: {value:.4f}')
-    print(f'({time.perf_counter() - start:.1f} s)')
-    print(f'domain_acc={scores["domain_acc"]:.4f} structure={scores["structure"]:.4f}')
-    return 0
+        for key, value in scores.items():
+            print(f'{key}: {value:.4f}')
+        print(f'({time.perf_counter() - start:.1f} s)')
+        print(f'domain_acc={scores["domain_acc"]:.4f} structure={scores["structure"]:.4f}')
+    return run_cli(run)
 
 
 if __name__ == '__main__':

@@ -14,7 +14,7 @@ import os
 import sys
 from typing import NamedTuple, Optional
 
-from core.errors import UserError
+from core.errors import UserError, run_cli
 from core.manifest import sha256_file
 
 ENV_VAR = 'STARGAN_WEIGHTS_DIR'
@@ -103,7 +103,8 @@ def _target_files(target):
 def main(argv=None):
     """The command line used by download.sh; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
-    try:
+
+    def run():
         if argv == ['dir']:
             print(weights_dir())
         elif len(argv) == 2 and argv[0] == 'files':
@@ -115,10 +116,7 @@ def main(argv=None):
         else:
             print('usage: python -m core.weights dir | files TARGET | verify TARGET', file=sys.stderr)
             return 2
-    except UserError as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(run)
 
 
 if __name__ == '__main__':

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from core.data_loader import check_images, list_images, load_rgb, squash
-from core.errors import UserError
+from core.errors import UserError, run_cli
 from core.weights import WEIGHTS
 from metrics.inception import StarGANInception, TFInception
 from metrics.preflight import FID_WEIGHTS
@@ -205,14 +205,12 @@ def main(argv=None):
     parser.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto')
     args = parser.parse_args(argv)
     from core.device import resolve_device
-    try:
+
+    def run():
         value = fid_given_paths(args.paths, args.img_size, args.batch_size, args.fid_protocol,
                                 resolve_device(args.device))
-    except UserError as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 1
-    print(f'FID ({args.fid_protocol}): {value}')
-    return 0
+        print(f'FID ({args.fid_protocol}): {value}')
+    return run_cli(run)
 
 
 if __name__ == '__main__':
