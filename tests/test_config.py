@@ -106,3 +106,26 @@ def test_dry_run_prints_the_resolved_config(capsys):
     assert main(['--mode', 'train', '--preset', 'weather', '--dry_run']) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed['num_domains'] == 5 and printed['lambda_dce'] == 0.1 and printed['base_dim'] == 64
+
+
+def test_cli_wrapper_turns_user_errors_and_ctrl_c_into_exit_codes(capsys):
+    from core.errors import UserError, run_cli
+
+    def fail():
+        raise UserError('the flag --x is wrong')
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    assert run_cli(fail) == 1
+    assert capsys.readouterr().err == 'error: the flag --x is wrong\n'
+    assert run_cli(interrupt) == 130
+    assert run_cli(lambda: None) == 0
+    assert run_cli(lambda: 2) == 2
+    with pytest.raises(ZeroDivisionError):   # a bug keeps its traceback
+        run_cli(lambda: 1 / 0)
+
+
+def test_main_rejects_a_mode_without_an_implementation(capsys):
+    assert main(['--mode', 'align']) == 1
+    assert '--mode align' in capsys.readouterr().err
