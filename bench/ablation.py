@@ -132,7 +132,7 @@ def train_config(flags):
     from core.checkpoint import save_training_state
     from core.config import parse_config
     from core.data_loader import make_train_iterator
-    from core.device import resolve_device
+    from core.device import resolve_device, synchronize
     from core.logger import RunLogger
     from core.trainer import build_training, train_step
 
@@ -151,8 +151,7 @@ def train_config(flags):
             batch = next(batches)
             start = time.perf_counter()
             stats = train_step(run, cfg, batch, step, device)
-            if device.type == 'cuda':
-                torch.cuda.synchronize(device)   # time the step, not its launch
+            synchronize(device)   # time the step, not its launch
             times.append(time.perf_counter() - start)
             logger.advance()
             if (step + 1) % cfg.print_every == 0:

@@ -17,7 +17,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 import types
 
 import torch
@@ -25,7 +24,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from bench.train_step import random_batch  # noqa: E402
+from bench.train_step import random_batch, time_iterations  # noqa: E402
 from core.config import build_parser  # noqa: E402
 
 
@@ -86,17 +85,8 @@ def main(argv=None):
     batch = random_batch(args, device)
     gen = torch.Generator().manual_seed(1)
     z_trg, z_trg2 = (torch.randn(args.batch_size, args.latent_dim, generator=gen).to(device) for _ in range(2))
-    _one_iteration(hs, solver, args, batch, z_trg, z_trg2, 0)   # warm-up
-    times, cpu_times = [], []
-    for i in range(known.iters):
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        start, cpu_start = time.perf_counter(), time.process_time()
-        _one_iteration(hs, solver, args, batch, z_trg, z_trg2, i + 1)
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - cpu_start)
+    times, cpu_times = time_iterations(
+        lambda step: _one_iteration(hs, solver, args, batch, z_trg, z_trg2, step), known.iters, device)
     print(f'device={device.type} hsrc img_size={args.img_size} batch_size={args.batch_size} '
           f'threads={torch.get_num_threads()} iters={known.iters} '
           f'median_cpu_s_per_iter={statistics.median(cpu_times):.4f}')

@@ -19,8 +19,9 @@ from munch import Munch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from core.config import ConfigError, parse_config  # noqa: E402
-from core.device import resolve_device  # noqa: E402
+from core.config import parse_config  # noqa: E402
+from core.errors import run_cli  # noqa: E402
+from core.device import resolve_device, synchronize  # noqa: E402
 from core.trainer import build_training, train_step  # noqa: E402
 
 
@@ -48,9 +49,19 @@ def count_encoder_passes(generator):
     return calls
 
 
-def _sync(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
+def time_iterations(one_iteration, iters, device):
+    """(wall seconds, CPU seconds) per call of one_iteration(i) for i = 1..iters, after a warm-up
+    call one_iteration(0) (allocator, cuDNN autotuning)."""
+    one_iteration(0)
+    synchronize(device)
+    times, cpu_times = [], []
+    for i in range(1, iters + 1):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        one_iteration(i)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+    return times, cpu_times
 
 
 def main(argv=None):
@@ -59,35 +70,25 @@ def main(argv=None):
     known, rest = parser.parse_known_args(argv)
     if '--mode' not in rest:
         rest = ['--mode', 'train'] + rest
-    try:
-        cfg = parse_config(rest, check_paths=False)
-    except ConfigError as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 1
+    return run_cli(lambda: benchmark(parse_config(rest, check_paths=False), known.iters))
+
+
+def benchmark(cfg, iters):
+    """Print the figures of `iters` timed training iterations built from cfg."""
     device = resolve_device(cfg.device)
     run = build_training(cfg, device)
     calls = count_encoder_passes(run.nets.generator)
     batch = random_batch(cfg, device)
-
-    train_step(run, cfg, batch, 0, device)   # warm-up (allocator, cuDNN autotuning)
-    _sync(device)
-    per_iter = calls[0]
-    times, cpu_times = [], []
-    for i in range(known.iters):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        train_step(run, cfg, batch, i + 1, device)
-        _sync(device)
-        times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - cpu_start)
+    times, cpu_times = time_iterations(lambda step: train_step(run, cfg, batch, step, device), iters, device)
+    per_iter = calls[0] // (iters + 1)   # every call, warm-up included, runs the same passes
 
     params = sum(p.numel() for net in run.nets.values() for p in net.parameters())
     print(f'device={device.type} arch={cfg.arch} img_size={cfg.img_size} batch_size={cfg.batch_size} '
           f'patch_losses={",".join(f"{n}={w}" for n, w in cfg.patch_losses) or "none"} '
           f'nce_layers={",".join(map(str, cfg.nce_layers)) if cfg.patch_losses else "-"} '
-          f'params={params} threads={torch.get_num_threads()} iters={known.iters} '
+          f'params={params} threads={torch.get_num_threads()} iters={iters} '
           f'median_cpu_s_per_iter={statistics.median(cpu_times):.4f}')
     print(f'median_s_per_iter={statistics.median(times):.4f} encoder_passes_per_g_step={per_iter // 2}')
-    return 0
 
 
 if __name__ == '__main__':

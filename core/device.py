@@ -19,3 +19,9 @@ def resolve_device(name):
         # Fixed-size inputs: let cuDNN pick the fastest kernels once.
         torch.backends.cudnn.benchmark = True
     return device
+
+
+def synchronize(device):
+    """Wait for the device's queued work (benchmarks only: timing a CUDA step, not its launch)."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
