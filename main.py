@@ -1,41 +1,60 @@
-"""Command line: parse and validate the flags, then dispatch to one function per mode.
+"""Command line: parse and validate the flags, check the mode's inputs, then dispatch.
 
     python main.py --mode train --preset seasons
     python main.py --mode demo
 Run with --help for every flag.
 """
-import importlib
 import sys
 
+from core.checks import check_inputs
 from core.config import parse_config
-from core.errors import UserError, run_cli
+from core.errors import run_cli
+from metrics.preflight import metric_weight_errors
 
 
-# mode -> (module, function); imported only when run, so --help and --dry_run stay fast.
-MODES = {
-    'train': ('core.trainer', 'train'),
-    'sample': ('core.sampling', 'sample'),
-    'translate': ('core.sampling', 'translate'),
-    'eval': ('metrics.eval', 'evaluate'),
-    'prepare': ('core.prepare', 'prepare'),
-    'demo': ('core.demo', 'run_demo'),
-}
+# One function per --mode (core.config.MODES). Each imports its module when it runs, so that
+# --help and --dry_run stay fast.
+def _train(cfg):
+    from core.trainer import train
+    train(cfg)
 
 
-def dispatch(cfg):
-    """Run the function of cfg.mode."""
-    if cfg.mode not in MODES:
-        raise UserError(f'--mode {cfg.mode} is not available in this release')
-    module, function = MODES[cfg.mode]
-    getattr(importlib.import_module(module), function)(cfg)
+def _sample(cfg):
+    from core.sampling import sample
+    sample(cfg)
+
+
+def _translate(cfg):
+    from core.sampling import translate
+    translate(cfg)
+
+
+def _eval(cfg):
+    from metrics.eval import evaluate
+    evaluate(cfg)
+
+
+def _prepare(cfg):
+    from core.prepare import prepare
+    prepare(cfg)
+
+
+def _demo(cfg):
+    from core.demo import run_demo
+    run_demo(cfg)
+
+
+MODES = {'train': _train, 'sample': _sample, 'translate': _translate, 'eval': _eval,
+         'prepare': _prepare, 'demo': _demo}
 
 
 def run(argv=None):
     cfg = parse_config(argv)
     if cfg.dry_run:
         print(cfg.to_json())
-    else:
-        dispatch(cfg)
+        return
+    check_inputs(cfg, metric_weight_errors(cfg))   # input folders and the weight files of its metrics
+    MODES[cfg.mode](cfg)
 
 
 def main(argv=None):

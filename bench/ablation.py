@@ -41,7 +41,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from core.checkpoint import atomic_write_text  # noqa: E402
+from core.fileio import atomic_write_text  # noqa: E402
 from core.errors import UserError, run_cli  # noqa: E402
 
 # name -> (what it is, its flags). Weights: the SRC paper's Seasons values for SRC/hDCE, the released
@@ -134,9 +134,12 @@ def train_config(flags):
     from core.data_loader import make_train_iterator
     from core.device import resolve_device, synchronize
     from core.logger import RunLogger
-    from core.trainer import build_training, train_step
+    from core.checks import check_inputs
+    from core.trainer import build_training, train_step, with_domain_names
 
     cfg = parse_config(flags)
+    check_inputs(cfg)
+    cfg = with_domain_names(cfg)
     device = resolve_device(cfg.device)
     run = build_training(cfg, device)
     batches = make_train_iterator(cfg, 0, device)
@@ -230,14 +233,15 @@ def quality_scorer():
 
 def score_run(scorer, run_dir, steps, device_name):
     """Quality figures of one run's EMA networks (loaded from its last checkpoint)."""
-    from core.checkpoint import ckpt_path, load_ema_nets
+    from core.checkpoint import ckpt_path
     from core.config import Config
     from core.device import resolve_device
+    from core.inference import load_model
     with open(os.path.join(run_dir, 'checkpoints', 'config.json')) as f:
         cfg = Config.from_json(f.read())
     device = resolve_device(device_name)
-    nets_ema, cfg = load_ema_nets(cfg.replace(checkpoint=ckpt_path(cfg.checkpoint_dir, steps, 'nets_ema')),
-                                  device)
+    nets_ema, cfg = load_model(cfg.replace(checkpoint=ckpt_path(cfg.checkpoint_dir, steps, 'nets_ema')),
+                               device, verbose=False)[:2]
     scores = scorer(nets_ema, cfg, device)
     return {k: float(scores[k]) for k in QUALITY_KEYS if k in scores}
 
@@ -307,8 +311,7 @@ def check_flags(selected, args, extra):
     data_root = os.path.join(args.out_dir, 'data')
     for name, _, flags in selected:
         try:
-            parse_config(run_flags(args, data_root, os.path.join(args.out_dir, 'runs', name), flags, extra),
-                         check_paths=False)
+            parse_config(run_flags(args, data_root, os.path.join(args.out_dir, 'runs', name), flags, extra))
         except UserError as err:
             raise UserError(f'configuration {name}: {err}') from None
         except SystemExit:

@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from core.config import parse_config  # noqa: E402
 from core.device import resolve_device  # noqa: E402
 from core.errors import UserError, run_cli  # noqa: E402
+from core.inference import load_model  # noqa: E402
 from metrics.quality import MAX_SOURCES_PER_DOMAIN, load_or_train_classifier, quality_scores  # noqa: E402
 
 DEFAULT_FLAGS = ['--preset', 'demo', '--resume_iter', 'latest']
@@ -33,7 +34,7 @@ def parse(argv):
     parser.add_argument('--max_sources', type=int, default=MAX_SOURCES_PER_DOMAIN,
                         help='val images per domain to translate')
     args, rest = parser.parse_known_args(argv)
-    cfg = parse_config(['--mode', 'eval'] + (rest or DEFAULT_FLAGS), check_paths=False)
+    cfg = parse_config(['--mode', 'sample'] + (rest or DEFAULT_FLAGS))   # inference flags only
     for flag in ('train_img_dir', 'val_img_dir'):
         if not os.path.isdir(getattr(cfg, flag)):
             raise UserError(f'--{flag} {getattr(cfg, flag)} is not a folder; for the demo model run '
@@ -42,12 +43,10 @@ def parse(argv):
 
 
 def main(argv=None):
-    from core.sampling import load_model
-
     def run():
         args, cfg = parse(sys.argv[1:] if argv is None else argv)
         device = resolve_device(cfg.device)
-        nets, cfg = load_model(cfg, device)
+        nets, cfg = load_model(cfg, device)[:2]
         start = time.perf_counter()
         classifier = load_or_train_classifier(cfg, device, args.classifier)
         print(f'domain classifier {classifier.path}: accuracy on the real val images {classifier.val_acc:.3f}')

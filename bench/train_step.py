@@ -70,7 +70,7 @@ def main(argv=None):
     known, rest = parser.parse_known_args(argv)
     if '--mode' not in rest:
         rest = ['--mode', 'train'] + rest
-    return run_cli(lambda: benchmark(parse_config(rest, check_paths=False), known.iters))
+    return run_cli(lambda: benchmark(parse_config(rest), known.iters))
 
 
 def benchmark(cfg, iters):

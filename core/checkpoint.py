@@ -13,19 +13,12 @@ All randomness of training is derived from (seed, step), so nets + optimizers
 """
 import glob
 import os
-import pickle
 import re
-import tempfile
 
-import torch
-
-from core.errors import UserError
+from core.config import ARCH_FIELDS, NET_FIELDS, Config, arch_differences
+from core.fileio import CheckpointError, atomic_save, safe_load, state_dict_mismatch
 
 KINDS = ('nets', 'nets_ema', 'optims')
-
-
-class CheckpointError(UserError):
-    """A missing, unsafe or mismatched checkpoint; the message says what to do."""
 
 
 def ckpt_path(checkpoint_dir, step, kind):
@@ -33,71 +26,8 @@ def ckpt_path(checkpoint_dir, step, kind):
     return os.path.join(checkpoint_dir, f'{step:06d}_{kind}.ckpt')
 
 
-# ----------------------------------------------------------------------------------------------
-# Atomic writes: a kill during a save leaves the previous files intact.
-# ----------------------------------------------------------------------------------------------
-
-def _umask():
-    mask = os.umask(0)   # reading the umask means setting it; put it straight back
-    os.umask(mask)
-    return mask
-
-
-def _atomic(path, write):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)   # atomic on POSIX and Windows
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_save(obj, path):
-    """torch.save to a temporary file in the same folder, then rename over `path`."""
-    _atomic(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_bytes(path, data):
-    """Write bytes atomically."""
-    _atomic(path, lambda f: f.write(data))
-
-
-def atomic_write_text(path, text):
-    """Write a text file atomically."""
-    atomic_write_bytes(path, text.encode('utf-8'))
-
-
-# ----------------------------------------------------------------------------------------------
-# Safe reading
-# ----------------------------------------------------------------------------------------------
-
-def safe_load(path):
-    """torch.load with weights_only=True: tensors and plain containers only, never arbitrary code."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f'checkpoint file not found: {path}')
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f'{path} contains Python objects other than tensors and plain containers; refusing to '
-            f'unpickle it because that could run arbitrary code. Re-save only its state_dicts '
-            f'from a trusted environment. ({str(err).splitlines()[0]})') from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f'{path} is not a readable PyTorch checkpoint ({str(err).splitlines()[0]}); '
-                              f'it may be truncated or corrupt') from None
-
-
 def stored_config(payload):
     """The config dict stored in a checkpoint payload, or None for official checkpoints."""
-    from core.config import Config
     text = payload.get('config') if isinstance(payload, dict) else None
     return Config.from_json(text) if isinstance(text, str) else None
 
@@ -107,17 +37,6 @@ def _strip_prefix(state_dict):
     if state_dict and all(k.startswith('module.') for k in state_dict):
         return {k[len('module.'):]: v for k, v in state_dict.items()}
     return state_dict
-
-
-def _mismatch(module, state_dict):
-    """Missing, unexpected and wrongly shaped keys of state_dict for module."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [f'{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}'
-              for k in own if k in state_dict and hasattr(state_dict[k], 'shape')
-              and state_dict[k].shape != own[k].shape]
-    return missing, unexpected, shapes
 
 
 def _fill_constant_buffers(module, state_dict):
@@ -149,7 +68,7 @@ def load_modules(modules, payload, path, hint=''):
             problems.append(f'  {name}: not in the checkpoint')
             continue
         state_dict = _fill_constant_buffers(module, _strip_prefix(dict(payload[name])))
-        missing, unexpected, shapes = _mismatch(module, state_dict)
+        missing, unexpected, shapes = state_dict_mismatch(module.state_dict(), state_dict)
         if missing or unexpected or shapes:
             problems += _describe(name, missing, unexpected, shapes)
             continue
@@ -161,7 +80,6 @@ def load_modules(modules, payload, path, hint=''):
 
 def arch_hint(payload, cfg):
     """Explain a mismatch by the config stored in the checkpoint, if there is one."""
-    from core.config import NET_FIELDS, ARCH_FIELDS, arch_differences
     stored = stored_config(payload)
     if stored is None:
         return ('This checkpoint stores no config (official layout): pass the flags it was trained '
@@ -214,47 +132,3 @@ def load_training_state(checkpoint_dir, step, nets, nets_ema, optims, cfg):
             optim.load_state_dict(payload[name])
         except (ValueError, KeyError) as err:
             raise CheckpointError(f'{path}: optimizer state of {name} does not match its network ({err})') from None
-
-
-# ----------------------------------------------------------------------------------------------
-# Inference networks
-# ----------------------------------------------------------------------------------------------
-
-def ema_checkpoint_path(cfg):
-    """--checkpoint FILE if given, else checkpoint_dir/{resume_iter}_nets_ema.ckpt ('latest' allowed)."""
-    if cfg.checkpoint:
-        return cfg.checkpoint
-    step = cfg.resume_iter
-    if step == 'latest':
-        step = latest_step(cfg.checkpoint_dir) if os.path.isdir(cfg.checkpoint_dir) else None
-        if step is None:
-            raise CheckpointError(f'no complete checkpoint in {cfg.checkpoint_dir}; train first or pass '
-                                  f'--checkpoint PATH/TO/xxxxxx_nets_ema.ckpt')
-    path = ckpt_path(cfg.checkpoint_dir, step, 'nets_ema')
-    if not os.path.isfile(path):
-        raise CheckpointError(f'checkpoint file not found: {path}; pass --resume_iter STEP (or latest) of a saved '
-                              f'step in --checkpoint_dir, or --checkpoint PATH/TO/xxxxxx_nets_ema.ckpt')
-    return path
-
-
-def load_ema_nets(cfg, device):
-    """The EMA generator, mapping network and style encoder for sampling and evaluation.
-
-    Architecture flags come from the config stored in the checkpoint when there
-    is one (a model trained here), else from the command line (official and
-    Hneg_SRC checkpoints). Returns (nets_ema, effective config).
-    """
-    from core.config import NET_FIELDS
-    from core.model import EMA_NETS, build_nets
-    path = ema_checkpoint_path(cfg)
-    payload = safe_load(path)
-    stored = stored_config(payload)
-    if stored is not None:
-        cfg = cfg.replace(**{k: stored[k] for k in NET_FIELDS + ('domain_names',) if k in stored})
-    nets, _ = build_nets(cfg)
-    nets_ema = {name: nets[name] for name in EMA_NETS}
-    load_modules(nets_ema, payload, path, arch_hint(payload, cfg))
-    for net in nets_ema.values():
-        net.to(device).eval().requires_grad_(False)
-    from munch import Munch
-    return Munch(nets_ema), cfg

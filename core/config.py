@@ -10,14 +10,13 @@ as config.json with every run and stored inside every checkpoint.
 """
 import argparse
 import json
-import os
 from collections.abc import Mapping
 
 from core import contrastive
 from core.errors import UserError
 from core.model import ARCHS, default_base_dim, default_taps, num_encoder_blocks
 
-MODES = ('train', 'sample', 'eval', 'align', 'translate', 'prepare', 'demo')
+MODES = ('train', 'sample', 'eval', 'translate', 'prepare', 'demo')   # main.py runs one function per mode
 
 # Fields that define the shapes of the saved networks: a checkpoint whose
 # stored values differ cannot be loaded into nets built from this config.
@@ -248,6 +247,9 @@ def _add_path_flags(p):
     g.add_argument('--result_dir', default='expr/results', help='outputs of sample mode')
     g.add_argument('--src_dir', default='assets/representative/celeba_hq/src', help='source images for sample mode')
     g.add_argument('--ref_dir', default='assets/representative/celeba_hq/ref', help='reference images for sample mode')
+
+    g = p.add_argument_group('accepted, ignored', 'flags of the official face alignment (--mode align) and FAN '
+                             'weights: accepted so that upstream command lines parse, never read')
     g.add_argument('--inp_dir', default='assets/representative/custom/female', help='input folder of align mode')
     g.add_argument('--out_dir', default='assets/representative/celeba_hq/src/female', help='output folder of align mode')
     g.add_argument('--wing_path', default='expr/checkpoints/wing.ckpt', help='FAN weights (faces only)')
@@ -379,11 +381,31 @@ def _errors(cfg):
         errs.append(f'--resume_iter must be between 0 and --total_iters ({cfg.total_iters})')
     errs += _patch_loss_errors(cfg)
     errs += _sampling_errors(cfg)
+    errs += _eval_errors(cfg)
+    return errs
+
+
+def evaluates(cfg):
+    """True if the run computes metrics: --mode eval, or training that reaches an --eval_every step."""
+    return cfg.mode == 'eval' or (cfg.mode == 'train' and 0 < cfg.eval_every <= cfg.total_iters)
+
+
+def _eval_errors(cfg):
+    errs = []
+    if evaluates(cfg) and cfg.num_outs_per_domain < 2:
+        errs.append('--num_outs_per_domain must be at least 2 for the LPIPS diversity (10 in the papers)')
+    if cfg.val_per_domain is not None and cfg.val_per_domain < 1:
+        errs.append('--val_per_domain must be at least 1')
     return errs
 
 
 def _sampling_errors(cfg):
     errs = []
+    if cfg.mode == 'translate' and cfg.ref is not None:
+        if cfg.num_styles != 1:
+            errs.append('--num_styles sets the number of random styles; with --ref every reference image is one style')
+        if cfg.psi != 1:
+            errs.append('--psi truncates random styles; it does not apply to reference styles (--ref)')
     if cfg.num_styles < 1:
         errs.append('--num_styles must be at least 1')
     if not 0 <= cfg.psi <= 1:
@@ -422,51 +444,6 @@ def _patch_loss_errors(cfg):
     return errs
 
 
-def _mode_errors(cfg):
-    """Checks that need the file system, only for the modes that read those folders."""
-    errs = []
-    if cfg.mode == 'train':
-        for flag in ('train_img_dir', 'val_img_dir'):
-            if not os.path.isdir(getattr(cfg, flag)):
-                errs.append(f'--{flag} {getattr(cfg, flag)!r} is not a folder (one sub-folder per domain expected)')
-    if cfg.mode == 'align':
-        errs.append("--mode align needs the FAN face-landmark network, which this release does not ship")
-    errs += _sampling_mode_errors(cfg)
-    errs += _eval_mode_errors(cfg)
-    return errs
-
-
-def _eval_mode_errors(cfg):
-    """Inputs of --mode eval / prepare, and the metric weights needed by --eval_every during training."""
-    from metrics.preflight import eval_config_errors
-    return eval_config_errors(cfg)
-
-
-def _sampling_mode_errors(cfg):
-    """Input checks of --mode sample and --mode translate."""
-    errs = []
-    if cfg.mode == 'sample':
-        for flag in ('src_dir', 'ref_dir'):
-            if not os.path.isdir(getattr(cfg, flag)):
-                errs.append(f'--{flag} {getattr(cfg, flag)!r} is not a folder (one sub-folder per domain expected)')
-    if cfg.mode != 'translate':
-        return errs
-    if not cfg.src:
-        errs.append('--mode translate needs --src IMAGE_OR_FOLDER')
-    elif not os.path.exists(cfg.src):
-        errs.append(f'--src {cfg.src!r} does not exist')
-    if cfg.ref is None and cfg.trg_domain is None:
-        errs.append('--mode translate needs --trg_domain NAME_OR_ID (random styles) or --ref IMAGE_OR_FOLDER')
-    if cfg.ref is not None:
-        if not os.path.exists(cfg.ref):
-            errs.append(f'--ref {cfg.ref!r} does not exist')
-        if cfg.num_styles != 1:
-            errs.append('--num_styles sets the number of random styles; with --ref every reference image is one style')
-        if cfg.psi != 1:
-            errs.append('--psi truncates random styles; it does not apply to reference styles (--ref)')
-    return errs
-
-
 def resolve(ns):
     """Fill the derived defaults of a parsed namespace and freeze it into a Config."""
     fields = vars(ns).copy()
@@ -480,30 +457,21 @@ def resolve(ns):
     return Config(**_tuples(fields))
 
 
-def parse_config(argv=None, check_paths=True):
-    """Parse, apply the preset, resolve and validate. Raises ConfigError naming the flag(s)."""
+def parse_config(argv=None):
+    """Parse, apply the preset, resolve and validate the values. Raises ConfigError naming the flag(s).
+
+    Nothing here reads the file system: the inputs a mode needs are checked by
+    core.checks before that mode runs.
+    """
     parser = build_parser()
     preset = _preset_name(argv)
     if preset in PRESETS:
         parser.set_defaults(**PRESETS[preset], preset=preset)
     cfg = resolve(parser.parse_args(argv))
-    check_paths = check_paths and not cfg.dry_run   # --dry_run only shows the config
-    errs = _errors(cfg) + (_mode_errors(cfg) if check_paths else [])
+    errs = _errors(cfg)
     if errs:
         raise ConfigError('\n'.join(errs))
-    if check_paths and cfg.mode == 'train':
-        cfg = with_domain_names(cfg)
     return cfg
-
-
-def with_domain_names(cfg):
-    """The config with domain_names read from --train_img_dir (sorted folder names = domain ids)."""
-    from core.data_loader import list_domains
-    names = list_domains(cfg.train_img_dir)
-    if len(names) != cfg.num_domains:
-        raise ConfigError(f'--num_domains is {cfg.num_domains} but {cfg.train_img_dir} has {len(names)} domain '
-                          f'folders ({", ".join(names)})')
-    return cfg.replace(domain_names=tuple(names))
 
 
 def _preset_name(argv):

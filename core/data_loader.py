@@ -1,8 +1,6 @@
-"""Data loading: domain folders, robust image decoding, seeded augmentation,
-balanced per-step sampling, and the fixed validation batch.
-
-Layout: `root/<domain_name>/**/<image>`, one sub-folder per domain. A domain's
-id is the position of its folder name in the sorted list of folder names.
+"""Data loading: seeded augmentation, balanced per-step sampling, the fixed
+validation batch and the evaluation datasets. Listing, decoding and checking
+image files and domain trees is core.images' job.
 
 Determinism: a training batch is a pure function of (seed, step, stream). The
 batch sampler runs in the main process and draws, for step i, the image
@@ -11,248 +9,35 @@ indices and one augmentation seed per image from
 augment with those seeds. A run resumed at step k therefore sees exactly the
 batches of an uninterrupted run, whatever the number of workers.
 
-Image modes: everything is converted to 8-bit RGB. Transparent pixels are
-composited onto white (so transparent backgrounds look like the white
-backgrounds of typical photo datasets, not like the arbitrary colour stored
-under alpha = 0). 16-bit and 32-bit integer images are scaled from the
-0..65535 range (not clipped at 255); float images are taken as [0, 1] or
-[0, 255] when they fit, otherwise min-max stretched.
-
 Everything given to a DataLoader is a module-level class without lambdas, so it
 pickles under the 'spawn' start method (Windows, macOS).
 """
 import math
 import os
 import random
-import sys
-import warnings
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from munch import Munch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
-from core.errors import UserError
+from core.images import (IMG_EXTENSIONS, BadImageError, DataError, check_images, domain_tree, list_images,
+                         load_rgb)
 from core.manifest import verify_manifest
 from core.seeding import STREAM_REFERENCE, STREAM_SOURCE, STREAM_VAL, step_generator
 
-IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
 RANDCROP_SCALE = (0.8, 1.0)   # upstream RandomResizedCrop(scale=...)
 RANDCROP_RATIO = (0.9, 1.1)   # upstream RandomResizedCrop(ratio=...)
 RANDCROP_ATTEMPTS = 10        # as torchvision, before the centre-crop fallback
 FLIP_PROB = 0.5
-MIN_IMAGE_SIDE = 2            # a 1-pixel side cannot be resized or cropped meaningfully
-BACKGROUND_RGB = (255, 255, 255)
-MAX_LISTED_BAD_FILES = 20
-PROGRESS_MIN_IMAGES = 200     # below this a progress bar is only noise
-JUNK_FOLDER_NAMES = {'__MACOSX'}   # left behind by zip archives made on macOS
-ALPHA_MODES = {'RGBA', 'LA', 'PA'}
 
 
-class DataError(UserError):
-    """A problem with the user's data; str(error) is the whole user-facing message."""
-
-
-class BadImageError(Exception):
-    """An image file that cannot be decoded or used. `path` and `reason` say which and why."""
-
-    def __init__(self, path, reason='cannot be decoded'):
-        super().__init__(f'{path}: {reason}')
-        self.path = path
-        self.reason = reason
-
-
-# ---------------------------------------------------------------------------
-# Finding domains and images
-# ---------------------------------------------------------------------------
-
-def _is_hidden(name):
-    return name.startswith('.') or name in JUNK_FOLDER_NAMES
-
-
-def _is_image_name(name):
-    # Hidden files include macOS '._x.jpg' resource forks, which are not images.
-    return not _is_hidden(name) and name.lower().endswith(IMG_EXTENSIONS)
-
-
-def _require_folder(folder):
-    if not folder:
-        raise DataError('No image folder was given.')
-    if not os.path.isdir(folder):
-        what = 'is not a folder' if os.path.exists(folder) else 'does not exist'
-        raise DataError(f'Image folder {folder} {what}. Check the path.')
-
-
-def list_images(folder):
-    """Sorted image files under `folder`: recursive, extensions case-insensitive, hidden entries skipped."""
-    _require_folder(folder)
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        # Pruning in place stops os.walk from descending into hidden folders.
-        dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
-        found += [os.path.join(dirpath, f) for f in filenames if _is_image_name(f)]
-    return sorted(found)
-
-
-def list_domains(root):
-    """Sorted names of the domain sub-folders of `root`; stray files and hidden folders are ignored."""
-    _require_folder(root)
-    names = sorted(n for n in os.listdir(root)
-                   if not _is_hidden(n) and os.path.isdir(os.path.join(root, n)))
-    if not names:
-        raise DataError(f'{root} has no domain sub-folders. Expected one folder per domain: '
-                        f'{os.path.join(root, "<domain_name>", "<images>")}.')
-    return names
-
-
-def _domain_images(root, domains):
-    """Image paths of all domains, domain by domain, and their domain ids."""
-    paths, labels = [], []
-    for y, name in enumerate(domains):
-        found = list_images(os.path.join(root, name))
-        if not found:
-            raise DataError(f'Domain folder {os.path.join(root, name)} contains no images '
-                            f'(searched recursively for {", ".join(IMG_EXTENSIONS)}). '
-                            'Add images or remove the folder.')
-        paths += found
-        labels += [y] * len(found)
-    return paths, labels
-
-
-def scan_domain_tree(root):
-    """(domain names, image paths, domain ids) of a `root/<domain>/**/<image>` tree."""
-    domains = list_domains(root)
-    return (domains, *_domain_images(root, domains))
-
-
-def _check_domain_count(root, domains, num_domains):
-    if num_domains is not None and len(domains) != num_domains:
-        raise DataError(f'--num_domains is {num_domains}, but {root} has {len(domains)} domain '
-                        f'folder(s): {", ".join(domains)}. Set --num_domains {len(domains)} or '
-                        'arrange the images as one sub-folder per domain.')
-
-
-# ---------------------------------------------------------------------------
-# Decoding images
-# ---------------------------------------------------------------------------
-
-def _unit_range(values, mode):
-    """Map the pixel values of a single-channel 'I*' or 'F' image to [0, 1]."""
-    lo, hi = values.min(), values.max()
-    if mode == 'F' and lo >= 0 and hi <= 1:
-        return values
-    if mode == 'F' and lo >= 0 and hi <= 255:
-        return values / 255
-    # 'I;16*' and, in older Pillow versions, 16-bit PNGs opened as 'I' use 0..65535.
-    if mode != 'F' and lo >= 0 and hi <= 65535:
-        return values / 65535
-    return (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
-
-
-def _high_depth_to_gray(img):
-    """8-bit 'L' copy of a 16/32-bit integer or float image, scaled rather than clipped at 255."""
-    values = np.nan_to_num(np.asarray(img, dtype=np.float64))   # (H, W)
-    gray = np.rint(_unit_range(values, img.mode) * 255)
-    return Image.fromarray(np.clip(gray, 0, 255).astype(np.uint8))
-
-
-def _composite_on_white(img):
-    rgba = img.convert('RGBA')
-    background = Image.new('RGBA', rgba.size, BACKGROUND_RGB + (255,))
-    return Image.alpha_composite(background, rgba).convert('RGB')
-
-
-def _to_rgb(img):
-    """Convert any Pillow mode to 8-bit RGB (transparency composited onto white)."""
-    if img.mode.startswith('I') or img.mode == 'F':
-        img = _high_depth_to_gray(img)
-    # Palette/L/RGB images can carry transparency in img.info instead of an alpha band.
-    if img.mode in ALPHA_MODES or 'transparency' in img.info:
-        return _composite_on_white(img)
-    return img.convert('RGB')
-
-
-def _apply_exif_orientation(img):
-    try:
-        return ImageOps.exif_transpose(img)
-    except Exception:  # a malformed EXIF block should not make decodable pixels unusable
-        return img
-
-
-def _describe_failure(path, err):
-    if os.path.isfile(path) and os.path.getsize(path) == 0:
-        return 'empty file (0 bytes)'
-    if isinstance(err, UnidentifiedImageError):
-        return 'not a recognised image format (corrupt or mislabelled file)'
-    return f'{type(err).__name__}: {err}'
-
-
-def load_rgb(path):
-    """Fully decode `path` into an 8-bit RGB PIL image with its EXIF orientation applied.
-
-    Raises BadImageError (with the reason) for unreadable, truncated, empty or
-    smaller-than-2x2 images.
-    """
-    try:
-        with Image.open(path) as opened:
-            opened.load()   # decode every pixel now, so truncated files fail here
-            rgb = _to_rgb(_apply_exif_orientation(opened))
-    except Exception as err:  # Pillow's decoders raise many types (OSError, SyntaxError, ValueError, ...)
-        raise BadImageError(path, _describe_failure(path, err)) from err
-    if min(rgb.size) < MIN_IMAGE_SIDE:
-        raise BadImageError(path, f'too small ({rgb.width}x{rgb.height} pixels, '
-                                  f'at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} needed)')
-    return rgb
-
-
-def _image_problem(path):
-    """None if `path` loads as a usable image, else the reason it does not."""
-    try:
-        load_rgb(path)
-    except BadImageError as err:
-        return err.reason
-    return None
-
-
-def _bad_image_report(problems, total):
-    shown = list(problems.items())[:MAX_LISTED_BAD_FILES]
-    lines = [f'  {path}: {reason}' for path, reason in shown]
-    if len(problems) > len(shown):
-        lines.append(f'  ... and {len(problems) - len(shown)} more')
-    return f'{len(problems)} of {total} image files cannot be used:\n' + '\n'.join(lines)
-
-
-def check_images(paths, skip_bad=False):
-    """Fully decode every image of `paths` and return the usable ones, in order.
-
-    Bad files raise one DataError listing them, or, with skip_bad=True, are
-    reported in one warning and dropped.
-    """
-    paths = list(paths)
-    show_bar = len(paths) >= PROGRESS_MIN_IMAGES and sys.stderr.isatty()
-    # Threads suffice: Pillow releases the GIL while decoding.
-    with ThreadPoolExecutor() as pool:
-        results = list(tqdm(pool.map(_image_problem, paths), total=len(paths),
-                            desc='Checking images', unit='img', disable=not show_bar))
-    problems = {p: r for p, r in zip(paths, results) if r is not None}
-    if not problems:
-        return paths
-    report = _bad_image_report(problems, len(paths))
-    if not skip_bad:
-        raise DataError(f'{report}\nFix or remove these files, or pass --skip_bad_images to skip them.')
-    warnings.warn(f'{report}\nSkipping them (--skip_bad_images).', stacklevel=2)
-    return [p for p in paths if p not in problems]
-
-
-def _load_checked_tree(root, num_domains, skip_bad):
-    """Image paths and domain ids of a domain tree, after the manifest, domain-count and image checks."""
+def _load_checked_tree(root, num_domains, skip_bad, flag=None, names=None):
+    """Image paths and domain ids of a domain tree, after the manifest, domain-tree and image checks."""
     verify_manifest(root)
-    domains = list_domains(root)
-    _check_domain_count(root, domains, num_domains)
-    paths, labels = _domain_images(root, domains)
+    tree = domain_tree(root, flag, num_domains, names)
+    domains, paths, labels = tree.names, tree.paths, tree.labels
     good = set(check_images(paths, skip_bad))
     kept = [(p, y) for p, y in zip(paths, labels) if p in good]
     emptied = sorted(set(range(len(domains))) - {y for _, y in kept})
@@ -470,7 +255,8 @@ def make_train_iterator(cfg, start_step, device):
     Checks the domain count against cfg.num_domains and decodes every
     training image first (see check_images, cfg.skip_bad_images).
     """
-    paths, labels = _load_checked_tree(cfg.train_img_dir, cfg.num_domains, cfg.skip_bad_images)
+    paths, labels = _load_checked_tree(cfg.train_img_dir, cfg.num_domains, cfg.skip_bad_images,
+                                       'train_img_dir', cfg.domain_names)
     dataset = TrainDataset(paths, labels, cfg.img_size, cfg.randcrop_prob)
     loaders = [_step_loader(dataset,
                             StepBatchSampler(labels, cfg.batch_size, cfg.seed, stream, start_step, pairs),
@@ -483,7 +269,9 @@ def make_train_iterator(cfg, start_step, device):
 # Validation, evaluation and single images
 # ---------------------------------------------------------------------------
 
-def _stack_images(paths, transform):
+def stack_images(paths, img_size):
+    """Decoded, resized images as one batch (N, 3, S, S) in [-1, 1] (for small sets of images)."""
+    transform = EvalTransform(img_size)
     return torch.stack([transform(load_rgb(p)) for p in paths])   # (N, 3, S, S)
 
 
@@ -495,14 +283,14 @@ def load_val_batch(cfg, device):
     sources are its first N entries, references the next N (wrapping around
     when there are fewer than 2N images).
     """
-    paths, labels = _load_checked_tree(cfg.val_img_dir, cfg.num_domains, cfg.skip_bad_images)
+    paths, labels = _load_checked_tree(cfg.val_img_dir, cfg.num_domains, cfg.skip_bad_images,
+                                       'val_img_dir', cfg.domain_names)
     num = min(cfg.val_batch_size, len(paths))
     order = torch.randperm(len(paths), generator=step_generator(cfg.seed, 0, STREAM_VAL))   # (n,)
     picks = {'src': order[:num], 'ref': order[(torch.arange(num) + num) % len(paths)]}      # (N,) each
-    transform = EvalTransform(cfg.img_size)
     batch = Munch()
     for role, ids in picks.items():
-        batch['x_' + role] = _stack_images([paths[i] for i in ids], transform)
+        batch['x_' + role] = stack_images([paths[i] for i in ids], cfg.img_size)
         batch['y_' + role] = torch.tensor([labels[i] for i in ids], dtype=torch.long)
     return Munch({k: v.to(device) for k, v in batch.items()})
 

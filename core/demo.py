@@ -8,11 +8,10 @@ again reuses the data and the finished training run.
 import os
 import time
 
-from core.config import with_domain_names
 from core.errors import UserError
 from core.sampling import sample
 from core.synthetic import make_dataset
-from core.trainer import train
+from core.trainer import train, with_domain_names
 
 DEMO_TRAIN_PER_DOMAIN = 60
 DEMO_VAL_PER_DOMAIN = 8

@@ -1,9 +1,21 @@
-"""No-grad translation primitives shared by debug images, sampling, video and evaluation.
+"""Using a trained model: loading it once per run, and the no-grad translation primitives
+shared by debug images, sampling, video and evaluation.
 
-They take the specific networks and tensors they need and return tensors;
-writing files is the caller's business.
+The primitives take the specific networks and tensors they need and return
+tensors; writing files is the caller's business.
 """
+import os
+import re
+from typing import NamedTuple, Optional
+
 import torch
+from munch import Munch
+from torch.utils.data import DataLoader
+
+from core.checkpoint import arch_hint, ckpt_path, latest_step, load_modules, stored_config
+from core.config import Config, NET_FIELDS
+from core.fileio import CheckpointError, safe_load
+from core.model import EMA_NETS, build_nets
 
 
 @torch.no_grad()
@@ -40,3 +52,70 @@ def translate_styles(generator, x_src, styles):
     enc = generator.run_encoder(x_src)
     for s in styles:
         yield generator.run_decoder(enc, s)
+
+
+@torch.no_grad()
+def style_codes(style_encoder, dataset, y, batch_size, device, num_workers=0):
+    """Style codes E(x, y) of every image of an EvalDataset, all taken as domain y: (N, style_dim)."""
+    styles = []
+    for x_ref, _, _ in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
+        x_ref = x_ref.to(device)
+        y_ref = torch.full((x_ref.size(0),), y, dtype=torch.long, device=device)   # (n,)
+        styles.append(style_encoder(x_ref, y_ref))
+    return torch.cat(styles)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading the EMA networks, resolved once per run
+# ----------------------------------------------------------------------------------------------
+
+class LoadedModel(NamedTuple):
+    """The EMA networks of one checkpoint file, with what was resolved to load them."""
+    nets: Munch            # generator, mapping_network, style_encoder (eval mode, no grad)
+    cfg: Config            # the run's config with the checkpoint's architecture and domain names
+    path: str              # the file the weights came from
+    step: Optional[int]    # its training step (None for a file whose name carries none)
+
+
+def ema_checkpoint_path(cfg):
+    """(path, step) of --checkpoint FILE, or of checkpoint_dir/{resume_iter}_nets_ema.ckpt ('latest' allowed).
+
+    'latest' is resolved here, once, so the step names the weights that are loaded.
+    """
+    if cfg.checkpoint:
+        match = re.fullmatch(r'(\d+)_nets_ema\.ckpt', os.path.basename(cfg.checkpoint))
+        return cfg.checkpoint, int(match.group(1)) if match else None
+    step = cfg.resume_iter
+    if step == 'latest':
+        step = latest_step(cfg.checkpoint_dir) if os.path.isdir(cfg.checkpoint_dir) else None
+        if step is None:
+            raise CheckpointError(f'no complete checkpoint in {cfg.checkpoint_dir}; train first or pass '
+                                  f'--checkpoint PATH/TO/xxxxxx_nets_ema.ckpt')
+    path = ckpt_path(cfg.checkpoint_dir, step, 'nets_ema')
+    if not os.path.isfile(path):
+        raise CheckpointError(f'checkpoint file not found: {path}; pass --resume_iter STEP (or latest) of a saved '
+                              f'step in --checkpoint_dir, or --checkpoint PATH/TO/xxxxxx_nets_ema.ckpt')
+    return path, step
+
+
+def load_model(cfg, device, verbose=True):
+    """The EMA generator, mapping network and style encoder for sampling and evaluation.
+
+    Architecture flags come from the config stored in the checkpoint when there
+    is one (a model trained here), else from the command line (official and
+    Hneg_SRC checkpoints).
+    """
+    path, step = ema_checkpoint_path(cfg)
+    payload = safe_load(path)
+    stored = stored_config(payload)
+    if stored is not None:
+        cfg = cfg.replace(**{k: stored[k] for k in NET_FIELDS + ('domain_names',) if k in stored})
+    nets, _ = build_nets(cfg)
+    nets_ema = {name: nets[name] for name in EMA_NETS}
+    load_modules(nets_ema, payload, path, arch_hint(payload, cfg))
+    for net in nets_ema.values():
+        net.to(device).eval().requires_grad_(False)
+    if verbose:
+        names = ', '.join(cfg.domain_names) if cfg.domain_names else 'not stored (official layout)'
+        print(f'Loaded {path} ({cfg.arch}, {cfg.img_size} px, {cfg.num_domains} domains: {names})')
+    return LoadedModel(Munch(nets_ema), cfg, path, step)

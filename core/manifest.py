@@ -22,8 +22,9 @@ from typing import NamedTuple
 
 from tqdm import tqdm
 
-from core.checkpoint import atomic_write_text
 from core.errors import UserError
+from core.fileio import atomic_write_text, sha256_file
+from core.images import list_images
 
 MANIFEST_NAME = 'manifest.csv'
 STATE_NAME = '.manifest_state.json'
@@ -42,18 +43,8 @@ class FileRecord(NamedTuple):
     sha256: str
 
 
-def sha256_file(path, chunk=1 << 20):
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(chunk), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def relative_images(root, folder=None):
     """Image files under `folder` (default root), as sorted '/'-separated paths relative to root."""
-    from core.data_loader import list_images
     folder = root if folder is None else folder
     return sorted(os.path.relpath(p, root).replace(os.sep, '/') for p in list_images(folder))
 

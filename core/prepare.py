@@ -28,8 +28,8 @@ import shutil
 import tempfile
 from collections import defaultdict
 
-from core.checkpoint import atomic_write_text
-from core.data_loader import DataError, check_images, list_domains
+from core.fileio import atomic_write_text
+from core.images import DataError, check_images, list_domains
 from core.manifest import FileRecord, file_records, relative_images, write_manifest
 
 PAPER_VAL_PER_DOMAIN = {'seasons': 100, 'weather': 400}

@@ -37,12 +37,12 @@ from munch import Munch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from core.checkpoint import ema_checkpoint_path, load_ema_nets
-from core.data_loader import (DataError, EvalDataset, check_images, folder_dataset, list_domains,
-                              list_images)
+from core.data_loader import EvalDataset, folder_dataset, stack_images
 from core.device import resolve_device
 from core.errors import UserError
-from core.inference import all_domain_styles, average_styles, translate_styles, truncate
+from core.images import DataError, check_images, domain_tree
+from core.inference import (all_domain_styles, average_styles, load_model, style_codes, translate_styles,
+                            truncate)
 from core.seeding import STREAM_SAMPLE, step_generator
 from core.video import (max_video_sources, num_video_frames, slide_margin, style_path_frames,
                         write_video)
@@ -60,15 +60,6 @@ class DomainError(UserError):
 # ----------------------------------------------------------------------------------------------
 # Shared pieces
 # ----------------------------------------------------------------------------------------------
-
-def load_model(cfg, device):
-    """EMA networks and the effective config (architecture and domain names from the checkpoint)."""
-    path = ema_checkpoint_path(cfg)
-    nets, cfg = load_ema_nets(cfg, device)
-    names = ', '.join(cfg.domain_names) if cfg.domain_names else 'not stored (official layout)'
-    print(f'Loaded {path} ({cfg.arch}, {cfg.img_size} px, {cfg.num_domains} domains: {names})')
-    return nets, cfg
-
 
 def domain_label(cfg, y):
     """The name of domain y, or 'domain<y>' for checkpoints without names."""
@@ -90,27 +81,9 @@ def domain_averages(nets, cfg, device):
     return average_styles(nets.mapping_network, cfg.latent_dim, generator=gen, device=device)
 
 
-def stack_dataset(dataset, device):
-    """All images of an EvalDataset as one batch (N, 3, S, S) (used for at most --val_batch_size images)."""
-    return torch.stack([dataset[i][0] for i in range(len(dataset))]).to(device)
-
-
 # ----------------------------------------------------------------------------------------------
 # --mode sample
 # ----------------------------------------------------------------------------------------------
-
-def check_domain_folders(cfg, flag):
-    """Domain folder names of --src_dir/--ref_dir, checked against the model's domains."""
-    root = getattr(cfg, flag)
-    names = list_domains(root)
-    if len(names) != cfg.num_domains:
-        raise DataError(f'--{flag} {root} has {len(names)} domain folder(s) ({", ".join(names)}) but the model '
-                        f'has {cfg.num_domains} domains; use one sub-folder per domain of the model')
-    if cfg.domain_names and tuple(names) != tuple(cfg.domain_names):
-        raise DataError(f'--{flag} {root} has the domain folders {", ".join(names)} but the model was trained '
-                        f'on {", ".join(cfg.domain_names)}; name the sub-folders after the model\'s domains')
-    return names
-
 
 def first_per_domain(paths_by_domain, limit):
     """Up to `limit` (path, domain id) pairs: all of them if they fit, else the first images of
@@ -130,16 +103,14 @@ def first_per_domain(paths_by_domain, limit):
 def load_domain_batch(cfg, flag, device):
     """Munch(x (N, 3, S, S), y (N,)) of up to --val_batch_size images of --src_dir or --ref_dir."""
     root = getattr(cfg, flag)
-    names = check_domain_folders(cfg, flag)
-    picked = first_per_domain([list_images(os.path.join(root, name)) for name in names], cfg.val_batch_size)
-    if not picked:
-        raise DataError(f'--{flag} {root} contains no images (one sub-folder of images per domain expected)')
+    tree = domain_tree(root, flag, cfg.num_domains, cfg.domain_names, counted_by='the model')
+    picked = first_per_domain(tree.paths_by_domain, cfg.val_batch_size)
     usable = set(check_images([path for path, _ in picked], cfg.skip_bad_images))
     picked = [(path, y) for path, y in picked if path in usable]
     if not picked:
         raise DataError(f'--{flag} {root}: none of the selected images can be used')
-    dataset = EvalDataset([p for p, _ in picked], [y for _, y in picked], cfg.img_size)
-    return Munch(x=stack_dataset(dataset, device), y=torch.tensor(dataset.labels, dtype=torch.long, device=device))
+    x = stack_images([p for p, _ in picked], cfg.img_size).to(device)   # (N, 3, S, S)
+    return Munch(x=x, y=torch.tensor([y for _, y in picked], dtype=torch.long, device=device))
 
 
 def latent_path_styles(nets, z_list, s_avg, psi):
@@ -193,7 +164,7 @@ def write_videos(nets, cfg, src, ref, z_list, s_avg):
 def sample(cfg):
     """--mode sample: reference.jpg, latent_psi_*.jpg, video_ref.mp4 and video_latent.mp4."""
     device = resolve_device(cfg.device)
-    nets, cfg = load_model(cfg, device)
+    nets, cfg = load_model(cfg, device)[:2]
     src = load_domain_batch(cfg, 'src_dir', device)
     ref = load_domain_batch(cfg, 'ref_dir', device)
     z_list = draw_z(cfg, cfg.num_outs_per_domain, device)   # (num_outs, 1, latent_dim)
@@ -261,9 +232,8 @@ def output_stems(paths, root):
 
 
 @torch.no_grad()
-def latent_styles(nets, cfg, y):
+def latent_styles(nets, cfg, y, device):
     """--num_styles random styles of domain y, truncated by --psi: ((K, style_dim), tags)."""
-    device = next(nets.mapping_network.parameters()).device
     z = draw_z(cfg, cfg.num_styles, device)[:, 0]   # (K, latent_dim)
     s = nets.mapping_network(z, torch.full((z.size(0),), y, dtype=torch.long, device=device))
     if cfg.psi != 1:
@@ -273,26 +243,22 @@ def latent_styles(nets, cfg, y):
 
 
 @torch.no_grad()
-def reference_styles(nets, cfg, y):
+def reference_styles(nets, cfg, y, device):
     """Styles of the --ref image(s) as domain y: ((R, style_dim), tags)."""
-    device = next(nets.style_encoder.parameters()).device
     refs = image_dataset(cfg.ref, cfg.img_size, cfg.skip_bad_images)
-    styles = []
-    for x_ref, _, _ in DataLoader(refs, batch_size=cfg.val_batch_size, num_workers=0):
-        x_ref = x_ref.to(device)
-        styles.append(nets.style_encoder(x_ref, torch.full((x_ref.size(0),), y, dtype=torch.long, device=device)))
+    styles = style_codes(nets.style_encoder, refs, y, cfg.val_batch_size, device)
     stems = output_stems(refs.paths, cfg.ref)
-    return torch.cat(styles), ['ref_' + stems[p].replace(os.sep, '-') for p in refs.paths]
+    return styles, ['ref_' + stems[p].replace(os.sep, '-') for p in refs.paths]
 
 
 @torch.no_grad()
 def translate(cfg):
     """--mode translate: every --src image to the target domain, once per style."""
     device = resolve_device(cfg.device)
-    nets, cfg = load_model(cfg, device)
+    nets, cfg = load_model(cfg, device)[:2]
     y = resolve_domain(cfg, cfg.trg_domain if cfg.trg_domain is not None else _domain_of_refs(cfg))
     sources = image_dataset(cfg.src, cfg.img_size, cfg.skip_bad_images)
-    styles, tags = reference_styles(nets, cfg, y) if cfg.ref else latent_styles(nets, cfg, y)
+    styles, tags = (reference_styles if cfg.ref else latent_styles)(nets, cfg, y, device)
     stems = output_stems(sources.paths, cfg.src)
     prefix = f'_to_{domain_label(cfg, y)}_'
     loader = DataLoader(sources, batch_size=cfg.val_batch_size, num_workers=cfg.num_workers,

@@ -16,11 +16,12 @@ import os
 import torch
 from munch import Munch
 
-from core.checkpoint import (CheckpointError, atomic_write_text, latest_step, load_training_state,
-                             save_training_state)
+from core.checkpoint import CheckpointError, latest_step, load_training_state, save_training_state
 from core.contrastive.objective import build_objective
 from core.data_loader import load_val_batch, make_train_iterator
 from core.device import resolve_device
+from core.fileio import atomic_write_text
+from core.images import domain_tree
 from core.logger import RunLogger
 from core.losses import GInputs, compute_d_loss, compute_g_loss
 from core.model import EMA_NETS, build_nets
@@ -184,8 +185,17 @@ def schedule_stats(cfg, step):
     return stats
 
 
+def with_domain_names(cfg):
+    """The config with domain_names read from --train_img_dir (sorted folder names = domain ids)."""
+    if cfg.domain_names is not None:
+        return cfg
+    tree = domain_tree(cfg.train_img_dir, 'train_img_dir', cfg.num_domains)
+    return cfg.replace(domain_names=tuple(tree.names))
+
+
 def train(cfg):
     """Train from scratch or resume (--resume_iter N | latest) until --total_iters."""
+    cfg = with_domain_names(cfg)
     device = resolve_device(cfg.device)
     start = resolve_start_step(cfg)
     run = build_training(cfg, device)

@@ -11,7 +11,7 @@ import torchvision.utils as vutils
 
 from PIL import Image
 
-from core.checkpoint import atomic_write_bytes
+from core.fileio import atomic_write_bytes
 from core.inference import average_styles, translate_styles, truncate
 from core.seeding import STREAM_VAL, step_generator
 

@@ -15,7 +15,7 @@ import sys
 from typing import NamedTuple, Optional
 
 from core.errors import UserError, run_cli
-from core.manifest import sha256_file
+from core.fileio import CheckpointError, safe_load, sha256_file, state_dict_mismatch
 
 ENV_VAR = 'STARGAN_WEIGHTS_DIR'
 DEFAULT_DIR = os.path.join('~', '.cache', 'stargan-src', 'weights')
@@ -72,16 +72,12 @@ def load_weights(module, name):
     A file that does not fit the network raises one UserError naming the file
     and the command that fetches the right one.
     """
-    from core.checkpoint import CheckpointError, safe_load
     path = require_weight(name)
     try:
         state_dict = safe_load(path)
     except CheckpointError as err:
         raise UserError(f'{err}; delete it and run: bash download.sh {WEIGHTS[name].target}') from None
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    shapes = sorted(k for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape))
+    missing, unexpected, shapes = (sorted(keys) for keys in state_dict_mismatch(module.state_dict(), state_dict))
     if missing or unexpected or shapes:
         detail = '; '.join(f'{label}: {", ".join(keys[:3])}{" ..." if len(keys) > 3 else ""}'
                            for label, keys in (('missing', missing), ('unexpected', unexpected),

@@ -42,10 +42,12 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from core.checkpoint import atomic_write_text, ema_checkpoint_path
-from core.data_loader import DataError, EvalDataset, check_images, list_images
+from core.data_loader import EvalDataset
 from core.device import resolve_device
-from core.inference import translate_styles
+from core.fileio import atomic_write_text
+from core.images import DataError, check_images, domain_tree, list_images
+from core.inference import load_model, style_codes, translate_styles
+from core.manifest import verify_manifest
 from core.seeding import STREAM_EVAL, step_generator
 from metrics.fid import build_fid_extractors, feature_stats, frechet_distance, quantize
 from metrics.lpips import LPIPS_NAME, build_lpips, lpips_diversity
@@ -86,12 +88,8 @@ def build_eval_tools(cfg, device, pretrained=True):
 
 def eval_domains(cfg):
     """Domain names of --val_img_dir, checked against the model and --train_img_dir."""
-    from core.sampling import check_domain_folders
-    names = check_domain_folders(cfg, 'val_img_dir')
-    train_names = check_domain_folders(cfg.replace(domain_names=tuple(names)), 'train_img_dir')
-    if train_names != names:
-        raise DataError(f'--train_img_dir has the domains {", ".join(train_names)} but --val_img_dir has '
-                        f'{", ".join(names)}; they must match')
+    names = domain_tree(cfg.val_img_dir, 'val_img_dir', cfg.num_domains, cfg.domain_names, 'the model').names
+    domain_tree(cfg.train_img_dir, 'train_img_dir', cfg.num_domains, names, 'the model')
     return names
 
 
@@ -107,7 +105,6 @@ class EvalData:
     """What both modes share: the checked domains, val image paths and real statistics (computed on demand)."""
 
     def __init__(self, cfg, tools, device):
-        from core.manifest import verify_manifest
         verify_manifest(cfg.val_img_dir)
         verify_manifest(cfg.train_img_dir)
         self.cfg, self.tools, self.device = cfg, tools, device
@@ -133,16 +130,10 @@ def _loader(paths, y, cfg):
     return DataLoader(dataset, batch_size=cfg.val_batch_size, shuffle=False, num_workers=cfg.num_workers)
 
 
-@torch.no_grad()
 def reference_styles(nets, paths, y, cfg, device):
     """Style codes E(x_ref, y) of every image in paths: (n_ref, style_dim)."""
     dataset = EvalDataset(paths, [y] * len(paths), cfg.img_size)
-    loader = DataLoader(dataset, batch_size=STYLE_CHUNK, num_workers=cfg.num_workers)
-    styles = []
-    for x_ref, _, _ in loader:
-        x_ref = x_ref.to(device)
-        styles.append(nets.style_encoder(x_ref, torch.full((x_ref.size(0),), y, device=device)))
-    return torch.cat(styles)
+    return style_codes(nets.style_encoder, dataset, y, STYLE_CHUNK, device, cfg.num_workers)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -284,16 +275,8 @@ def evaluate_nets(nets, cfg, step, device, tools=None, modes=EVAL_MODES):
     return means
 
 
-def checkpoint_step(cfg):
-    """The step of the evaluated checkpoint (from its file name), for the result file names."""
-    match = re.match(r'(\d+)_nets_ema\.ckpt$', os.path.basename(ema_checkpoint_path(cfg)))
-    return int(match.group(1)) if match else 0
-
-
 def evaluate(cfg):
     """--mode eval: load the EMA networks of the checkpoint and evaluate both modes."""
-    from core.sampling import load_model
     device = resolve_device(cfg.device)
-    step = checkpoint_step(cfg)
-    nets, cfg = load_model(cfg, device)
-    return evaluate_nets(nets, cfg, step, device)
+    model = load_model(cfg, device)   # resolves --resume_iter latest once: files are named after these weights
+    return evaluate_nets(model.nets, model.cfg, model.step or 0, device)

@@ -25,7 +25,8 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from core.data_loader import check_images, list_images, load_rgb, squash
+from core.data_loader import squash
+from core.images import check_images, list_images, load_rgb
 from core.errors import UserError, run_cli
 from core.weights import WEIGHTS
 from metrics.inception import StarGANInception, TFInception

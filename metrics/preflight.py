@@ -1,12 +1,11 @@
-"""Checks made before any work starts: inputs of --mode eval / prepare and the metric weights.
+"""The weight files of the metrics, checked before any work starts.
 
 A run that would evaluate (--mode eval, or training with --eval_every) fails
 at start-up, naming the missing weight file and the download command, not
-hours later at its first evaluation. Kept free of heavy imports: the config
-parser calls it for every mode.
+hours later at its first evaluation. Kept free of heavy imports: main.py calls
+it for every run.
 """
-import os
-
+from core.config import evaluates
 from core.errors import UserError
 from core.weights import require_weight
 
@@ -32,29 +31,9 @@ def weight_errors(fid_protocol, hint=''):
     return errs
 
 
-def evaluates_during_training(cfg):
-    """True if a training run with these flags reaches an --eval_every step."""
-    return cfg.mode == 'train' and 0 < cfg.eval_every <= cfg.total_iters
-
-
-def eval_config_errors(cfg):
-    """Problems of the evaluation / preparation flags, each naming its flag."""
-    errs = []
-    evaluating = cfg.mode == 'eval' or evaluates_during_training(cfg)
-    if evaluating and cfg.num_outs_per_domain < 2:
-        errs.append('--num_outs_per_domain must be at least 2 for the LPIPS diversity (10 in the papers)')
-    if cfg.mode == 'eval':
-        for flag in ('train_img_dir', 'val_img_dir'):
-            if not os.path.isdir(getattr(cfg, flag)):
-                errs.append(f'--{flag} {getattr(cfg, flag)!r} is not a folder (one sub-folder per domain expected)')
-        errs += weight_errors(cfg.fid_protocol)
-    elif evaluates_during_training(cfg):
-        errs += weight_errors(cfg.fid_protocol, hint=' -- or pass --eval_every 0 to train without evaluation')
-    if cfg.mode == 'prepare':
-        if not cfg.raw_dir:
-            errs.append('--mode prepare needs --raw_dir FOLDER (one sub-folder of images per domain)')
-        elif not os.path.isdir(cfg.raw_dir):
-            errs.append(f'--raw_dir {cfg.raw_dir!r} is not a folder')
-    if cfg.val_per_domain is not None and cfg.val_per_domain < 1:
-        errs.append('--val_per_domain must be at least 1')
-    return errs
+def metric_weight_errors(cfg):
+    """Missing or corrupt weight files of the metrics a run computes (none if it computes none)."""
+    if not evaluates(cfg):
+        return []
+    hint = ' -- or pass --eval_every 0 to train without evaluation' if cfg.mode == 'train' else ''
+    return weight_errors(cfg.fid_protocol, hint)

@@ -28,7 +28,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from munch import Munch
 
-from core.data_loader import EvalTransform, list_domains, list_images, load_rgb
+from core.data_loader import EvalTransform
+from core.fileio import atomic_save, safe_load
+from core.images import list_domains, list_images, load_rgb
 from core.errors import UserError
 from core.manifest import content_digest, file_records, relative_images
 from core.seeding import STREAM_QUALITY, step_generator
@@ -113,7 +115,6 @@ def load_or_train_classifier(cfg, device, path=None):
 
     Returns Munch(model, val_acc, path); val_acc is its accuracy on the real val images.
     """
-    from core.checkpoint import atomic_save, safe_load
     path = path or classifier_path(cfg)
     num_domains = len(list_domains(cfg.train_img_dir))
     model = DomainClassifier(num_domains).to(device)

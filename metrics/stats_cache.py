@@ -18,8 +18,8 @@ import os
 
 import numpy as np
 
-from core.checkpoint import atomic_write_bytes, atomic_write_text
-from core.data_loader import check_images
+from core.fileio import atomic_write_bytes, atomic_write_text
+from core.images import check_images
 from core.manifest import content_digest, file_records, records_from_json, records_to_json, relative_images
 from metrics.fid import FeatureStats, extract_features, feature_stats
 

@@ -12,7 +12,7 @@ BASE_FLAGS = ['--mode', 'train', '--img_size', '32', '--n_patch', '16', '--patch
 
 def plugin_config(name, *extra, weight=1.0):
     """The validated config of a run with the single patch loss `name` (no folders needed)."""
-    return parse_config(BASE_FLAGS + ['--patch_loss', f'{name}={weight}', *extra], check_paths=False)
+    return parse_config(BASE_FLAGS + ['--patch_loss', f'{name}={weight}', *extra])
 
 
 def build_plugin(name, *extra, channels=(4, 6), weight=1.0):

@@ -27,11 +27,11 @@ def test_every_builtin_configuration_is_a_valid_run():
     from core.config import parse_config
     args, extra = ablation.parse_args(['--steps', '10'])
     for name, _, flags in ablation.select_configs('all'):
-        cfg = parse_config(ablation.run_flags(args, 'data', 'runs/' + name, flags, extra), check_paths=False)
+        cfg = parse_config(ablation.run_flags(args, 'data', 'runs/' + name, flags, extra))
         assert cfg.total_iters == 10 and cfg.seed == 777 and cfg.img_size == 32
         assert bool(cfg.patch_losses) == (name != 'none')
     combined = parse_config(ablation.run_flags(args, 'data', 'r', ablation.CONFIGS['src+hdce+patchgcl'][1],
-                                               ['--n_patch', '8']), check_paths=False)
+                                               ['--n_patch', '8']))
     assert [n for n, _ in combined.patch_losses] == ['src', 'hdce', 'patchgcl'] and combined.n_patch == 8
 
 

@@ -4,8 +4,9 @@ import shlex
 
 import pytest
 
-from core.config import Config, ConfigError, parse_config
-from main import main
+from core.config import MODES as CONFIG_MODES
+from core.config import Config, ConfigError, build_parser, parse_config
+from main import MODES, main
 
 # reference-stargan-v2.md §1.1: official flags and defaults (w_hpf differs on purpose: 0, FAN not shipped)
 OFFICIAL_DEFAULTS = dict(
@@ -33,7 +34,7 @@ OFFICIAL_AFHQ_TRAIN = """--mode train --num_domains 3 --w_hpf 0 --lambda_reg 1 -
 
 
 def _cfg(*argv):
-    return parse_config(['--mode', 'train', *argv], check_paths=False)
+    return parse_config(['--mode', 'train', *argv])
 
 
 def test_official_and_hsrc_flags_keep_their_defaults():
@@ -44,10 +45,10 @@ def test_official_and_hsrc_flags_keep_their_defaults():
 
 
 def test_published_command_lines_run_unchanged():
-    cfg = parse_config(shlex.split(HSRC_RUN_TRAIN), check_paths=False)
+    cfg = parse_config(shlex.split(HSRC_RUN_TRAIN))
     assert cfg.patch_losses == (('src', 0.1), ('hdce', 1.0))
     assert cfg.num_domains == 4 and cfg.lambda_ds == 2 and cfg.use_curriculum and cfg.n_patch == 128
-    afhq = parse_config(shlex.split(OFFICIAL_AFHQ_TRAIN), check_paths=False)
+    afhq = parse_config(shlex.split(OFFICIAL_AFHQ_TRAIN))
     assert afhq.patch_losses == () and afhq.num_domains == 3 and afhq.arch == 'stargan-v2'
 
 
@@ -67,7 +68,7 @@ def test_presets_set_defaults_and_explicit_flags_win():
     assert _cfg('--preset', 'seasons', '--no-use_hard').patch_losses == (('src', 0.1), ('dce', 1.0))
     combined = _cfg('--preset', 'seasons-combined', '--patch_loss', 'patchgcl=0.2')
     assert combined.patch_losses == (('src', 0.1), ('hdce', 1.0), ('patchgcl', 0.2))
-    demo = parse_config(['--mode', 'demo'], check_paths=False)
+    demo = parse_config(['--mode', 'demo'])
     assert demo.preset == 'demo' and demo.img_size == 64
 
 
@@ -126,6 +127,17 @@ def test_cli_wrapper_turns_user_errors_and_ctrl_c_into_exit_codes(capsys):
         run_cli(lambda: 1 / 0)
 
 
-def test_main_rejects_a_mode_without_an_implementation(capsys):
-    assert main(['--mode', 'align']) == 1
-    assert '--mode align' in capsys.readouterr().err
+def test_every_mode_has_a_runner_and_align_is_not_a_choice(capsys):
+    assert set(MODES) == set(CONFIG_MODES)
+    with pytest.raises(SystemExit) as info:   # argparse's own rejection: usage line and exit status 2
+        parse_config(['--mode', 'align'])
+    assert info.value.code == 2
+    assert "invalid choice: 'align'" in capsys.readouterr().err
+
+
+def test_ignored_upstream_flags_are_accepted_and_labelled():
+    cfg = parse_config(['--mode', 'train', '--wing_path', 'w.ckpt', '--lm_path', 'lm.npz',
+                        '--inp_dir', 'in', '--out_dir', 'out'])
+    assert cfg.wing_path == 'w.ckpt'
+    groups = {g.title: [a.dest for a in g._group_actions] for g in build_parser()._action_groups}
+    assert sorted(groups['accepted, ignored']) == ['inp_dir', 'lm_path', 'out_dir', 'wing_path']

@@ -11,11 +11,17 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from core.data_loader import (DataError, EvalTransform, StepBatchSampler, TrainDataset, TrainTransform,
-                              check_images, domain_tree_dataset, folder_dataset, list_domains, list_images,
-                              load_image_tensor, load_rgb, load_val_batch, make_train_iterator,
-                              random_resized_crop_params, scan_domain_tree)
+from core.data_loader import (EvalTransform, StepBatchSampler, TrainDataset, TrainTransform, domain_tree_dataset,
+                              folder_dataset, load_image_tensor, load_val_batch, make_train_iterator,
+                              random_resized_crop_params)
+from core.images import DataError, check_images, domain_tree, list_domains, list_images, load_rgb
 from core.seeding import STREAM_REFERENCE, STREAM_SOURCE
+
+
+def scan(root):
+    """(domain names, image paths, domain ids) of a domain tree."""
+    tree = domain_tree(root)
+    return tree.names, tree.paths, tree.labels
 
 IMG_SIZE = 32
 
@@ -51,7 +57,7 @@ def domain_of(x):
 def make_cfg(train_dir, val_dir=None, **overrides):
     cfg = dict(train_img_dir=train_dir, val_img_dir=val_dir, img_size=IMG_SIZE, batch_size=4,
                num_workers=0, randcrop_prob=0.5, seed=7, num_domains=3, skip_bad_images=False,
-               val_batch_size=4)
+               val_batch_size=4, domain_names=None)
     cfg.update(overrides)
     return SimpleNamespace(**cfg)
 
@@ -105,11 +111,11 @@ def test_domain_without_images_is_named(tmp_path):
     (tmp_path / 'd2').mkdir()
     (tmp_path / 'd2' / 'readme.txt').write_text('x')
     with pytest.raises(DataError, match='d2'):
-        scan_domain_tree(str(tmp_path))
+        scan(str(tmp_path))
 
 
 def test_scan_gives_domain_ids_in_sorted_order(tmp_path):
-    domains, paths, labels = scan_domain_tree(make_tree(tmp_path, [2, 3, 1]))
+    domains, paths, labels = scan(make_tree(tmp_path, [2, 3, 1]))
     assert domains == ['d0', 'd1', 'd2']
     assert labels == [0, 0, 1, 1, 1, 2]
     assert all(os.path.basename(os.path.dirname(p)) == domains[y] for p, y in zip(paths, labels))
@@ -223,7 +229,7 @@ def _write_bad_files(folder):
 def test_bad_files_raise_one_error_naming_them(tmp_path):
     make_tree(tmp_path, [2, 2])
     bad = _write_bad_files(tmp_path / 'd1')
-    _, paths, _ = scan_domain_tree(str(tmp_path))
+    _, paths, _ = scan(str(tmp_path))
     with pytest.raises(DataError) as info:
         check_images(paths)
     message = str(info.value)
@@ -234,7 +240,7 @@ def test_bad_files_raise_one_error_naming_them(tmp_path):
 def test_skip_bad_warns_and_drops(tmp_path):
     make_tree(tmp_path, [2, 2])
     bad = _write_bad_files(tmp_path / 'd1')
-    _, paths, _ = scan_domain_tree(str(tmp_path))
+    _, paths, _ = scan(str(tmp_path))
     with pytest.warns(UserWarning, match='4 of 8 image files cannot be used'):
         good = check_images(paths, skip_bad=True)
     assert good == [p for p in paths if p not in bad]
@@ -307,7 +313,7 @@ def test_train_transform_is_a_function_of_the_seed():
 
 
 def test_datasets_and_transforms_pickle_for_spawn(tmp_path):
-    _, paths, labels = scan_domain_tree(make_tree(tmp_path, [2, 2]))
+    _, paths, labels = scan(make_tree(tmp_path, [2, 2]))
     dataset = TrainDataset(paths, labels, IMG_SIZE, 0.5)
     clone = pickle.loads(pickle.dumps(dataset))
     item = (1, 12345, 0, 678)
@@ -316,7 +322,7 @@ def test_datasets_and_transforms_pickle_for_spawn(tmp_path):
 
 
 def test_spawned_workers_give_the_same_batch(tmp_path):
-    _, paths, labels = scan_domain_tree(make_tree(tmp_path, [2, 3]))
+    _, paths, labels = scan(make_tree(tmp_path, [2, 3]))
     dataset = TrainDataset(paths, labels, IMG_SIZE, 0.5)
     sampler = StepBatchSampler(labels, 4, seed=3, stream=STREAM_REFERENCE, pairs=True)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=1, multiprocessing_context='spawn')

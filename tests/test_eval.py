@@ -14,7 +14,7 @@ import metrics.stats_cache as stats_cache
 from conftest import tiny_flags
 from core.config import parse_config
 from core.device import resolve_device
-from core.sampling import load_model
+from core.inference import load_model
 from core.trainer import train
 from main import main
 from metrics.fid import FIDExtractor, fid_given_paths
@@ -66,8 +66,8 @@ def trained_model(data, run, num_domains, *extra):
                        '--sample_every', '0', '--num_outs_per_domain', '2', '--fid_stats_dir', str(run / 'stats'),
                        *extra)
     train(parse_config(flags))
-    cfg = parse_config(flags[2:] + ['--mode', 'eval', '--resume_iter', '2'], check_paths=False)
-    nets, cfg = load_model(cfg, resolve_device('cpu'))
+    cfg = parse_config(flags[2:] + ['--mode', 'eval', '--resume_iter', '2'])
+    nets, cfg = load_model(cfg, resolve_device('cpu'))[:2]
     return cfg, nets
 
 
@@ -198,7 +198,8 @@ def test_missing_weights_stop_eval_and_training_before_any_work(seasons32, tmp_p
     assert err.startswith('error: missing weight file') and 'bash download.sh metric-weights' in err
     assert '--eval_every 0' in err and 'Traceback' not in err
     assert not os.path.exists(run / 'checkpoints')
-    assert main(['--mode', 'eval', '--fid_protocol', 'standard'] + tiny_flags(seasons32, run)[2:]) == 1
+    assert main(['--mode', 'eval', '--fid_protocol', 'standard'] + tiny_flags(seasons32, run)[2:]
+                + ['--num_outs_per_domain', '2']) == 1
     assert 'pt_inception-2015-12-05-6726825d.pth' in capsys.readouterr().err
 
 

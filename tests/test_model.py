@@ -130,7 +130,7 @@ def test_default_taps():
 def test_ema_starts_equal_to_initialised_online_nets():
     from core.config import parse_config
     cfg = parse_config(['--mode', 'train', '--img_size', '32', '--base_dim', '8', '--max_conv_dim', '16',
-                        '--hidden_dim', '16'], check_paths=False)
+                        '--hidden_dim', '16'])
     nets, nets_ema = build_nets(cfg)
     for name, ema in nets_ema.items():
         online = nets[name].state_dict()

@@ -71,15 +71,14 @@ def test_plugin_state_that_does_not_match_is_refused(seasons32, tmp_path, capsys
 
 
 def test_combined_presets_and_command_line_weights():
-    cfg = parse_config(['--mode', 'train', '--preset', 'seasons-combined'], check_paths=False)
+    cfg = parse_config(['--mode', 'train', '--preset', 'seasons-combined'])
     assert cfg.patch_losses == (('src', 0.1), ('hdce', 1.0), ('patchgcl', 0.5))
     assert cfg.checkpoint_dir == 'expr/checkpoints_seasons-combined' and cfg.num_domains == 4
-    more = parse_config(['--mode', 'train', '--preset', 'seasons-combined', '--patch_loss', 'put=2'],
-                        check_paths=False)
+    more = parse_config(['--mode', 'train', '--preset', 'seasons-combined', '--patch_loss', 'put=2'])
     assert more.patch_losses == (('src', 0.1), ('hdce', 1.0), ('patchgcl', 0.5), ('put', 2.0))
     assert PRESETS['seasons-combined']['patch_loss'] == [('patchgcl', 0.5)]   # the preset was not mutated
-    demo = parse_config(['--mode', 'demo', '--preset', 'demo-combined'], check_paths=False)
+    demo = parse_config(['--mode', 'demo', '--preset', 'demo-combined'])
     assert demo.img_size == 64 and ('patchgcl', 0.5) in demo.patch_losses
     by_flags = parse_config(['--mode', 'train', '--lambda_src', '0.1', '--lambda_dce', '1', '--use_hard',
-                             '--patch_loss', 'patchgcl=0.5'], check_paths=False)
+                             '--patch_loss', 'patchgcl=0.5'])
     assert by_flags.patch_losses == cfg.patch_losses

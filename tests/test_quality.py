@@ -9,7 +9,7 @@ from munch import Munch
 import metrics.quality as Q
 from conftest import ROOT, tiny_flags
 from core.config import parse_config
-from core.data_loader import list_domains
+from core.images import list_domains
 from core.trainer import train
 
 
@@ -17,7 +17,7 @@ from core.trainer import train
 def qcfg(seasons32, tmp_path_factory):
     cache = tmp_path_factory.mktemp('quality')
     return parse_config(tiny_flags(seasons32, cache, '--fid_stats_dir', str(cache / 'cache'))[2:]
-                        + ['--mode', 'eval'], check_paths=False)
+                        + ['--mode', 'eval', '--num_outs_per_domain', '2'])
 
 
 @pytest.fixture(scope='module')

@@ -10,7 +10,8 @@ from PIL import Image
 import core.video
 from conftest import tiny_flags
 from core.config import parse_config
-from core.data_loader import EvalTransform, list_images, load_rgb
+from core.data_loader import EvalTransform
+from core.images import list_images, load_rgb
 from core.model import build_nets
 from core.sampling import draw_z
 from main import main
@@ -142,7 +143,7 @@ def test_translate_with_reference_image_and_folder(trained, seasons32, tmp_path)
 
 
 def test_translate_style_k_is_the_grids_row_k(trained):
-    cfg = parse_config(_translate_flags(trained, 'unused', '--src', '.', '--trg_domain', '0'), check_paths=False)
+    cfg = parse_config(_translate_flags(trained, 'unused', '--src', '.', '--trg_domain', '0'))
     assert torch.equal(draw_z(cfg, 2, 'cpu'), draw_z(cfg, 5, 'cpu')[:2])
 
 
@@ -151,7 +152,7 @@ def test_official_layout_checkpoint_loads_with_flags(seasons32, tmp_path, capsys
     arch = ['--img_size', '32', '--num_domains', '3', '--base_dim', '8', '--max_conv_dim', '16',
             '--hidden_dim', '32', '--style_dim', '16', '--latent_dim', '8']
     flags = ['--mode', 'translate', *arch, '--num_workers', '0', '--val_batch_size', '2']
-    cfg = parse_config(flags, check_paths=False)
+    cfg = parse_config(flags)
     torch.manual_seed(0)
     nets, _ = build_nets(cfg)
     path = tmp_path / '100000_nets_ema.ckpt'

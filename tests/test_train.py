@@ -8,6 +8,7 @@ import torch
 from conftest import tiny_flags
 from core.checkpoint import ckpt_path, safe_load, stored_config
 from core.config import Config, parse_config
+from core.trainer import with_domain_names
 from main import main
 
 
@@ -105,7 +106,7 @@ def test_checkpoint_stores_the_preset_config(seasons32, tmp_path):
     flags = tiny_flags(seasons32, tmp_path, '--preset', 'seasons-reproduce', '--total_iters', '2',
                        '--sample_every', '0')
     _train(flags)
-    cfg = parse_config(flags)
+    cfg = with_domain_names(parse_config(flags))
     assert cfg.arch == 'hsrc' and cfg.cyc_mode == 'identity' and cfg.query_side == 'real'
     for kind in ('nets', 'nets_ema', 'optims'):
         stored = stored_config(safe_load(ckpt_path(cfg.checkpoint_dir, 2, kind)))

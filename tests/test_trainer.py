@@ -21,7 +21,7 @@ TINY = ['--mode', 'train', '--img_size', '32', '--num_domains', '3', '--base_dim
 
 
 def _cfg(*extra):
-    return parse_config(TINY + list(extra), check_paths=False)
+    return parse_config(TINY + list(extra))
 
 
 def _batch(cfg, seed=0):

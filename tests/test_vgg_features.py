@@ -14,7 +14,7 @@ from torchvision.models.vgg import cfgs, make_layers
 
 import core.contrastive as contrastive
 from conftest import tiny_flags
-from core.checkpoint import safe_load
+from core.fileio import safe_load
 from core.contrastive import _vgg
 from core.contrastive._vgg import load_vgg16_trunk, vgg16_trunk
 from core.errors import UserError
