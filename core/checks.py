@@ -5,9 +5,14 @@ dispatches, together with the weight files the run's metrics and plug-ins
 declare; every problem is reported at once, each naming its flag. The config
 itself never touches the file system.
 """
+import importlib.util
 import os
+import shutil
+
+import torch
 
 from core.config import ConfigError
+from core.distributed import env_world_size
 
 
 def _folder_errors(cfg, *flags):
@@ -40,8 +45,45 @@ def _prepare_errors(cfg):
     return [] if os.path.isdir(cfg.raw_dir) else [f'--raw_dir {cfg.raw_dir!r} is not a folder']
 
 
+def _cuda_wanted(cfg):
+    return cfg.device == 'cuda' or (cfg.device == 'auto' and torch.cuda.is_available())
+
+
+def compiler_error(cuda):
+    """Why torch.compile cannot work here, or None: inductor needs a C++ compiler (CPU) or Triton (CUDA)."""
+    if cuda:
+        return None if importlib.util.find_spec('triton') else 'Triton is not installed'
+    if not any(shutil.which(cc) for cc in ('c++', 'g++', 'clang++')):
+        return 'no C++ compiler (c++, g++ or clang++) is on the PATH'
+    return None
+
+
+def speed_errors(cfg):
+    """Flag combinations that this machine or this number of processes cannot run."""
+    errs = []
+    world_size = env_world_size()
+    if cfg.batch_size % world_size:
+        errs.append(f'--batch_size {cfg.batch_size} is the global batch and must divide evenly among the '
+                    f'{world_size} processes; use a multiple of {world_size}')
+    cuda = _cuda_wanted(cfg)
+    if cfg.amp == 'fp16' and not cuda:
+        errs.append('--amp fp16 needs a CUDA device (CPUs compute fp16 slowly and without gradient-scaling '
+                    'support here); use --amp bf16 or --amp off')
+    if cfg.tf32 and not cuda:
+        errs.append('--tf32 applies to CUDA devices only; drop it on the CPU')
+    problem = compiler_error(cuda) if cfg.compile else None
+    if problem:
+        errs.append(f'--compile cannot work here: {problem}; drop --compile')
+    return errs
+
+
+def _train_errors(cfg):
+    return _folder_errors(cfg, 'train_img_dir', 'val_img_dir') + speed_errors(cfg)
+
+
 INPUT_CHECKS = {
-    'train': lambda cfg: _folder_errors(cfg, 'train_img_dir', 'val_img_dir'),
+    'train': _train_errors,
+    'demo': speed_errors,
     'eval': lambda cfg: _folder_errors(cfg, 'train_img_dir', 'val_img_dir'),
     'sample': lambda cfg: _folder_errors(cfg, 'src_dir', 'ref_dir'),
     'translate': _translate_errors,

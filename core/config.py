@@ -262,6 +262,20 @@ def _add_path_flags(p):
     g.add_argument('--eval_every', type=int, default=50000, help='FID/LPIPS period during training (0: never)')
 
 
+def _add_speed_flags(p):
+    g = p.add_argument_group('speed and precision (training; under torchrun, --batch_size is the global batch)')
+    g.add_argument('--amp', choices=['off', 'bf16', 'fp16'], default='off',
+                   help='mixed precision of the networks\' forward passes (fp16 needs CUDA and uses gradient '
+                        'scaling); the R1 penalty, the patch losses and the loss sums stay fp32')
+    g.add_argument('--channels_last', action='store_true', help='channels-last memory format for networks and images')
+    g.add_argument('--compile', action='store_true',
+                   help='torch.compile the generator (encoder and decoder), mapping network and style encoder')
+    g.add_argument('--tf32', action='store_true', help='allow TF32 matmuls and convolutions (CUDA, Ampere or newer)')
+    g.add_argument('--r1_every', type=int, default=1,
+                   help='lazy R1 (StyleGAN2): the penalty on every K-th discriminator step, scaled by K '
+                        '(1: every step, the upstream mathematics)')
+
+
 def _add_sampling_flags(p):
     g = p.add_argument_group('sample and translate')
     g.add_argument('--src', default=None,
@@ -314,6 +328,7 @@ def build_parser():
     _add_model_flags(p)
     _add_loss_flags(p)
     _add_training_flags(p)
+    _add_speed_flags(p)
     _add_path_flags(p)
     _add_sampling_flags(p)
     _add_eval_flags(p)
@@ -381,6 +396,8 @@ def _errors(cfg):
         errs.append(f'--resume_iter must be between 0 and --total_iters ({cfg.total_iters})')
     errs += _patch_loss_errors(cfg)
     errs += _sampling_errors(cfg)
+    if cfg.r1_every < 1:
+        errs.append('--r1_every must be at least 1')
     errs += _eval_errors(cfg)
     return errs
 

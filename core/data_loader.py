@@ -144,9 +144,13 @@ class StepBatchSampler:
     (index, aug_seed), or with pairs=True (index, aug_seed, index2, aug_seed2)
     where index2 is another image of the same domain, different from index
     whenever the domain has at least two images.
+
+    Under several processes every one draws the same global batch of
+    batch_size items and keeps its own contiguous part (`part`, a slice), so
+    the processes together see exactly the batch of a single-process run.
     """
 
-    def __init__(self, labels, batch_size, seed, stream, start_step=0, pairs=False):
+    def __init__(self, labels, batch_size, seed, stream, start_step=0, pairs=False, part=slice(None)):
         labels = torch.as_tensor(labels, dtype=torch.long)
         num_domains = int(labels.max()) + 1
         # Dataset indices of each domain's images: num_domains tensors of shape (count,).
@@ -159,6 +163,7 @@ class StepBatchSampler:
         self.stream = stream
         self.start_step = start_step
         self.pairs = pairs
+        self.part = part
 
     def batch(self, step):
         """The list of batch_size items of training step `step`."""
@@ -170,8 +175,8 @@ class StepBatchSampler:
         offset = 1 + _uniform_below((counts - 1).clamp(min=1), gen)                 # (B,)
         second = torch.where(counts > 1, (first + offset) % counts, first)          # (B,)
         aug_seeds = torch.randint(0, 2 ** 63 - 1, (self.batch_size, 2), generator=gen)   # (B, 2)
-        return [self._item(int(d), int(i), int(j), s.tolist())
-                for d, i, j, s in zip(y, first, second, aug_seeds)]
+        items = list(zip(y.tolist(), first.tolist(), second.tolist(), aug_seeds.tolist()))[self.part]
+        return [self._item(d, i, j, s) for d, i, j, s in items]
 
     def _item(self, domain, local, local2, seeds):
         index = int(self.members[domain][local])
@@ -249,17 +254,25 @@ def _step_loader(dataset, sampler, num_workers, device):
                       persistent_workers=num_workers > 0)
 
 
-def make_train_iterator(cfg, start_step, device):
+def process_part(batch_size, rank, world_size):
+    """This process's rows of a global batch of batch_size (which world_size divides)."""
+    local = batch_size // world_size
+    return slice(rank * local, (rank + 1) * local)
+
+
+def make_train_iterator(cfg, start_step, device, rank=0, world_size=1):
     """Endless TrainIterator over cfg.train_img_dir: the batches of steps start_step, start_step + 1, ...
 
     Checks the domain count against cfg.num_domains and decodes every
-    training image first (see check_images, cfg.skip_bad_images).
+    training image first (see check_images, cfg.skip_bad_images). With
+    world_size processes, each gets its part of the global --batch_size batch.
     """
     paths, labels = _load_checked_tree(cfg.train_img_dir, cfg.num_domains, cfg.skip_bad_images,
                                        'train_img_dir', cfg.domain_names)
     dataset = TrainDataset(paths, labels, cfg.img_size, cfg.randcrop_prob)
     loaders = [_step_loader(dataset,
-                            StepBatchSampler(labels, cfg.batch_size, cfg.seed, stream, start_step, pairs),
+                            StepBatchSampler(labels, cfg.batch_size, cfg.seed, stream, start_step, pairs,
+                                             process_part(cfg.batch_size, rank, world_size)),
                             cfg.num_workers, device)
                for stream, pairs in ((STREAM_SOURCE, False), (STREAM_REFERENCE, True))]
     return TrainIterator(*loaders, device, start_step)

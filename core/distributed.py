@@ -1,0 +1,150 @@
+"""Processes and devices: one process per device under torchrun, one process alone otherwise.
+
+Decided here, once per run. `python main.py ...` runs one process on one
+device, exactly as before; `torchrun --nproc_per_node N main.py ...` starts N
+processes that each call setup() and find their rank in the environment
+torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
+CUDA processes use NCCL with one GPU per local rank; CPU processes use gloo.
+
+Gradients are combined without DistributedDataParallel (which does not mix
+with the R1 penalty's double backward, pytorch/pytorch #47562): after each
+phase's backward every rank averages the flattened gradients of the networks
+that phase updates with one all_reduce, as StyleGAN2-ADA does. Every rank
+therefore applies the same update and holds the same weights, EMA and step.
+"""
+import datetime
+import os
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+
+from core.device import resolve_device
+from core.errors import UserError
+
+TIMEOUT = datetime.timedelta(minutes=30)   # a collective that waits longer than this fails the run
+
+
+class DistributedError(UserError):
+    """Processes that cannot start or cannot reach each other."""
+
+
+class Processes(NamedTuple):
+    """This process's place in the run."""
+    rank: int           # 0 .. world_size - 1; rank 0 alone writes files
+    world_size: int     # number of processes (1 without torchrun)
+    local_rank: int     # index on this machine: the GPU this process uses
+    device: torch.device
+
+
+def env_world_size():
+    """The number of processes torchrun started (1 without torchrun)."""
+    return int(os.environ.get('WORLD_SIZE', '1'))
+
+
+def restarted():
+    """True in a process that torchrun restarted after a failure (--max-restarts)."""
+    return int(os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')) > 0
+
+
+def setup(device_flag):
+    """Join the process group (under torchrun) and pick this process's device."""
+    world_size = env_world_size()
+    if world_size == 1:
+        return Processes(0, 1, 0, resolve_device(device_flag))
+    rank, local_rank = int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', '0'))
+    device = resolve_device(device_flag)
+    if device.type == 'cuda':
+        if local_rank >= torch.cuda.device_count():
+            raise DistributedError(f'local rank {local_rank} has no GPU: this machine has '
+                                   f'{torch.cuda.device_count()}; use --nproc_per_node {torch.cuda.device_count()}')
+        device = torch.device('cuda', local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        try:
+            dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo', timeout=TIMEOUT)
+        except (RuntimeError, ValueError) as err:
+            raise DistributedError(f'process {rank} of {world_size} could not join the others '
+                                   f'({str(err).splitlines()[0]}); check the torchrun rendezvous flags') from None
+    return Processes(rank, world_size, local_rank, device)
+
+
+def active():
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def is_main():
+    """True in the process that writes files (rank 0, or the only process)."""
+    return not active() or dist.get_rank() == 0
+
+
+def barrier():
+    if active():
+        dist.barrier()
+
+
+def shutdown():
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def average_gradients(params):
+    """Average the .grad of `params` over all processes with one all_reduce (no-op alone).
+
+    Parameters without a gradient are left alone: every process runs the same
+    graph, so the same parameters have none on every rank.
+    """
+    if not active():
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.flatten() for g in grads])   # (total numel,)
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(part.view_as(g))
+
+
+def mean_over_processes(values):
+    """{name: scalar tensor} averaged over all processes with one all_reduce (logging steps only)."""
+    if not active() or not values:
+        return values
+    names = list(values)
+    flat = torch.stack([values[n].detach().float().reshape(()) for n in names])   # (n,)
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    return dict(zip(names, flat.unbind()))
+
+
+def broadcast_modules(modules):
+    """Copy rank 0's parameters and buffers to every process (one broadcast per tensor)."""
+    if not active():
+        return
+    for module in modules:
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(tensor.data, src=0)
+
+
+def gather_rows(tensor):
+    """Concatenate along dim 0 the `tensor` of every process, in rank order (uneven sizes allowed)."""
+    if not active():
+        return tensor
+    size = torch.tensor([tensor.size(0)], device=tensor.device)
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, size)
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros((longest,) + tuple(tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded[:tensor.size(0)] = tensor
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:int(n.item())] for part, n in zip(parts, sizes)])
+
+
+def shard(num, rank=None, world_size=None):
+    """The slice of range(num) that this process handles: contiguous, sizes differing by at most one."""
+    rank = dist.get_rank() if rank is None and active() else (rank or 0)
+    world_size = dist.get_world_size() if world_size is None and active() else (world_size or 1)
+    per, extra = divmod(num, world_size)
+    start = rank * per + min(rank, extra)
+    return slice(start, start + per + (1 if rank < extra else 0))
