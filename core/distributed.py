@@ -1,6 +1,6 @@
-"""Processes and devices: one process per device under torchrun, one process alone otherwise.
+"""Processes, devices and precision of a training run, decided here, once.
 
-Decided here, once per run. `python main.py ...` runs one process on one
+One process per device under torchrun, one process alone otherwise. `python main.py ...` runs one process on one
 device, exactly as before; `torchrun --nproc_per_node N main.py ...` starts N
 processes that each call setup() and find their rank in the environment
 torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
@@ -12,9 +12,10 @@ phase's backward every rank averages the flattened gradients of the networks
 that phase updates with one all_reduce, as StyleGAN2-ADA does. Every rank
 therefore applies the same update and holds the same weights, EMA and step.
 """
+import contextlib
 import datetime
 import os
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.distributed as dist
@@ -29,12 +30,33 @@ class DistributedError(UserError):
     """Processes that cannot start or cannot reach each other."""
 
 
-class Processes(NamedTuple):
-    """This process's place in the run."""
-    rank: int           # 0 .. world_size - 1; rank 0 alone writes files
-    world_size: int     # number of processes (1 without torchrun)
-    local_rank: int     # index on this machine: the GPU this process uses
+AMP_DTYPES = {'off': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+class Runtime(NamedTuple):
+    """This process's place in the run, its device and its precision."""
+    rank: int                        # 0 .. world_size - 1; rank 0 alone writes files
+    world_size: int                  # number of processes (1 without torchrun)
+    local_rank: int                  # index on this machine: the GPU this process uses
     device: torch.device
+    amp_dtype: Optional[torch.dtype] = None   # autocast dtype of the networks' forward passes, or None
+    channels_last: bool = False
+
+    def autocast(self):
+        """Mixed precision for the networks' forward passes (a no-op with --amp off)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def full_precision(self):
+        """fp32 inside an autocast region: the R1 penalty, the patch losses."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, enabled=False)
+
+    def images(self, x):
+        """An image batch in the networks' memory format."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 def env_world_size():
@@ -47,11 +69,20 @@ def restarted():
     return int(os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')) > 0
 
 
-def setup(device_flag):
-    """Join the process group (under torchrun) and pick this process's device."""
+def setup(cfg):
+    """Join the process group (under torchrun), pick this process's device, set the precision."""
+    device, rank, local_rank, world_size = _join(cfg.device)
+    if device.type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.tf32
+    return Runtime(rank, world_size, local_rank, device, AMP_DTYPES[cfg.amp], cfg.channels_last)
+
+
+def _join(device_flag):
+    """(device, rank, local_rank, world_size) of this process."""
     world_size = env_world_size()
     if world_size == 1:
-        return Processes(0, 1, 0, resolve_device(device_flag))
+        return resolve_device(device_flag), 0, 0, 1
     rank, local_rank = int(os.environ['RANK']), int(os.environ.get('LOCAL_RANK', '0'))
     device = resolve_device(device_flag)
     if device.type == 'cuda':
@@ -66,7 +97,7 @@ def setup(device_flag):
         except (RuntimeError, ValueError) as err:
             raise DistributedError(f'process {rank} of {world_size} could not join the others '
                                    f'({str(err).splitlines()[0]}); check the torchrun rendezvous flags') from None
-    return Processes(rank, world_size, local_rank, device)
+    return device, rank, local_rank, world_size
 
 
 def active():

@@ -3,6 +3,7 @@
 Nothing here calls backward() or steps an optimizer. Stats are detached
 tensors; they become Python numbers only on logging steps (no host syncs).
 """
+import contextlib
 from typing import NamedTuple, Optional
 
 import torch
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 
 def adv_loss(logits, target):
     """Non-saturating GAN loss: BCE-with-logits of (B,) logits against a constant 0/1 target."""
+    logits = logits.float()   # fp32 loss under mixed precision
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, float(target)))
 
 
@@ -25,23 +27,34 @@ def r1_reg(d_out, x_in):
 
 
 def l1(a, b):
-    """Mean absolute difference."""
-    return torch.mean(torch.abs(a - b))
+    """Mean absolute difference (in fp32 under mixed precision)."""
+    return torch.mean(torch.abs(a.float() - b.float()))
 
 
 # ----------------------------------------------------------------------------------------------
 # Discriminator objective
 # ----------------------------------------------------------------------------------------------
 
-def compute_d_loss(discriminator, x_real, y_org, x_fake, y_trg, lambda_reg):
-    """Real images of their own domain are real, fakes of the target domain are fake, plus R1."""
-    # A fresh leaf for R1, so the caller's x_real never carries requires_grad into the G steps.
-    x_real = x_real.detach().requires_grad_(True)
-    out = discriminator(x_real, y_org)
+def compute_d_loss(discriminator, x_real, y_org, x_fake, y_trg, lambda_reg, autocast=contextlib.nullcontext):
+    """Real images of their own domain are real, fakes of the target domain are fake, plus R1.
+
+    lambda_reg None skips the penalty (lazy R1 on the other steps); the real
+    pass that R1 differentiates runs in fp32, the fake pass under `autocast`.
+    """
+    if lambda_reg is None:
+        with autocast():
+            out = discriminator(x_real, y_org)
+        loss_reg = torch.zeros((), device=x_real.device)
+    else:
+        # A fresh leaf for R1, so the caller's x_real never carries requires_grad into the G steps.
+        x_real = x_real.detach().requires_grad_(True)
+        out = discriminator(x_real, y_org)
+        loss_reg = r1_reg(out, x_real)
     loss_real = adv_loss(out, 1)
-    loss_reg = r1_reg(out, x_real)
-    loss_fake = adv_loss(discriminator(x_fake.detach(), y_trg), 0)
-    loss = loss_real + loss_fake + lambda_reg * loss_reg
+    with autocast():
+        out_fake = discriminator(x_fake.detach(), y_trg)
+    loss_fake = adv_loss(out_fake, 0)
+    loss = loss_real + loss_fake + (0 if lambda_reg is None else lambda_reg * loss_reg)
     return loss, {'real': loss_real.detach(), 'fake': loss_fake.detach(), 'reg': loss_reg.detach()}
 
 

@@ -12,14 +12,15 @@ Two things differ from upstream for speed, with the same mathematics:
 """
 import contextlib
 import os
+import warnings
 
 import torch
 from munch import Munch
 
 from core.checkpoint import CheckpointError, latest_step, load_training_state, save_training_state
 from core.contrastive.objective import build_objective
-from core.data_loader import load_val_batch, make_train_iterator
-from core.device import resolve_device
+from core.data_loader import load_val_batch, make_train_iterator, process_part
+from core import distributed
 from core.fileio import atomic_write_text
 from core.images import domain_tree
 from core.logger import RunLogger
@@ -34,29 +35,58 @@ from core.visualize import debug_image
 # Set-up
 # ----------------------------------------------------------------------------------------------
 
-def build_training(cfg, device):
-    """Networks, EMA copies, patch objective and optimizers, all built eagerly on `device`."""
-    torch.manual_seed(cfg.seed)   # network initialisation
+def build_training(cfg, rt):
+    """Networks, EMA copies, patch objective, optimizers and gradient scalers, built eagerly on rt.device.
+
+    rt is the core.distributed.Runtime of this process (a torch.device is taken as one process, fp32).
+    """
+    if isinstance(rt, torch.device):
+        rt = distributed.Runtime(0, 1, 0, rt)
+    device = rt.device
+    torch.manual_seed(cfg.seed)   # network initialisation, equal in every process
     nets, nets_ema = build_nets(cfg)
     objective = build_objective(cfg, nets.generator)
     if objective is not None:
         nets.update(objective.checkpoint_modules())
         objective.to(device)
+    memory_format = torch.channels_last if rt.channels_last else torch.preserve_format
     for net in list(nets.values()) + list(nets_ema.values()):
-        net.to(device)
+        net.to(device, memory_format=memory_format)
     optims = Munch({name: torch.optim.Adam(net.parameters(),
                                            lr=cfg.f_lr if name == 'mapping_network' else cfg.lr,
                                            betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
                     for name, net in nets.items()})
-    return Munch(nets=nets, nets_ema=nets_ema, optims=optims, objective=objective,
+    if cfg.compile:
+        compile_networks(nets)
+    # fp16 only: one scaler for the discriminator's steps and one for the generator side's.
+    scalers = (Munch(d=torch.amp.GradScaler(device.type), g=torch.amp.GradScaler(device.type))
+               if rt.amp_dtype == torch.float16 else Munch(d=None, g=None))
+    return Munch(nets=nets, nets_ema=nets_ema, optims=optims, objective=objective, rt=rt, scalers=scalers,
+
                  head_names=[n for n in nets if n not in ('generator', 'mapping_network',
                                                          'style_encoder', 'discriminator')])
 
 
+def compile_networks(nets):
+    """torch.compile G's encoder and decoder, F and E in place (instance attributes shadow the methods,
+    so parameters, state_dict keys and checkpoints stay exactly as in eager mode).
+
+    D stays eager: the R1 penalty differentiates D's gradient, and compiled graphs
+    do not support double backward.
+    """
+    G = nets.generator
+    G.run_encoder, G.run_decoder = torch.compile(G.run_encoder), torch.compile(G.run_decoder)
+    for name in ('mapping_network', 'style_encoder'):
+        nets[name].forward = torch.compile(nets[name].forward)
+
+
 def resolve_start_step(cfg):
-    """The step to resume from (0 for a fresh run); refuses to overwrite another run's checkpoints."""
+    """The step to resume from (0 for a fresh run); refuses to overwrite another run's checkpoints.
+
+    A process that torchrun restarted after a failure (--max-restarts) resumes from the latest checkpoint.
+    """
     latest = latest_step(cfg.checkpoint_dir) if os.path.isdir(cfg.checkpoint_dir) else None
-    if cfg.resume_iter == 'latest':
+    if cfg.resume_iter == 'latest' or (cfg.resume_iter == 0 and distributed.restarted()):
         return latest or 0
     if cfg.resume_iter == 0 and latest:
         raise CheckpointError(
@@ -87,13 +117,20 @@ def frozen(*modules):
             p.requires_grad_(flag)
 
 
-def optimize(loss, optims):
-    """Zero the grads of `optims`, back-propagate, step them."""
+def optimize(loss, optims, scaler=None):
+    """Zero the grads of `optims`, back-propagate, average the gradients over processes, step them.
+
+    With an fp16 gradient scaler, a step whose gradients are not finite is
+    skipped for every optimizer (their Adam state is not touched) and the scale shrinks.
+    """
     for optim in optims:
         optim.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss if scaler is None else scaler.scale(loss)).backward()
+    distributed.average_gradients([p for optim in optims for group in optim.param_groups for p in group['params']])
     for optim in optims:
-        optim.step()
+        optim.step() if scaler is None else scaler.step(optim)
+    if scaler is not None:
+        scaler.update()
 
 
 @torch.no_grad()
@@ -103,65 +140,81 @@ def update_ema(nets, nets_ema, beta):
         torch._foreach_lerp_(list(nets_ema[name].parameters()), list(nets[name].parameters()), 1 - beta)
 
 
-def draw_latents(cfg, step, batch_size, device):
-    """z_trg, z_trg2 ~ N(0, I) from the step's own stream: (B, latent_dim) each."""
+def draw_latents(cfg, step, device, part=slice(None)):
+    """z_trg, z_trg2 ~ N(0, I) from the step's own stream: this process's rows (b, latent_dim) each.
+
+    Every process draws the whole global batch (2, batch_size, latent_dim) and keeps its part.
+    """
     gen = step_generator(cfg.seed, step, STREAM_LATENT)
-    z = torch.randn(2, batch_size, cfg.latent_dim, generator=gen)
+    z = torch.randn(2, cfg.batch_size, cfg.latent_dim, generator=gen)[:, part]   # (2, b, latent_dim)
     return z[0].to(device, non_blocking=True), z[1].to(device, non_blocking=True)
 
 
+def r1_this_step(cfg, step, phase):
+    """Weight of the R1 penalty in D step `phase` (0 latent, 1 reference) of iteration `step`.
+
+    Lazy R1 (--r1_every K): the penalty on every K-th D step, scaled by K; None on the others (not computed).
+    """
+    if (2 * step + phase) % cfg.r1_every:
+        return None
+    return cfg.lambda_reg * cfg.r1_every
+
+
 def train_step(run, cfg, batch, step, device):
-    """One StarGAN v2 iteration; returns the named losses as detached tensors."""
-    nets, optims, objective = run.nets, run.optims, run.objective
+    """One StarGAN v2 iteration on this process's part of the batch; returns the named losses (detached)."""
+    nets, optims, objective, rt, scalers = run.nets, run.optims, run.objective, run.rt, run.scalers
     G, F, E, D = nets.generator, nets.mapping_network, nets.style_encoder, nets.discriminator
     heads = [nets[n] for n in run.head_names]
-    x_real, y_org = batch.x_src, batch.y_src
-    x_ref, x_ref2, y_trg = batch.x_ref, batch.x_ref2, batch.y_ref
-    z_trg, z_trg2 = draw_latents(cfg, step, x_real.size(0), device)
+    x_real, y_org = rt.images(batch.x_src), batch.y_src
+    x_ref, x_ref2, y_trg = rt.images(batch.x_ref), rt.images(batch.x_ref2), batch.y_ref
+    part = process_part(cfg.batch_size, rt.rank, rt.world_size)
+    z_trg, z_trg2 = draw_latents(cfg, step, device, part)
     patch_gen = step_generator(cfg.seed, step, STREAM_PATCHES, device) if objective is not None else None
     taps = cfg.nce_layers if objective is not None else ()
     lambda_ds = lambda_ds_at(step, cfg.lambda_ds, cfg.ds_iter)
     stats = {}
 
     # --- Latent-guided fake, shared by the D latent step (detached) and the G latent step.
-    enc_real = G.run_encoder(x_real, taps)
-    s_trg = F(z_trg, y_trg)
-    x_fake = G.run_decoder(enc_real, s_trg)
+    with rt.autocast():
+        enc_real = G.run_encoder(x_real, taps)
+        s_trg = F(z_trg, y_trg)
+        x_fake = G.run_decoder(enc_real, s_trg)
 
     # --- D step, latent-guided fakes.
-    d_loss, d_stats = compute_d_loss(D, x_real, y_org, x_fake, y_trg, cfg.lambda_reg)
-    optimize(d_loss, [optims.discriminator])
+    d_loss, d_stats = compute_d_loss(D, x_real, y_org, x_fake, y_trg, r1_this_step(cfg, step, 0), rt.autocast)
+    optimize(d_loss, [optims.discriminator], scalers.d)
     stats.update({f'D/latent/{k}': v for k, v in d_stats.items()})
 
     # --- D step, reference-guided fakes (G unchanged: decode the same encoding).
-    with torch.no_grad():
+    with torch.no_grad(), rt.autocast():
         x_fake_ref = G.run_decoder(enc_real, E(x_ref, y_trg))
-    d_loss, d_stats = compute_d_loss(D, x_real, y_org, x_fake_ref, y_trg, cfg.lambda_reg)
-    optimize(d_loss, [optims.discriminator])
+    d_loss, d_stats = compute_d_loss(D, x_real, y_org, x_fake_ref, y_trg, r1_this_step(cfg, step, 1), rt.autocast)
+    optimize(d_loss, [optims.discriminator], scalers.d)
     stats.update({f'D/ref/{k}': v for k, v in d_stats.items()})
 
     # --- G step, latent-guided: G, F, E and the patch heads learn.
-    with frozen(D):
+    with frozen(D), rt.autocast():
         with torch.no_grad():
             s_trg2 = F(z_trg2, y_trg)
         inp = GInputs(x_real, y_org, y_trg, s_trg, s_trg2, enc_real, x_fake)
         g_loss, g_stats = compute_g_loss(nets, objective, inp, cfg, lambda_ds, step, patch_gen)
-        optimize(g_loss, [optims.generator, optims.mapping_network, optims.style_encoder]
-                 + [optims[n] for n in run.head_names])
+    optimize(g_loss, [optims.generator, optims.mapping_network, optims.style_encoder]
+             + [optims[n] for n in run.head_names], scalers.g)
     stats.update({f'G/latent/{k}': v for k, v in g_stats.items()})
 
     # --- G step, reference-guided: only G learns (and the heads, unless --patch_head_update latent).
     still = [D, F, E] + (heads if cfg.patch_head_update == 'latent' else [])
     with frozen(*still):
-        with torch.no_grad():
-            s_trg = E(x_ref, y_trg)
-            s_trg2 = E(x_ref2, y_trg)
-        enc_real = G.run_encoder(x_real, taps)
-        x_fake = G.run_decoder(enc_real, s_trg)
-        inp = GInputs(x_real, y_org, y_trg, s_trg, s_trg2, enc_real, x_fake)
-        g_loss, g_stats = compute_g_loss(nets, objective, inp, cfg, lambda_ds, step, patch_gen)
+        with rt.autocast():
+            with torch.no_grad():
+                s_trg = E(x_ref, y_trg)
+                s_trg2 = E(x_ref2, y_trg)
+            enc_real = G.run_encoder(x_real, taps)
+            x_fake = G.run_decoder(enc_real, s_trg)
+            inp = GInputs(x_real, y_org, y_trg, s_trg, s_trg2, enc_real, x_fake)
+            g_loss, g_stats = compute_g_loss(nets, objective, inp, cfg, lambda_ds, step, patch_gen)
         stepped = [] if cfg.patch_head_update == 'latent' else [optims[n] for n in run.head_names]
-        optimize(g_loss, [optims.generator] + stepped)
+        optimize(g_loss, [optims.generator] + stepped, scalers.g)
     stats.update({f'G/ref/{k}': v for k, v in g_stats.items()})
 
     # --- Exponential moving average of G, F, E.
