@@ -24,7 +24,7 @@ from core.device import resolve_device
 from core.logger import RunLogger
 from core.losses import GInputs, compute_d_loss, compute_g_loss
 from core.model import EMA_NETS, build_nets
-from core.schedules import gamma_at, lambda_ds_at
+from core.schedules import lambda_ds_at
 from core.seeding import STREAM_LATENT, STREAM_PATCHES, step_generator
 from core.visualize import debug_image
 
@@ -178,10 +178,8 @@ def _every(step, period):
 
 def schedule_stats(cfg, step):
     """Scalars of the schedules at `step`, logged beside the losses."""
-    stats = {'lambda_ds': lambda_ds_at(step, cfg.lambda_ds, cfg.ds_iter)}
-    if any(name == 'hdce' for name, _ in cfg.patch_losses):
-        stats['gamma'] = gamma_at(step, cfg.gamma_start, cfg.gamma_end, cfg.total_iters, cfg.use_curriculum)
-    return stats
+    # Plug-ins report their own schedule values in their stats, under their own names.
+    return {'lambda_ds': lambda_ds_at(step, cfg.lambda_ds, cfg.ds_iter)}
 
 
 def train(cfg):

@@ -448,17 +448,17 @@ def test_src_plugin_mean_reduction_scales_by_b_times_k():
 
 
 @pytest.mark.parametrize('mode', ['release', 'paper'])
-def test_hdce_gamma_follows_the_curriculum(mode):
+def test_hdce_reports_the_gamma_of_its_curriculum(mode):
     hdce = build('hdce', hdce_mode=mode)
     gammas, losses = [], []
     for step in (0, 50, 100):
-        loss, _ = hdce(make_inputs(step=step))
-        gammas.append(hdce.gamma(step))
+        loss, stats = hdce(make_inputs(step=step))
+        gammas.append(float(stats['gamma']))
         losses.append(float(loss.detach()))
     assert gammas == pytest.approx([50.0, 25.5, 1.0])
     assert losses[0] != losses[2]
-    flat = build('hdce', hdce_mode=mode, use_curriculum=False)
-    assert flat.gamma(100) == 50.0
+    _, flat = build('hdce', hdce_mode=mode, use_curriculum=False)(make_inputs(step=100))
+    assert float(flat['gamma']) == 50.0
 
 
 def test_hdce_plugin_modes_match_functional():

@@ -81,7 +81,9 @@ class PatchLoss(nn.Module):
         """Return (unweighted scalar loss averaged over layers, dict of extra detached stats).
 
         The objective logs the loss itself under the plug-in's name; the dict
-        holds only additional values (e.g. 'infonce'), logged as name/key.
+        holds only additional values, logged as name/key, as detached 0-dim
+        tensors. That includes values of the plug-in's own schedules computed
+        from inp.step: the training loop logs no plug-in schedule itself.
         """
         raise NotImplementedError
 

@@ -1,4 +1,5 @@
 """DCE and hard-negative DCE plug-ins (Jung, Kwon & Ye CVPR 2022, Sec. 3.3)."""
+import torch
 import torch.nn.functional as F
 
 from core.contrastive import functional as LF
@@ -6,7 +7,6 @@ from core.contrastive.base import TemperedPatchLoss, register
 from core.schedules import gamma_at
 
 HDCE_MODES = ['release', 'paper']
-
 
 @register('dce')
 class DCELoss(TemperedPatchLoss):
@@ -16,14 +16,14 @@ class DCELoss(TemperedPatchLoss):
     anchor, i.e. InfoNCE on the same logits, the value the released code printed.
     """
 
-    def row_losses(self, q, k, step):
-        """(B, K) loss per anchor of one layer; k is already detached."""
-        return LF.dce(q, k, self.tau)
-
     def forward(self, inp):
+        return self.decoupled_loss(inp, lambda q, k: LF.dce(q, k, self.tau))
+
+    @staticmethod
+    def decoupled_loss(inp, row_losses):
+        """(layer mean of row_losses(q, k), {'infonce': its softplus}) over the shared patches."""
         # The caller already detached the key side; detaching again costs nothing.
-        rows = [self.row_losses(q, k.detach(), inp.step)     # (B, K_l) per layer
-                for q, k in zip(inp.patch_q, inp.patch_k)]
+        rows = [row_losses(q, k.detach()) for q, k in zip(inp.patch_q, inp.patch_k)]   # (B, K_l) per layer
         loss = LF.layer_mean(rows)
         infonce = LF.layer_mean([F.softplus(r.detach()) for r in rows])
         return loss, {'infonce': infonce}
@@ -36,7 +36,8 @@ class HardDCELoss(DCELoss):
     mode 'release': the released code's weights (softmax/max of k k^T / g) scale
     the negatives' similarities. mode 'paper': the paper's self-normalised
     importance-sampling estimator with omega = exp(k k^T / g). The temperature g
-    of the current step comes from core.schedules.gamma_at (the trainer logs it).
+    of the current step comes from core.schedules.gamma_at and is reported as
+    the extra stat 'gamma' (logged as hdce/gamma).
     """
 
     def __init__(self, tau=0.07, gamma_start=50.0, gamma_end=1.0, total_iters=100000,
@@ -68,8 +69,14 @@ class HardDCELoss(DCELoss):
         return gamma_at(step, self.gamma_start, self.gamma_end, self.total_iters,
                         self.use_curriculum)
 
-    def row_losses(self, q, k, step):
-        g = self.gamma(step)
+    def hard_rows(self, q, k, g):
+        """(B, K) hDCE per anchor of one layer at temperature g."""
         if self.mode == 'paper':
             return LF.hdce_paper(q, k, g, self.tau)
         return LF.dce(q, k, self.tau, neg_weights=LF.release_hard_weights(k, g))
+
+    def forward(self, inp):
+        g = self.gamma(inp.step)   # once per step, shared by every layer
+        loss, stats = self.decoupled_loss(inp, lambda q, k: self.hard_rows(q, k, g))
+        # A CPU float64 scalar: logged exactly, and no host-to-device copy that would sync the step.
+        return loss, {**stats, 'gamma': torch.tensor(g, dtype=torch.float64)}
