@@ -6,7 +6,7 @@ it builds core.contrastive.objective.PatchObjective, which finds plug-ins
 through this registry. Adding a loss therefore touches no training code.
 """
 from dataclasses import dataclass
-from typing import ClassVar, Dict, List, Optional, Tuple
+from typing import ClassVar, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -53,6 +53,17 @@ class PatchInputs:
     generator: Optional[torch.Generator] = None   # per-step RNG for any sampling a plug-in does
 
 
+# What forward returns: (loss, stats) or (loss, stats, aux); see PatchLoss.forward.
+PatchOutput = Union[Tuple[torch.Tensor, Dict[str, torch.Tensor]],
+                    Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]]
+
+
+def unpack_output(output):
+    """(loss, stats, aux or None) from what a plug-in's forward returned."""
+    loss, stats, *aux = output
+    return loss, stats, (aux[0] if aux else None)
+
+
 class PatchLoss(nn.Module):
     """Base class of a registered plug-in.
 
@@ -77,13 +88,17 @@ class PatchLoss(nn.Module):
         """Build the plug-in from the resolved config and the tapped channel counts."""
         return cls()
 
-    def forward(self, inp: PatchInputs) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """Return (unweighted scalar loss averaged over layers, dict of extra detached stats).
+    def forward(self, inp: PatchInputs) -> PatchOutput:
+        """Return (loss, stats) or (loss, stats, aux).
 
-        The objective logs the loss itself under the plug-in's name; the dict
-        holds only additional values, logged as name/key, as detached 0-dim
-        tensors. That includes values of the plug-in's own schedules computed
-        from inp.step: the training loop logs no plug-in schedule itself.
+        loss: unweighted scalar averaged over layers; the objective multiplies
+        it by the plug-in's weight and logs it under the plug-in's name.
+        stats: extra values as detached 0-dim tensors, logged as name/key.
+        That includes values of the plug-in's own schedules computed from
+        inp.step: the training loop logs no plug-in schedule itself.
+        aux (optional): an unweighted scalar that trains only the plug-in's own
+        parameters (e.g. a learned head's own objective). The objective adds
+        it to the total as it is, so the plug-in never needs its weight.
         """
         raise NotImplementedError
 

@@ -18,9 +18,9 @@ contract:
     level; the release flips a real target-domain image before VGG. No
     colour-jitter augmentation (the shipped script does not use it either).
   * the head steps with G from the same backward (the release gives it its
-    own step just before): the returned value is the structure loss, the
-    head's InfoNCE only adds its gradient, scaled by 1 / (the loss weight) so
-    that the head's objective is not rescaled by --patch_loss lsesim=W.
+    own step just before): the head's InfoNCE is returned as the auxiliary
+    loss, which the objective adds without the loss weight, so --patch_loss
+    lsesim=W scales the structure loss only.
 """
 import argparse
 import math
@@ -129,11 +129,6 @@ def _conv_head(channels):
     return head
 
 
-def _own_weight(cfg, name):
-    """The weight this plug-in has in cfg.patch_losses (1 if absent)."""
-    return dict(getattr(cfg, 'patch_losses', ()) or ()).get(name, 1.0)
-
-
 # ----------------------------------------------------------------------------------------------
 # Plug-ins
 # ----------------------------------------------------------------------------------------------
@@ -220,13 +215,13 @@ class FSeSimLoss(PatchLoss):
 class LSeSimLoss(FSeSimLoss):
     """FSeSim on the output of a learned 1x1-conv head per layer (saved and optimised as 'lsesim').
 
-    Extra stat 'head_nce': the head's InfoNCE, averaged over layers.
+    Auxiliary loss and extra stat 'head_nce': the head's InfoNCE, averaged over layers.
     """
 
-    def __init__(self, channels, tau=0.07, head_scale=1.0, **kwargs):
+    def __init__(self, channels, tau=0.07, **kwargs):
         super().__init__(channels, **kwargs)
         self.heads = nn.ModuleList(_conv_head(c) for c in channels)
-        self.tau, self.head_scale = tau, head_scale
+        self.tau = tau
 
     @classmethod
     def add_arguments(cls, parser):
@@ -244,9 +239,7 @@ class LSeSimLoss(FSeSimLoss):
 
     @classmethod
     def config_kwargs(cls, cfg, feat_channels):
-        weight = _own_weight(cfg, 'lsesim')
-        return dict(super().config_kwargs(cfg, feat_channels), tau=cfg.lsesim_T,
-                    head_scale=1.0 / weight if weight > 0 else 1.0)
+        return dict(super().config_kwargs(cfg, feat_channels), tau=cfg.lsesim_T)
 
     def project(self, layer, feat):
         # The structure loss sees the head frozen (as released): gradients pass through to the
@@ -270,5 +263,5 @@ class LSeSimLoss(FSeSimLoss):
     def forward(self, inp):
         loss, maps_real, maps_fake, ids = self.structure(inp)
         nce = self.head_loss(maps_real, maps_fake, ids)
-        # The value stays the structure loss; (nce - nce.detach()) is 0 but carries the head's gradient.
-        return loss + self.head_scale * (nce - nce.detach()), {'head_nce': nce.detach()}
+        # The head's own objective: an auxiliary loss, so the weight of the structure loss does not scale it.
+        return loss, {'head_nce': nce.detach()}, nce

@@ -8,12 +8,12 @@ import torch
 from torch import nn
 
 from core import contrastive
-from core.contrastive.base import PatchInputs
+from core.contrastive.base import PatchInputs, unpack_output
 from core.contrastive.sampler import PatchSampler
 
 
 class PatchObjective(nn.Module):
-    """sum_name lambda_name * loss_name(feat_q, feat_k) over the configured plug-ins."""
+    """sum_name lambda_name * loss_name(feat_q, feat_k) + aux_name over the configured plug-ins."""
 
     def __init__(self, terms, cfg, feat_channels):
         super().__init__()
@@ -46,8 +46,10 @@ class PatchObjective(nn.Module):
                           x_q=x_q, x_k=x_k.detach(), step=step, generator=generator)
         total, stats = 0.0, {}
         for name, loss_fn in self.losses.items():
-            value, extra = loss_fn(inp)
+            value, extra, aux = unpack_output(loss_fn(inp))
             total = total + self.weights[name] * value
+            if aux is not None:
+                total = total + aux   # trains the plug-in's own parameters: not scaled by its weight
             stats[name] = value.detach()
             stats.update({f'{name}/{k}': v for k, v in extra.items()})
         return total, stats
