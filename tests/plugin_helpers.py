@@ -21,12 +21,12 @@ def build_plugin(name, *extra, channels=(4, 6), weight=1.0):
     return contrastive.get(name).from_config(plugin_config(name, *extra, weight=weight), list(channels))
 
 
-def feature_inputs(B=2, channels=(4, 6), sizes=((8, 8), (4, 6)), seed=0, same=False, key_grad=True, step=0,
+def feature_inputs(B=2, channels=(4, 6), sizes=((8, 8), (4, 6)), seed=0, same=False, key_grad=False, step=0,
                    patch_dim=16, n_patch=16):
     """PatchInputs with random feature maps (and shared patches) on layers of the given shapes.
 
-    same: query maps equal to the key maps. key_grad: the key side is handed
-    over with requires_grad, as a careless caller would; plug-ins must detach it.
+    same: query maps equal to the key maps. key_grad: the key side requires
+    grad, as the objective may receive it (a plug-in always gets it detached).
     """
     g = torch.Generator().manual_seed(seed)
     feat_k = [torch.randn(B, c, h, w, generator=g) for c, (h, w) in zip(channels, sizes)]

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 import core.contrastive as contrastive
 from core.contrastive import functional as LF
 from core.contrastive.base import PatchInputs
+from core.contrastive.objective import PatchObjective
+from plugin_helpers import feature_inputs, plugin_config
 
 TAU = 0.07
 OUR_LOSSES = ['patchnce', 'dce', 'hdce', 'src']
@@ -401,14 +403,27 @@ def test_our_plugins_are_registered():
 def test_plugin_contract(name, mode):
     loss_fn = build(name, hdce_mode=mode)
     assert loss_fn.uses_patches
-    inp = make_inputs(key_requires_grad=True)   # a careless caller: the plug-in must detach
+    inp = make_inputs()   # key side detached, as the objective hands it over
     loss, stats = loss_fn(inp)
     assert loss.dim() == 0 and torch.isfinite(loss)
     assert isinstance(stats, dict) and all(
         isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad for v in stats.values())
     loss.backward()
     assert all(q.grad is not None and q.grad.abs().sum() > 0 for q in inp.patch_q)
-    assert all(k.grad is None for k in inp.patch_k)
+
+
+@pytest.mark.parametrize('name', contrastive.registered())
+def test_the_objective_sends_no_gradient_to_the_key_side(name):
+    """The objective is the one owner of the stop-gradient: keys handed over with grad get none."""
+    cfg = plugin_config(name)
+    torch.manual_seed(0)
+    objective = PatchObjective(cfg.patch_losses, cfg, [4, 6])
+    inp = feature_inputs(key_grad=True)
+    x_q, x_k = inp.x_q.requires_grad_(), inp.x_k.requires_grad_()
+    total, _ = objective(inp.feat_q, inp.feat_k, x_q, x_k, 0, torch.Generator().manual_seed(1))
+    total.backward()
+    assert all(f.grad is None for f in inp.feat_k) and x_k.grad is None
+    assert any(f.grad is not None and f.grad.abs().sum() > 0 for f in inp.feat_q)
 
 
 @pytest.mark.parametrize('B', [1, 3, 8])

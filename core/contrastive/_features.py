@@ -50,7 +50,7 @@ def feature_channels(source, encoder_channels):
 def feature_maps(source, inp):
     """(maps_q, maps_k): per layer (B, C_l, H_l, W_l); query maps carry gradients, key maps do not."""
     if source == 'encoder':
-        return list(inp.feat_q), [f.detach() for f in inp.feat_k]
+        return list(inp.feat_q), list(inp.feat_k)   # the objective detached the key side
     trunk = vgg16_trunk(inp.x_q.device)
     maps_q = trunk(inp.x_q)
     with torch.no_grad():

@@ -41,7 +41,9 @@ class PatchInputs:
 
     Query side = the side that receives gradients; key side = stop-gradient.
     Which image is which is decided by the objective (--query_side), never by
-    a plug-in. Feature lists are aligned layer by layer.
+    a plug-in. The objective is also the one owner of the stop-gradient: it
+    detaches feat_k and x_k and computes patch_k without a graph, so a plug-in
+    uses the key side as it is. Feature lists are aligned layer by layer.
     """
     feat_q: List[torch.Tensor]                    # per layer (B, C_l, H_l, W_l), with grad
     feat_k: List[torch.Tensor]                    # per layer (B, C_l, H_l, W_l), detached

@@ -22,8 +22,7 @@ class DCELoss(TemperedPatchLoss):
     @staticmethod
     def decoupled_loss(inp, row_losses):
         """(layer mean of row_losses(q, k), {'infonce': its softplus}) over the shared patches."""
-        # The caller already detached the key side; detaching again costs nothing.
-        rows = [row_losses(q, k.detach()) for q, k in zip(inp.patch_q, inp.patch_k)]   # (B, K_l) per layer
+        rows = [row_losses(q, k) for q, k in zip(inp.patch_q, inp.patch_k)]   # (B, K_l) per layer
         loss = LF.layer_mean(rows)
         infonce = LF.layer_mean([F.softplus(r.detach()) for r in rows])
         return loss, {'infonce': infonce}

@@ -34,6 +34,7 @@ class PatchObjective(nn.Module):
 
     def forward(self, feat_q, feat_k, x_q, x_k, step, generator=None):
         """Returns (weighted total, {name: unweighted value, name/extra: value}) of detached stats."""
+        # The one place the key side is cut from the graph; plug-ins rely on it (see PatchInputs).
         feat_k = [f.detach() for f in feat_k]
         patch_q = patch_k = None
         if self.sampler is not None:

@@ -11,6 +11,8 @@ Features: the shared projected patches of the generator encoder (the same
 patches PatchNCE/DCE see), or, with --put_features vgg16, patches of the frozen
 VGG16 maps projected by PUT's own heads (saved and optimised as 'put').
 """
+import torch
+
 from core.contrastive import functional as LF
 from core.contrastive._features import add_feature_flag, feature_channels, feature_errors, feature_maps
 from core.contrastive.base import PatchLoss, register
@@ -66,12 +68,16 @@ class PUTLoss(PatchLoss):
                    channels=feature_channels(cfg.put_features, feat_channels), dim=cfg.patch_dim)
 
     def patches(self, inp):
-        """Per layer (B, K, D) unit query and key patches (keys detached)."""
+        """Per layer (B, K, D) unit query and key patches (keys without gradient)."""
         if self.uses_patches:
-            return inp.patch_q, [k.detach() for k in inp.patch_k]
+            return inp.patch_q, inp.patch_k
         maps_q, maps_k = feature_maps(self.source, inp)
         ids = PatchSampler.sample_ids(maps_k, self.n_patch, inp.generator)
-        return self.sampler(maps_q, ids), [k.detach() for k in self.sampler(maps_k, ids)]
+        # PUT's own heads project the keys too; as the objective does for the shared heads, the key
+        # side is a fixed target that must not train them.
+        with torch.no_grad():
+            patch_k = self.sampler(maps_k, ids)
+        return self.sampler(maps_q, ids), patch_k
 
     def row_losses(self, q, k):
         """(B, K) loss rows of one layer."""

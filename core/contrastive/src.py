@@ -30,8 +30,7 @@ class SRCLoss(PatchLoss):
         return cls(reduction=cfg.src_reduction)
 
     def forward(self, inp):
-        # The caller already detached the key side; detaching again costs nothing.
-        per_layer = [LF.src_jsd(q, k.detach(), self.reduction)   # scalar per layer
+        per_layer = [LF.src_jsd(q, k, self.reduction)   # scalar per layer
                      for q, k in zip(inp.patch_q, inp.patch_k)]
         loss = LF.layer_mean(per_layer)
         return loss, {}
