@@ -416,9 +416,7 @@ def _patch_loss_errors(cfg):
     if not cfg.nce_layers or any(not 0 <= i < num_blocks for i in cfg.nce_layers):
         errs.append(f'--nce_layers must list encoder blocks between 0 and {num_blocks - 1} '
                     f'for --arch {cfg.arch} at --img_size {cfg.img_size}')
-    for name in sorted(set(names)):
-        # plug-ins sharing flags (fsesim/lsesim) would report the same problem twice
-        errs += [e for e in contrastive.get(name).validate(cfg) if e not in errs]
+    errs += contrastive.config_errors(cfg)
     return errs
 
 
@@ -429,6 +427,7 @@ def _mode_errors(cfg):
         for flag in ('train_img_dir', 'val_img_dir'):
             if not os.path.isdir(getattr(cfg, flag)):
                 errs.append(f'--{flag} {getattr(cfg, flag)!r} is not a folder (one sub-folder per domain expected)')
+    errs += contrastive.requirement_errors(cfg) if cfg.mode in ('train', 'demo') else []
     if cfg.mode == 'align':
         errs.append("--mode align needs the FAN face-landmark network, which this release does not ship")
     errs += _sampling_mode_errors(cfg)

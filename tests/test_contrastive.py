@@ -12,8 +12,11 @@ import torch.nn.functional as F
 
 import core.contrastive as contrastive
 from core.contrastive import functional as LF
+from core.config import ConfigError, parse_config
 from core.contrastive.base import PatchInputs
 from core.contrastive.objective import PatchObjective
+from core.weights import ENV_VAR
+from main import main
 from plugin_helpers import feature_inputs, plugin_config
 
 TAU = 0.07
@@ -486,13 +489,37 @@ def test_hdce_plugin_modes_match_functional():
         assert abs(float(loss.detach()) - sum(per_layer) / len(per_layer)) < 1e-4
 
 
-def test_validate_names_the_flag():
-    good = make_cfg()
+def test_shared_flags_are_checked_by_the_config_not_by_the_plugins():
+    """--nce_T, --gamma_*, --hdce_mode, --src_reduction are declared and checked in core/config.py."""
+    bad = make_cfg(nce_T=0, gamma_start=-1, gamma_end=0, hdce_mode='x', src_reduction='max')
     for name in OUR_LOSSES:
-        assert contrastive.get(name).validate(good) == []
-    assert any('--nce_T' in e for e in contrastive.get('dce').validate(make_cfg(nce_T=0)))
-    assert any('--nce_T' in e for e in contrastive.get('patchnce').validate(make_cfg(nce_T=-1)))
-    assert any('--hdce_mode' in e for e in contrastive.get('hdce').validate(make_cfg(hdce_mode='x')))
-    assert any('--gamma_end' in e for e in contrastive.get('hdce').validate(make_cfg(gamma_end=0)))
-    assert any('--src_reduction' in e
-               for e in contrastive.get('src').validate(make_cfg(src_reduction='max')))
+        assert contrastive.get(name).validate(bad) == []
+    with pytest.raises(ConfigError, match='--nce_T must be > 0'):
+        parse_config(['--mode', 'train', '--nce_T', '0'], check_paths=False)
+    with pytest.raises(ConfigError, match='--gamma_start and --gamma_end'):
+        parse_config(['--mode', 'train', '--gamma_end', '0'], check_paths=False)
+
+
+# Flags that break several checks at once, and plug-ins that share flags (fsesim, lsesim) or
+# the shared temperature (patchnce, dce, hdce, put).
+ERROR_FLAGS = {
+    'temperature': (['--nce_T', '0', '--lambda_dce', '1', '--use_hard', '--gamma_end', '0',
+                     '--patch_loss', 'patchnce=1', '--patch_loss', 'put=1'],
+                    ['--nce_T must be > 0', '--gamma_start and --gamma_end must be > 0']),
+    'shared_plugin_flags': (['--patch_loss', 'fsesim=1', '--patch_loss', 'lsesim=1', '--sesim_keep', '0',
+                             '--sesim_features', 'vgg16', '--query_side', 'real', '--cyc_mode', 'identity'],
+                            ['--sesim_keep must be in', '--sesim_features vgg16 needs --query_side fake',
+                             '--sesim_features vgg16: missing weight file']),
+}
+
+
+@pytest.mark.parametrize('case', sorted(ERROR_FLAGS))
+def test_each_error_is_reported_once(case, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / 'no-weights'))
+    flags, messages = ERROR_FLAGS[case]
+    assert main(['--mode', 'train', '--img_size', '32', '--eval_every', '0', '--train_img_dir', str(tmp_path),
+                 '--val_img_dir', str(tmp_path)] + flags) == 1
+    lines = capsys.readouterr().err.removeprefix('error: ').strip().splitlines()
+    for message in messages:
+        assert sum(message in line for line in lines) == 1, message
+    assert len(lines) == len(set(lines)), lines

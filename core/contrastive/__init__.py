@@ -7,7 +7,8 @@ shared plumbing (base, sampler, objective, functional) are skipped.
 import importlib
 import pkgutil
 
-from core.contrastive.base import PatchInputs, PatchLoss, get, register, registered
+from core.contrastive.base import (PatchInputs, PatchLoss, config_errors, get, register, registered,
+                                   requirement_errors)
 
 _PLUMBING = {'base', 'sampler', 'objective', 'functional'}
 
@@ -16,4 +17,4 @@ for _info in pkgutil.iter_modules(__path__):
         continue
     importlib.import_module(f'{__name__}.{_info.name}')
 
-__all__ = ['PatchInputs', 'PatchLoss', 'get', 'register', 'registered']
+__all__ = ['PatchInputs', 'PatchLoss', 'config_errors', 'get', 'register', 'registered', 'requirement_errors']

@@ -35,6 +35,29 @@ def get(name):
     return _REGISTRY[name]
 
 
+def _active(cfg):
+    """The registered plug-in classes named in cfg.patch_losses, each once, sorted by name.
+
+    Unknown names are skipped: core/config.py reports them.
+    """
+    return [_REGISTRY[name] for name in sorted({name for name, _ in cfg.patch_losses}) if name in _REGISTRY]
+
+
+def _once(errors):
+    """The messages in order, each once (plug-ins that share flags report the same problem)."""
+    return list(dict.fromkeys(errors))
+
+
+def config_errors(cfg):
+    """Value errors of the active plug-ins' own flags (PatchLoss.validate), each reported once."""
+    return _once(e for cls in _active(cfg) for e in cls.validate(cfg))
+
+
+def requirement_errors(cfg):
+    """What the active plug-ins need on disk to train (PatchLoss.requirements), each reported once."""
+    return _once(e for cls in _active(cfg) for e in cls.requirements(cfg))
+
+
 @dataclass(frozen=True)
 class PatchInputs:
     """Everything a plug-in may look at during one generator step.
@@ -82,7 +105,22 @@ class PatchLoss(nn.Module):
 
     @classmethod
     def validate(cls, cfg):
-        """Return a list of error strings, each naming the offending flag."""
+        """Errors in the values of this plug-in's own flags, each naming its flag.
+
+        Checks only the flags the plug-in adds in add_arguments (and their
+        combination with other flags). A flag is checked where it is declared:
+        the shared flags of core/config.py (--nce_T, --gamma_start, ...) are
+        checked there, so no error is reported twice. Pure: no file system,
+        and never cfg.mode (the same config must validate in every mode).
+        """
+        return []
+
+    @classmethod
+    def requirements(cls, cfg):
+        """Errors about what training with this config needs on disk (e.g. a weight file).
+
+        Called only before training; sampling a trained model needs none of it.
+        """
         return []
 
     @classmethod
@@ -113,10 +151,6 @@ class TemperedPatchLoss(PatchLoss):
     def __init__(self, tau=0.07):
         super().__init__()
         self.tau = tau
-
-    @classmethod
-    def validate(cls, cfg):
-        return [] if cfg.nce_T > 0 else ['--nce_T must be > 0']
 
     @classmethod
     def from_config(cls, cfg, feat_channels):

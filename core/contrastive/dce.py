@@ -6,8 +6,6 @@ from core.contrastive import functional as LF
 from core.contrastive.base import TemperedPatchLoss, register
 from core.schedules import gamma_at
 
-HDCE_MODES = ['release', 'paper']
-
 @register('dce')
 class DCELoss(TemperedPatchLoss):
     """Mean over anchors of decoupled InfoNCE (positive left out of the denominator).
@@ -47,15 +45,6 @@ class HardDCELoss(DCELoss):
         self.total_iters = total_iters
         self.use_curriculum = use_curriculum
         self.mode = mode
-
-    @classmethod
-    def validate(cls, cfg):
-        errors = super().validate(cfg)
-        if not (cfg.gamma_start > 0 and cfg.gamma_end > 0):
-            errors.append('--gamma_start and --gamma_end must be > 0 (g is a temperature)')
-        if cfg.hdce_mode not in HDCE_MODES:
-            errors.append(f'--hdce_mode must be one of {HDCE_MODES}, got {cfg.hdce_mode!r}')
-        return errors
 
     @classmethod
     def from_config(cls, cfg, feat_channels):

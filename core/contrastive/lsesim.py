@@ -31,7 +31,7 @@ from torch import nn
 
 from core.contrastive import functional as LF
 from core.contrastive._features import (add_feature_flag, feature_channels, feature_errors, feature_maps,
-                                        real_is_key)
+                                        feature_requirements, real_is_key)
 from core.contrastive.base import PatchLoss, register
 from core.contrastive.sampler import PatchSampler
 
@@ -176,6 +176,10 @@ class FSeSimLoss(PatchLoss):
         if not 0 < cfg.sesim_keep <= 1:
             errors.append(f'--sesim_keep must be in (0, 1], got {cfg.sesim_keep}')
         return errors
+
+    @classmethod
+    def requirements(cls, cfg):
+        return feature_requirements(cfg, 'sesim_features')
 
     @classmethod
     def config_kwargs(cls, cfg, feat_channels):

@@ -14,7 +14,8 @@ VGG16 maps projected by PUT's own heads (saved and optimised as 'put').
 import torch
 
 from core.contrastive import functional as LF
-from core.contrastive._features import add_feature_flag, feature_channels, feature_errors, feature_maps
+from core.contrastive._features import (add_feature_flag, feature_channels, feature_errors, feature_maps,
+                                        feature_requirements)
 from core.contrastive.base import PatchLoss, register
 from core.contrastive.sampler import PatchSampler
 
@@ -60,6 +61,10 @@ class PUTLoss(PatchLoss):
             errors.append('--put_variant released_column_sort reproduces the release, which uses '
                           '--put_loss infonce')
         return errors
+
+    @classmethod
+    def requirements(cls, cfg):
+        return feature_requirements(cfg, 'put_features')
 
     @classmethod
     def from_config(cls, cfg, feat_channels):

@@ -2,8 +2,6 @@
 from core.contrastive import functional as LF
 from core.contrastive.base import PatchLoss, register
 
-SRC_REDUCTIONS = ['sum', 'mean']
-
 
 @register('src')
 class SRCLoss(PatchLoss):
@@ -18,12 +16,6 @@ class SRCLoss(PatchLoss):
     def __init__(self, reduction='sum'):
         super().__init__()
         self.reduction = reduction
-
-    @classmethod
-    def validate(cls, cfg):
-        if cfg.src_reduction in SRC_REDUCTIONS:
-            return []
-        return [f'--src_reduction must be one of {SRC_REDUCTIONS}, got {cfg.src_reduction!r}']
 
     @classmethod
     def from_config(cls, cfg, feat_channels):
