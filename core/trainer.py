@@ -18,7 +18,7 @@ from munch import Munch
 
 from core.checkpoint import (CheckpointError, atomic_write_text, latest_step, load_training_state,
                              save_training_state)
-from core.contrastive.objective import build_objective
+from core.contrastive.objective import build_objective, tapped_layers
 from core.data_loader import load_val_batch, make_train_iterator
 from core.device import resolve_device
 from core.logger import RunLogger
@@ -38,8 +38,9 @@ def build_training(cfg, device):
     torch.manual_seed(cfg.seed)   # network initialisation
     nets, nets_ema = build_nets(cfg)
     objective = build_objective(cfg, nets.generator)
+    heads = objective.checkpoint_modules() if objective is not None else {}
+    nets.update(heads)
     if objective is not None:
-        nets.update(objective.checkpoint_modules())
         objective.to(device)
     for net in list(nets.values()) + list(nets_ema.values()):
         net.to(device)
@@ -47,9 +48,7 @@ def build_training(cfg, device):
                                            lr=cfg.f_lr if name == 'mapping_network' else cfg.lr,
                                            betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
                     for name, net in nets.items()})
-    return Munch(nets=nets, nets_ema=nets_ema, optims=optims, objective=objective,
-                 head_names=[n for n in nets if n not in ('generator', 'mapping_network',
-                                                         'style_encoder', 'discriminator')])
+    return Munch(nets=nets, nets_ema=nets_ema, optims=optims, objective=objective, head_names=list(heads))
 
 
 def resolve_start_step(cfg):
@@ -118,7 +117,7 @@ def train_step(run, cfg, batch, step, device):
     x_ref, x_ref2, y_trg = batch.x_ref, batch.x_ref2, batch.y_ref
     z_trg, z_trg2 = draw_latents(cfg, step, x_real.size(0), device)
     patch_gen = step_generator(cfg.seed, step, STREAM_PATCHES, device) if objective is not None else None
-    taps = cfg.nce_layers if objective is not None else ()
+    taps = tapped_layers(objective)
     lambda_ds = lambda_ds_at(step, cfg.lambda_ds, cfg.ds_iter)
     stats = {}
 

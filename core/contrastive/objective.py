@@ -18,6 +18,7 @@ class PatchObjective(nn.Module):
     def __init__(self, terms, cfg, feat_channels):
         super().__init__()
         self.weights = dict(terms)
+        self.taps = cfg.nce_layers   # the encoder blocks whose features feed every plug-in
         self.n_patch = cfg.n_patch
         self.losses = nn.ModuleDict(
             {name: contrastive.get(name).from_config(cfg, feat_channels) for name, _ in terms})
@@ -54,6 +55,11 @@ class PatchObjective(nn.Module):
             stats[name] = value.detach()
             stats.update({f'{name}/{k}': v for k, v in extra.items()})
         return total, stats
+
+
+def tapped_layers(objective):
+    """Encoder blocks the G step must tap for `objective`; none when no patch loss is active."""
+    return objective.taps if objective is not None else ()
 
 
 def build_objective(cfg, generator):
