@@ -6,7 +6,7 @@ import torch
 
 import core.contrastive as contrastive
 from core.contrastive import functional as LF
-from plugin_helpers import build_plugin, feature_inputs, plugin_config
+from plugin_helpers import assert_images_are_independent, build_plugin, feature_inputs, plugin_config
 from test_contrastive import ref_dce, ref_patch_nce, unit
 
 TAU = 0.07
@@ -108,11 +108,13 @@ def test_plugin_with_all_negatives_equals_the_patchnce_plugin():
 
 
 @pytest.mark.parametrize('B', [1, 3, 8])
-def test_any_batch_size(B):
+def test_any_batch_size_keeps_the_images_independent(B):
     loss_fn = build_plugin('put')
     assert loss_fn.uses_patches and not list(loss_fn.parameters())
     loss, _ = loss_fn(feature_inputs(B=B))
     assert torch.isfinite(loss) and loss > 0
+    # Negatives are the other patches of the same image: the batch loss is the mean over images.
+    assert_images_are_independent(loss_fn, feature_inputs(B=B), feature_inputs(B=B, seed=1))
 
 
 def test_validation_guards_zero_negatives_and_names_the_flags():
