@@ -1,9 +1,18 @@
 """The plug-in contract for patch-wise semantic-relation losses.
 
-A plug-in is one file in core/contrastive/ holding one PatchLoss subclass
+A plug-in is one file in core/contrastive/ holding a PatchLoss subclass
 decorated with @register('name'). The training loop never names a plug-in:
 it builds core.contrastive.objective.PatchObjective, which finds plug-ins
 through this registry. Adding a loss therefore touches no training code.
+
+What a plug-in may rely on and must do:
+  * add_arguments(parser) adds its own flags; validate(cfg) checks only their
+    values; requirements(cfg) reports files training needs. None reads cfg.mode.
+  * forward(PatchInputs) gets the key side already detached (the objective
+    owns that) and returns (loss, stats) or (loss, stats, aux): the loss is
+    unweighted, stats include its own schedule values, aux trains only its own
+    parameters and is added without the weight.
+  * Parameters it owns are checkpointed and optimised under its name.
 """
 from dataclasses import dataclass
 from typing import ClassVar, Dict, List, Optional, Tuple, Union
