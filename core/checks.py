@@ -11,6 +11,7 @@ import shutil
 
 import torch
 
+from core import contrastive
 from core.config import ConfigError
 from core.distributed import env_world_size
 
@@ -78,12 +79,17 @@ def speed_errors(cfg):
 
 
 def _train_errors(cfg):
-    return _folder_errors(cfg, 'train_img_dir', 'val_img_dir') + speed_errors(cfg)
+    return _folder_errors(cfg, 'train_img_dir', 'val_img_dir') + _training_errors(cfg)
+
+
+def _training_errors(cfg):
+    """What any training run needs: a workable speed setup and the files its patch losses declare."""
+    return speed_errors(cfg) + contrastive.requirement_errors(cfg)
 
 
 INPUT_CHECKS = {
     'train': _train_errors,
-    'demo': speed_errors,
+    'demo': _training_errors,
     'eval': lambda cfg: _folder_errors(cfg, 'train_img_dir', 'val_img_dir'),
     'sample': lambda cfg: _folder_errors(cfg, 'src_dir', 'ref_dir'),
     'translate': _translate_errors,

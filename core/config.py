@@ -455,9 +455,7 @@ def _patch_loss_errors(cfg):
     if not cfg.nce_layers or any(not 0 <= i < num_blocks for i in cfg.nce_layers):
         errs.append(f'--nce_layers must list encoder blocks between 0 and {num_blocks - 1} '
                     f'for --arch {cfg.arch} at --img_size {cfg.img_size}')
-    for name in sorted(set(names)):
-        # plug-ins sharing flags (fsesim/lsesim) would report the same problem twice
-        errs += [e for e in contrastive.get(name).validate(cfg) if e not in errs]
+    errs += contrastive.config_errors(cfg)
     return errs
 
 

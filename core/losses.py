@@ -9,6 +9,8 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
+from core.contrastive.objective import tapped_layers
+
 
 # ----------------------------------------------------------------------------------------------
 # Leaf terms
@@ -82,7 +84,7 @@ def compute_g_loss(nets, objective, inp, cfg, lambda_ds, step, patch_gen=None):
     """
     G, E, D = nets.generator, nets.style_encoder, nets.discriminator
     x_real, x_fake = inp.x_real, inp.x_fake
-    taps = cfg.nce_layers if objective is not None else ()
+    taps = tapped_layers(objective)
 
     loss_adv = adv_loss(D(x_fake, inp.y_trg), 1)
     loss_sty = l1(E(x_fake, inp.y_trg), inp.s_trg)

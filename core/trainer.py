@@ -17,16 +17,16 @@ import warnings
 import torch
 from munch import Munch
 
-from core.checkpoint import CheckpointError, latest_step, load_training_state, save_training_state
-from core.contrastive.objective import build_objective
-from core.data_loader import load_val_batch, make_train_iterator, process_part
 from core import distributed
+from core.checkpoint import CheckpointError, latest_step, load_training_state, save_training_state
+from core.contrastive.objective import build_objective, tapped_layers
+from core.data_loader import load_val_batch, make_train_iterator, process_part
 from core.fileio import atomic_write_text
 from core.images import domain_tree
 from core.logger import RunLogger
 from core.losses import GInputs, compute_d_loss, compute_g_loss
 from core.model import EMA_NETS, build_nets
-from core.schedules import gamma_at, lambda_ds_at
+from core.schedules import lambda_ds_at
 from core.seeding import STREAM_LATENT, STREAM_PATCHES, step_generator
 from core.visualize import debug_image
 
@@ -46,8 +46,9 @@ def build_training(cfg, rt):
     torch.manual_seed(cfg.seed)   # network initialisation, equal in every process
     nets, nets_ema = build_nets(cfg)
     objective = build_objective(cfg, nets.generator)
+    heads = objective.checkpoint_modules() if objective is not None else {}
+    nets.update(heads)
     if objective is not None:
-        nets.update(objective.checkpoint_modules())
         objective.to(device)
     memory_format = torch.channels_last if rt.channels_last else torch.preserve_format
     for net in list(nets.values()) + list(nets_ema.values()):
@@ -62,9 +63,7 @@ def build_training(cfg, rt):
     scalers = (Munch(d=torch.amp.GradScaler(device.type), g=torch.amp.GradScaler(device.type))
                if rt.amp_dtype == torch.float16 else Munch(d=None, g=None))
     return Munch(nets=nets, nets_ema=nets_ema, optims=optims, objective=objective, rt=rt, scalers=scalers,
-
-                 head_names=[n for n in nets if n not in ('generator', 'mapping_network',
-                                                         'style_encoder', 'discriminator')])
+                 head_names=list(heads))
 
 
 def compile_networks(nets):
@@ -170,7 +169,7 @@ def train_step(run, cfg, batch, step, device):
     part = process_part(cfg.batch_size, rt.rank, rt.world_size)
     z_trg, z_trg2 = draw_latents(cfg, step, device, part)
     patch_gen = step_generator(cfg.seed, step, STREAM_PATCHES, device) if objective is not None else None
-    taps = cfg.nce_layers if objective is not None else ()
+    taps = tapped_layers(objective)
     lambda_ds = lambda_ds_at(step, cfg.lambda_ds, cfg.ds_iter)
     stats = {}
 
@@ -232,10 +231,8 @@ def _every(step, period):
 
 def schedule_stats(cfg, step):
     """Scalars of the schedules at `step`, logged beside the losses."""
-    stats = {'lambda_ds': lambda_ds_at(step, cfg.lambda_ds, cfg.ds_iter)}
-    if any(name == 'hdce' for name, _ in cfg.patch_losses):
-        stats['gamma'] = gamma_at(step, cfg.gamma_start, cfg.gamma_end, cfg.total_iters, cfg.use_curriculum)
-    return stats
+    # Plug-ins report their own schedule values in their stats, under their own names.
+    return {'lambda_ds': lambda_ds_at(step, cfg.lambda_ds, cfg.ds_iter)}
 
 
 def with_domain_names(cfg):

@@ -21,12 +21,12 @@ def build_plugin(name, *extra, channels=(4, 6), weight=1.0):
     return contrastive.get(name).from_config(plugin_config(name, *extra, weight=weight), list(channels))
 
 
-def feature_inputs(B=2, channels=(4, 6), sizes=((8, 8), (4, 6)), seed=0, same=False, key_grad=True, step=0,
+def feature_inputs(B=2, channels=(4, 6), sizes=((8, 8), (4, 6)), seed=0, same=False, key_grad=False, step=0,
                    patch_dim=16, n_patch=16):
     """PatchInputs with random feature maps (and shared patches) on layers of the given shapes.
 
-    same: query maps equal to the key maps. key_grad: the key side is handed
-    over with requires_grad, as a careless caller would; plug-ins must detach it.
+    same: query maps equal to the key maps. key_grad: the key side requires
+    grad, as the objective may receive it (a plug-in always gets it detached).
     """
     g = torch.Generator().manual_seed(seed)
     feat_k = [torch.randn(B, c, h, w, generator=g) for c, (h, w) in zip(channels, sizes)]
@@ -59,3 +59,38 @@ def image_slice(inp, b):
     return PatchInputs(feat_q=one(inp.feat_q), feat_k=one(inp.feat_k), patch_q=one(inp.patch_q),
                        patch_k=one(inp.patch_k), x_q=inp.x_q[b:b + 1], x_k=inp.x_k[b:b + 1], step=inp.step,
                        generator=inp.generator)
+
+
+def replace_image(inp, b, other):
+    """The inputs with image b of every tensor (features, patches, images) taken from `other`."""
+    def swap(mine, theirs):
+        if mine is None:
+            return None
+        out = []
+        for m, t in zip(mine, theirs):
+            m = m.detach().clone()
+            m[b] = t[b]
+            out.append(m.requires_grad_(t.requires_grad))
+        return out
+    return dataclasses.replace(inp, feat_q=swap(inp.feat_q, other.feat_q), feat_k=swap(inp.feat_k, other.feat_k),
+                               patch_q=swap(inp.patch_q, other.patch_q), patch_k=swap(inp.patch_k, other.patch_k),
+                               x_q=swap([inp.x_q], [other.x_q])[0], x_k=swap([inp.x_k], [other.x_k])[0])
+
+
+def assert_images_are_independent(loss_fn, inp, other, reduce=torch.mean, seed=100):
+    """The batch loss is reduce(per-image losses), and changing image 0 changes only its own term.
+
+    Patch positions are replayed from `seed`, so every call sees the same ones.
+    A plug-in that mixes the images of a batch fails the first check (or the
+    last); one whose value ignores its input, e.g. a constant, fails the second.
+    """
+    def value(x):
+        return loss_fn(with_generator(x, seed))[0].detach()
+
+    alone = torch.stack([value(image_slice(inp, b)) for b in range(inp.x_q.shape[0])])
+    assert torch.allclose(value(inp), reduce(alone), rtol=1e-5, atol=1e-6)
+    changed = replace_image(inp, 0, other)
+    changed_0 = value(image_slice(changed, 0))
+    assert not torch.allclose(changed_0, alone[0]), 'the loss of image 0 does not depend on image 0'
+    expected = reduce(torch.cat([changed_0[None], alone[1:]]))
+    assert torch.allclose(value(changed), expected, rtol=1e-5, atol=1e-6)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import core.contrastive as contrastive
+from core.contrastive.objective import PatchObjective
 from core.contrastive.lsesim import (head_nce, keep_mask, kept_count, self_similarity, structure_loss,
                                      window_index)
 from plugin_helpers import build_plugin, feature_inputs, image_slice, plugin_config, with_generator
@@ -142,7 +143,7 @@ def test_head_nce_matches_cross_entropy_of_the_release_logits():
 
 @pytest.mark.parametrize('name', ['fsesim', 'lsesim'])
 def test_identical_features_give_zero(name):
-    loss, _ = build_plugin(name)(feature_inputs(same=True))
+    loss = build_plugin(name)(feature_inputs(same=True))[0]
     assert abs(float(loss.detach())) < 1e-6
 
 
@@ -164,13 +165,13 @@ def test_fsesim_plugin_averages_layers_of_the_reference(extra):
 
 @pytest.mark.parametrize('name', ['fsesim', 'lsesim'])
 @pytest.mark.parametrize('B', [1, 3])
-def test_gradient_reaches_only_the_fake_side(name, B):
-    inp = feature_inputs(B=B, key_grad=True)
-    loss, _ = build_plugin(name)(inp)
+def test_gradient_reaches_the_fake_side(name, B):
+    # The key (real) side arrives detached: the objective owns that (test_contrastive.py).
+    inp = feature_inputs(B=B)
+    loss = build_plugin(name)(inp)[0]
     assert loss.dim() == 0 and torch.isfinite(loss)
     loss.backward()
     assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in inp.feat_q)
-    assert all(f.grad is None for f in inp.feat_k)
 
 
 def test_query_side_real_still_masks_by_the_fake_map():
@@ -191,20 +192,51 @@ def test_fsesim_rows_of_one_image_do_not_depend_on_the_others():
 
 
 def test_lsesim_head_learns_only_from_its_own_infonce():
-    loss_fn = build_plugin('lsesim', weight=4.0)
-    assert loss_fn.head_scale == 0.25
+    loss_fn = build_plugin('lsesim')
     heads = list(loss_fn.heads.parameters())
     inp = feature_inputs()
-    loss, stats = loss_fn(inp)
+    loss, stats, aux = loss_fn(inp)
     structure, maps_real, maps_fake, ids = loss_fn.structure(with_generator(inp, 100))
-    assert torch.allclose(loss, structure)                         # the value is the structure loss
-    grads = torch.autograd.grad(loss, heads, retain_graph=True)
-    head_only = torch.autograd.grad(loss_fn.head_loss(maps_real, maps_fake, ids), heads)
-    assert all(torch.allclose(a, 0.25 * b, atol=1e-7) for a, b in zip(grads, head_only))
-    assert all(b.abs().sum() > 0 for b in head_only)
-    assert torch.allclose(stats['head_nce'], loss_fn.head_loss(maps_real, maps_fake, ids).detach())
-    # The structure term reaches the features through the frozen head but never the head itself.
-    assert all(g is None for g in torch.autograd.grad(structure, heads, allow_unused=True))
+    head_nce = loss_fn.head_loss(maps_real, maps_fake, ids)
+    assert torch.equal(loss, structure) and torch.equal(aux, head_nce)
+    assert torch.equal(stats['head_nce'], head_nce.detach())
+    # The auxiliary loss reaches the heads only; the structure loss reaches the features through the
+    # frozen heads but never the heads themselves.
+    assert all(g.abs().sum() > 0 for g in torch.autograd.grad(aux, heads, retain_graph=True))
+    assert all(g is None for g in torch.autograd.grad(aux, inp.feat_q, allow_unused=True))
+    assert all(g is None for g in torch.autograd.grad(loss, heads, allow_unused=True))
+
+
+@pytest.mark.parametrize('weight', [1.0, 4.0, 10.0])
+def test_lsesim_gradients_equal_those_of_the_former_zero_valued_trick(weight):
+    """W * loss + aux gives the gradients of the former W * (loss + (nce - nce.detach()) / W)."""
+    loss_fn = build_plugin('lsesim', weight=weight)
+    inp = feature_inputs()
+    params = list(loss_fn.heads.parameters()) + list(inp.feat_q)
+    loss, _, aux = loss_fn(inp)
+    now = torch.autograd.grad(weight * loss + aux, params)
+    structure, maps_real, maps_fake, ids = loss_fn.structure(with_generator(inp, 100))
+    nce = loss_fn.head_loss(maps_real, maps_fake, ids)
+    before = torch.autograd.grad(weight * (structure + (1.0 / weight) * (nce - nce.detach())), params)
+    # Bitwise when 1/W is exact in binary; otherwise W * (1/W) rounds in the last bit.
+    same = torch.equal if weight in (1.0, 4.0) else (lambda a, b: torch.allclose(a, b, rtol=1e-6, atol=0))
+    assert all(same(a, b) for a, b in zip(now, before))
+
+
+def test_the_objective_adds_the_head_loss_without_the_weight():
+    """Head gradients do not depend on --patch_loss lsesim=W; feature gradients scale with W."""
+    grads = {}
+    for weight in (1.0, 4.0):
+        cfg = plugin_config('lsesim', weight=weight)
+        torch.manual_seed(0)
+        objective = PatchObjective(cfg.patch_losses, cfg, [4, 6])
+        inp = feature_inputs()
+        total, _ = objective(inp.feat_q, inp.feat_k, inp.x_q, inp.x_k, 0, torch.Generator().manual_seed(1))
+        heads = list(objective.losses['lsesim'].heads.parameters())
+        grads[weight] = torch.autograd.grad(total, heads + list(inp.feat_q))
+    n_heads = len(heads)
+    assert all(torch.equal(a, b) for a, b in zip(grads[1.0][:n_heads], grads[4.0][:n_heads]))
+    assert all(torch.allclose(4 * a, b) for a, b in zip(grads[1.0][n_heads:], grads[4.0][n_heads:]))
 
 
 def test_lsesim_heads_are_checkpointed_fsesim_has_no_parameters():

@@ -56,7 +56,8 @@ def test_training_writes_checkpoints_samples_and_logs(seasons32, tmp_path):
     lines = [json.loads(line) for line in (ckpt / 'stats.jsonl').read_text().splitlines()]
     assert [line['step'] for line in lines] == [2, 4]
     for key in ('D/latent/real', 'D/latent/reg', 'D/ref/fake', 'G/latent/adv', 'G/latent/sty', 'G/latent/ds',
-                'G/latent/cyc', 'G/latent/src', 'G/latent/hdce', 'G/ref/src', 'G/ref/hdce', 'lambda_ds', 'gamma'):
+                'G/latent/cyc', 'G/latent/src', 'G/latent/hdce', 'G/ref/src', 'G/ref/hdce', 'lambda_ds',
+                'G/latent/hdce/gamma'):
         assert all(math.isfinite(line[key]) for line in lines), key
     # lambda_ds decays linearly from 1 to 0 over ds_iter = 4: logged at steps 2 and 4 (0-based 1 and 3).
     assert [line['lambda_ds'] for line in lines] == pytest.approx([0.75, 0.25])

@@ -14,6 +14,7 @@ from torchvision.models.vgg import cfgs, make_layers
 
 import core.contrastive as contrastive
 from conftest import tiny_flags
+from core.config import parse_config
 from core.fileio import safe_load
 from core.contrastive import _vgg
 from core.contrastive._vgg import load_vgg16_trunk, vgg16_trunk
@@ -81,7 +82,7 @@ def test_trunk_is_frozen_shared_and_outside_every_plugin(weights_present):
         inp = feature_inputs()
         x_q = inp.x_q.clone().requires_grad_()
         inp = dataclasses.replace(inp, x_q=x_q)
-        loss, _ = loss_fn(inp)
+        loss = loss_fn(inp)[0]
         assert torch.isfinite(loss), name
         loss.backward()
         assert x_q.grad is not None and x_q.grad.abs().sum() > 0, name   # through VGG into the image
@@ -99,13 +100,31 @@ def test_vgg_channels_shape_the_plugin_heads(weights_present):
 
 
 @pytest.mark.parametrize('name', sorted(VGG_FLAGS))
-def test_missing_weight_file_is_a_config_error(weights_missing, name):
-    errors = contrastive.get(name).validate(plugin_config(name).replace(**{VGG_FLAGS[name][2:]: 'vgg16'}))
+def test_missing_weight_file_is_a_requirement_not_a_value_error(weights_missing, name):
+    cfg = plugin_config(name).replace(**{VGG_FLAGS[name][2:]: 'vgg16'})
+    errors = contrastive.get(name).requirements(cfg)
     assert any(VGG_FLAGS[name] in e and 'bash download.sh vgg16' in e for e in errors)
+    assert contrastive.requirement_errors(cfg) == errors
+    assert contrastive.get(name).validate(cfg) == []              # the values themselves are fine
     with pytest.raises(UserError, match='download.sh vgg16'):
         vgg16_trunk(torch.device('cpu'))
-    sampling = plugin_config(name).replace(**{VGG_FLAGS[name][2:]: 'vgg16', 'mode': 'sample'})
-    assert contrastive.get(name).validate(sampling) == []        # only training needs the weights
+
+
+def test_only_training_modes_check_the_requirements(weights_missing):
+    flags = ['--patch_loss', 'put=1', '--put_features', 'vgg16', '--train_img_dir', '.', '--val_img_dir', '.']
+    for mode, checked in (('train', True), ('demo', True), ('sample', False), ('eval', False)):
+        try:
+            parse_config(['--mode', mode, '--eval_every', '0', *flags])
+            message = ''
+        except UserError as err:
+            message = str(err)
+        assert ('--put_features vgg16: missing weight file' in message) == checked, mode
+
+
+def test_active_plugins_that_share_a_flag_report_a_missing_file_once(weights_missing):
+    cfg = plugin_config('fsesim', '--patch_loss', 'lsesim=1', '--sesim_features', 'vgg16')
+    assert len(contrastive.requirement_errors(cfg)) == 1
+    assert contrastive.requirement_errors(plugin_config('fsesim')) == []
 
 
 def test_missing_weights_stop_training_before_any_work(weights_missing, seasons32, tmp_path, capsys):

@@ -1,19 +1,19 @@
-"""Registry of patch-wise relation losses; every module in this package is a plug-in.
+"""Registry of patch-wise relation losses (plug-ins) and their shared machinery.
 
-Importing the package imports each plug-in module once so that its
-@register decorator runs. Private modules (leading underscore) and the
-shared plumbing (base, sampler, objective, functional) are skipped.
+The rule that tells plug-ins from helpers: importing this package imports
+every module in it, and a plug-in is exactly a PatchLoss subclass decorated
+with @register('name'). A file is a plug-in because it registers one, never
+because of its name, so a helper module (base, sampler, objective,
+functional, _features, _vgg) needs no mark and appears on no list. A leading
+underscore only says that nothing outside this package imports the module.
 """
 import importlib
 import pkgutil
 
-from core.contrastive.base import PatchInputs, PatchLoss, get, register, registered
-
-_PLUMBING = {'base', 'sampler', 'objective', 'functional'}
+from core.contrastive.base import (PatchInputs, PatchLoss, config_errors, get, register, registered,
+                                   requirement_errors)
 
 for _info in pkgutil.iter_modules(__path__):
-    if _info.name.startswith('_') or _info.name in _PLUMBING:
-        continue
     importlib.import_module(f'{__name__}.{_info.name}')
 
-__all__ = ['PatchInputs', 'PatchLoss', 'get', 'register', 'registered']
+__all__ = ['PatchInputs', 'PatchLoss', 'config_errors', 'get', 'register', 'registered', 'requirement_errors']

@@ -12,7 +12,6 @@ from core.errors import UserError
 from core.weights import require_weight
 
 FEATURE_SOURCES = ['encoder', 'vgg16']
-TRAINING_MODES = ('train', 'demo')
 
 
 def add_feature_flag(group, flag, loss_name):
@@ -24,22 +23,22 @@ def add_feature_flag(group, flag, loss_name):
 
 
 def feature_errors(cfg, flag):
-    """Config errors of the feature source chosen by --<flag> (checked before any work).
+    """Value errors of the feature source chosen by --<flag> (for PatchLoss.validate)."""
+    if getattr(cfg, flag) == 'vgg16' and cfg.query_side != 'fake':
+        return [f'--{flag} vgg16 needs --query_side fake: the frozen VGG16 of the real image passes '
+                f'no gradient to the generator']
+    return []
 
-    Only training needs the weights: sampling a model trained with VGG16
-    features works without them.
-    """
-    if getattr(cfg, flag) != 'vgg16' or cfg.mode not in TRAINING_MODES:
+
+def feature_requirements(cfg, flag):
+    """The weight file of the feature source chosen by --<flag> (for PatchLoss.requirements)."""
+    if getattr(cfg, flag) != 'vgg16':
         return []
-    errors = []
-    if cfg.query_side != 'fake':
-        errors.append(f'--{flag} vgg16 needs --query_side fake: the frozen VGG16 of the real image passes '
-                      f'no gradient to the generator')
     try:
         require_weight('vgg16', check_hash=False)   # the hash is checked once, when the file is loaded
     except UserError as err:
-        errors.append(f'--{flag} vgg16: {err}')
-    return errors
+        return [f'--{flag} vgg16: {err}']
+    return []
 
 
 def feature_channels(source, encoder_channels):
@@ -50,7 +49,7 @@ def feature_channels(source, encoder_channels):
 def feature_maps(source, inp):
     """(maps_q, maps_k): per layer (B, C_l, H_l, W_l); query maps carry gradients, key maps do not."""
     if source == 'encoder':
-        return list(inp.feat_q), [f.detach() for f in inp.feat_k]
+        return list(inp.feat_q), list(inp.feat_k)   # the objective detached the key side
     trunk = vgg16_trunk(inp.x_q.device)
     maps_q = trunk(inp.x_q)
     with torch.no_grad():

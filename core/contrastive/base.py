@@ -1,12 +1,21 @@
 """The plug-in contract for patch-wise semantic-relation losses.
 
-A plug-in is one file in core/contrastive/ holding one PatchLoss subclass
+A plug-in is one file in core/contrastive/ holding a PatchLoss subclass
 decorated with @register('name'). The training loop never names a plug-in:
 it builds core.contrastive.objective.PatchObjective, which finds plug-ins
 through this registry. Adding a loss therefore touches no training code.
+
+What a plug-in may rely on and must do:
+  * add_arguments(parser) adds its own flags; validate(cfg) checks only their
+    values; requirements(cfg) reports files training needs. None reads cfg.mode.
+  * forward(PatchInputs) gets the key side already detached (the objective
+    owns that) and returns (loss, stats) or (loss, stats, aux): the loss is
+    unweighted, stats include its own schedule values, aux trains only its own
+    parameters and is added without the weight.
+  * Parameters it owns are checkpointed and optimised under its name.
 """
 from dataclasses import dataclass
-from typing import ClassVar, Dict, List, Optional, Tuple
+from typing import ClassVar, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -35,13 +44,38 @@ def get(name):
     return _REGISTRY[name]
 
 
+def _active(cfg):
+    """The registered plug-in classes named in cfg.patch_losses, each once, sorted by name.
+
+    Unknown names are skipped: core/config.py reports them.
+    """
+    return [_REGISTRY[name] for name in sorted({name for name, _ in cfg.patch_losses}) if name in _REGISTRY]
+
+
+def _once(errors):
+    """The messages in order, each once (plug-ins that share flags report the same problem)."""
+    return list(dict.fromkeys(errors))
+
+
+def config_errors(cfg):
+    """Value errors of the active plug-ins' own flags (PatchLoss.validate), each reported once."""
+    return _once(e for cls in _active(cfg) for e in cls.validate(cfg))
+
+
+def requirement_errors(cfg):
+    """What the active plug-ins need on disk to train (PatchLoss.requirements), each reported once."""
+    return _once(e for cls in _active(cfg) for e in cls.requirements(cfg))
+
+
 @dataclass(frozen=True)
 class PatchInputs:
     """Everything a plug-in may look at during one generator step.
 
     Query side = the side that receives gradients; key side = stop-gradient.
     Which image is which is decided by the objective (--query_side), never by
-    a plug-in. Feature lists are aligned layer by layer.
+    a plug-in. The objective is also the one owner of the stop-gradient: it
+    detaches feat_k and x_k and computes patch_k without a graph, so a plug-in
+    uses the key side as it is. Feature lists are aligned layer by layer.
     """
     feat_q: List[torch.Tensor]                    # per layer (B, C_l, H_l, W_l), with grad
     feat_k: List[torch.Tensor]                    # per layer (B, C_l, H_l, W_l), detached
@@ -51,6 +85,17 @@ class PatchInputs:
     x_k: torch.Tensor                             # (B, 3, H, W) key-side image, detached
     step: int                                     # 0-based training iteration (for schedules)
     generator: Optional[torch.Generator] = None   # per-step RNG for any sampling a plug-in does
+
+
+# What forward returns: (loss, stats) or (loss, stats, aux); see PatchLoss.forward.
+PatchOutput = Union[Tuple[torch.Tensor, Dict[str, torch.Tensor]],
+                    Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]]
+
+
+def unpack_output(output):
+    """(loss, stats, aux or None) from what a plug-in's forward returned."""
+    loss, stats, *aux = output
+    return loss, stats, (aux[0] if aux else None)
 
 
 class PatchLoss(nn.Module):
@@ -69,7 +114,22 @@ class PatchLoss(nn.Module):
 
     @classmethod
     def validate(cls, cfg):
-        """Return a list of error strings, each naming the offending flag."""
+        """Errors in the values of this plug-in's own flags, each naming its flag.
+
+        Checks only the flags the plug-in adds in add_arguments (and their
+        combination with other flags). A flag is checked where it is declared:
+        the shared flags of core/config.py (--nce_T, --gamma_start, ...) are
+        checked there, so no error is reported twice. Pure: no file system,
+        and never cfg.mode (the same config must validate in every mode).
+        """
+        return []
+
+    @classmethod
+    def requirements(cls, cfg):
+        """Errors about what training with this config needs on disk (e.g. a weight file).
+
+        Called only before training; sampling a trained model needs none of it.
+        """
         return []
 
     @classmethod
@@ -77,11 +137,17 @@ class PatchLoss(nn.Module):
         """Build the plug-in from the resolved config and the tapped channel counts."""
         return cls()
 
-    def forward(self, inp: PatchInputs) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """Return (unweighted scalar loss averaged over layers, dict of extra detached stats).
+    def forward(self, inp: PatchInputs) -> PatchOutput:
+        """Return (loss, stats) or (loss, stats, aux).
 
-        The objective logs the loss itself under the plug-in's name; the dict
-        holds only additional values (e.g. 'infonce'), logged as name/key.
+        loss: unweighted scalar averaged over layers; the objective multiplies
+        it by the plug-in's weight and logs it under the plug-in's name.
+        stats: extra values as detached 0-dim tensors, logged as name/key.
+        That includes values of the plug-in's own schedules computed from
+        inp.step: the training loop logs no plug-in schedule itself.
+        aux (optional): an unweighted scalar that trains only the plug-in's own
+        parameters (e.g. a learned head's own objective). The objective adds
+        it to the total as it is, so the plug-in never needs its weight.
         """
         raise NotImplementedError
 
@@ -94,10 +160,6 @@ class TemperedPatchLoss(PatchLoss):
     def __init__(self, tau=0.07):
         super().__init__()
         self.tau = tau
-
-    @classmethod
-    def validate(cls, cfg):
-        return [] if cfg.nce_T > 0 else ['--nce_T must be > 0']
 
     @classmethod
     def from_config(cls, cfg, feat_channels):

@@ -18,9 +18,9 @@ contract:
     level; the release flips a real target-domain image before VGG. No
     colour-jitter augmentation (the shipped script does not use it either).
   * the head steps with G from the same backward (the release gives it its
-    own step just before): the returned value is the structure loss, the
-    head's InfoNCE only adds its gradient, scaled by 1 / (the loss weight) so
-    that the head's objective is not rescaled by --patch_loss lsesim=W.
+    own step just before): the head's InfoNCE is returned as the auxiliary
+    loss, which the objective adds without the loss weight, so --patch_loss
+    lsesim=W scales the structure loss only.
 """
 import argparse
 import math
@@ -31,7 +31,7 @@ from torch import nn
 
 from core.contrastive import functional as LF
 from core.contrastive._features import (add_feature_flag, feature_channels, feature_errors, feature_maps,
-                                        real_is_key)
+                                        feature_requirements, real_is_key)
 from core.contrastive.base import PatchLoss, register
 from core.contrastive.sampler import PatchSampler
 
@@ -129,11 +129,6 @@ def _conv_head(channels):
     return head
 
 
-def _own_weight(cfg, name):
-    """The weight this plug-in has in cfg.patch_losses (1 if absent)."""
-    return dict(getattr(cfg, 'patch_losses', ()) or ()).get(name, 1.0)
-
-
 # ----------------------------------------------------------------------------------------------
 # Plug-ins
 # ----------------------------------------------------------------------------------------------
@@ -183,6 +178,10 @@ class FSeSimLoss(PatchLoss):
         return errors
 
     @classmethod
+    def requirements(cls, cfg):
+        return feature_requirements(cfg, 'sesim_features')
+
+    @classmethod
     def config_kwargs(cls, cfg, feat_channels):
         """Constructor arguments from the resolved config."""
         return dict(channels=feature_channels(cfg.sesim_features, feat_channels), source=cfg.sesim_features,
@@ -220,13 +219,13 @@ class FSeSimLoss(PatchLoss):
 class LSeSimLoss(FSeSimLoss):
     """FSeSim on the output of a learned 1x1-conv head per layer (saved and optimised as 'lsesim').
 
-    Extra stat 'head_nce': the head's InfoNCE, averaged over layers.
+    Auxiliary loss and extra stat 'head_nce': the head's InfoNCE, averaged over layers.
     """
 
-    def __init__(self, channels, tau=0.07, head_scale=1.0, **kwargs):
+    def __init__(self, channels, tau=0.07, **kwargs):
         super().__init__(channels, **kwargs)
         self.heads = nn.ModuleList(_conv_head(c) for c in channels)
-        self.tau, self.head_scale = tau, head_scale
+        self.tau = tau
 
     @classmethod
     def add_arguments(cls, parser):
@@ -244,9 +243,7 @@ class LSeSimLoss(FSeSimLoss):
 
     @classmethod
     def config_kwargs(cls, cfg, feat_channels):
-        weight = _own_weight(cfg, 'lsesim')
-        return dict(super().config_kwargs(cfg, feat_channels), tau=cfg.lsesim_T,
-                    head_scale=1.0 / weight if weight > 0 else 1.0)
+        return dict(super().config_kwargs(cfg, feat_channels), tau=cfg.lsesim_T)
 
     def project(self, layer, feat):
         # The structure loss sees the head frozen (as released): gradients pass through to the
@@ -270,5 +267,5 @@ class LSeSimLoss(FSeSimLoss):
     def forward(self, inp):
         loss, maps_real, maps_fake, ids = self.structure(inp)
         nce = self.head_loss(maps_real, maps_fake, ids)
-        # The value stays the structure loss; (nce - nce.detach()) is 0 but carries the head's gradient.
-        return loss + self.head_scale * (nce - nce.detach()), {'head_nce': nce.detach()}
+        # The head's own objective: an auxiliary loss, so the weight of the structure loss does not scale it.
+        return loss, {'head_nce': nce.detach()}, nce

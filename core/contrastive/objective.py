@@ -8,16 +8,17 @@ import torch
 from torch import nn
 
 from core import contrastive
-from core.contrastive.base import PatchInputs
+from core.contrastive.base import PatchInputs, unpack_output
 from core.contrastive.sampler import PatchSampler
 
 
 class PatchObjective(nn.Module):
-    """sum_name lambda_name * loss_name(feat_q, feat_k) over the configured plug-ins."""
+    """sum_name lambda_name * loss_name(feat_q, feat_k) + aux_name over the configured plug-ins."""
 
     def __init__(self, terms, cfg, feat_channels):
         super().__init__()
         self.weights = dict(terms)
+        self.taps = cfg.nce_layers   # the encoder blocks whose features feed every plug-in
         self.n_patch = cfg.n_patch
         self.losses = nn.ModuleDict(
             {name: contrastive.get(name).from_config(cfg, feat_channels) for name, _ in terms})
@@ -34,6 +35,7 @@ class PatchObjective(nn.Module):
 
     def forward(self, feat_q, feat_k, x_q, x_k, step, generator=None):
         """Returns (weighted total, {name: unweighted value, name/extra: value}) of detached stats."""
+        # The one place the key side is cut from the graph; plug-ins rely on it (see PatchInputs).
         feat_k = [f.detach() for f in feat_k]
         patch_q = patch_k = None
         if self.sampler is not None:
@@ -46,11 +48,18 @@ class PatchObjective(nn.Module):
                           x_q=x_q, x_k=x_k.detach(), step=step, generator=generator)
         total, stats = 0.0, {}
         for name, loss_fn in self.losses.items():
-            value, extra = loss_fn(inp)
+            value, extra, aux = unpack_output(loss_fn(inp))
             total = total + self.weights[name] * value
+            if aux is not None:
+                total = total + aux   # trains the plug-in's own parameters: not scaled by its weight
             stats[name] = value.detach()
             stats.update({f'{name}/{k}': v for k, v in extra.items()})
         return total, stats
+
+
+def tapped_layers(objective):
+    """Encoder blocks the G step must tap for `objective`; none when no patch loss is active."""
+    return objective.taps if objective is not None else ()
 
 
 def build_objective(cfg, generator):

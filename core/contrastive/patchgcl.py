@@ -30,7 +30,7 @@ from torch import nn
 
 from core.contrastive import functional as LF
 from core.contrastive._features import (add_feature_flag, feature_channels, feature_errors, feature_maps,
-                                        gather_positions, real_is_key)
+                                        feature_requirements, gather_positions, real_is_key)
 from core.contrastive.base import PatchLoss, register
 from core.contrastive.sampler import PatchSampler, l2_normalize
 
@@ -212,6 +212,10 @@ class PatchGCLLoss(PatchLoss):
             errors.append(f'--gcl_pooling_ratio needs one non-negative weight or one per level '
                           f'(--gcl_pooling_num {cfg.gcl_pooling_num}), got {",".join(map(str, ratios))}')
         return errors
+
+    @classmethod
+    def requirements(cls, cfg):
+        return feature_requirements(cfg, 'gcl_features')
 
     @classmethod
     def from_config(cls, cfg, feat_channels):

@@ -8,8 +8,7 @@ class PatchNCELoss(TemperedPatchLoss):
     """Mean over anchors of InfoNCE with the other K-1 patches of the same image as negatives."""
 
     def forward(self, inp):
-        # The caller already detached the key side; detaching again costs nothing.
-        rows = [LF.patch_nce(q, k.detach(), self.tau)    # (B, K_l) per layer
+        rows = [LF.patch_nce(q, k, self.tau)    # (B, K_l) per layer
                 for q, k in zip(inp.patch_q, inp.patch_k)]
         loss = LF.layer_mean(rows)
         return loss, {}

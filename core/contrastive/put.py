@@ -11,8 +11,11 @@ Features: the shared projected patches of the generator encoder (the same
 patches PatchNCE/DCE see), or, with --put_features vgg16, patches of the frozen
 VGG16 maps projected by PUT's own heads (saved and optimised as 'put').
 """
+import torch
+
 from core.contrastive import functional as LF
-from core.contrastive._features import add_feature_flag, feature_channels, feature_errors, feature_maps
+from core.contrastive._features import (add_feature_flag, feature_channels, feature_errors, feature_maps,
+                                        feature_requirements)
 from core.contrastive.base import PatchLoss, register
 from core.contrastive.sampler import PatchSampler
 
@@ -60,18 +63,26 @@ class PUTLoss(PatchLoss):
         return errors
 
     @classmethod
+    def requirements(cls, cfg):
+        return feature_requirements(cfg, 'put_features')
+
+    @classmethod
     def from_config(cls, cfg, feat_channels):
         return cls(num_neg=cfg.put_negatives, tau=cfg.nce_T, variant=cfg.put_variant,
                    decoupled=cfg.put_loss == 'dce', source=cfg.put_features, n_patch=cfg.n_patch,
                    channels=feature_channels(cfg.put_features, feat_channels), dim=cfg.patch_dim)
 
     def patches(self, inp):
-        """Per layer (B, K, D) unit query and key patches (keys detached)."""
+        """Per layer (B, K, D) unit query and key patches (keys without gradient)."""
         if self.uses_patches:
-            return inp.patch_q, [k.detach() for k in inp.patch_k]
+            return inp.patch_q, inp.patch_k
         maps_q, maps_k = feature_maps(self.source, inp)
         ids = PatchSampler.sample_ids(maps_k, self.n_patch, inp.generator)
-        return self.sampler(maps_q, ids), [k.detach() for k in self.sampler(maps_k, ids)]
+        # PUT's own heads project the keys too; as the objective does for the shared heads, the key
+        # side is a fixed target that must not train them.
+        with torch.no_grad():
+            patch_k = self.sampler(maps_k, ids)
+        return self.sampler(maps_q, ids), patch_k
 
     def row_losses(self, q, k):
         """(B, K) loss rows of one layer."""

@@ -2,8 +2,6 @@
 from core.contrastive import functional as LF
 from core.contrastive.base import PatchLoss, register
 
-SRC_REDUCTIONS = ['sum', 'mean']
-
 
 @register('src')
 class SRCLoss(PatchLoss):
@@ -20,18 +18,11 @@ class SRCLoss(PatchLoss):
         self.reduction = reduction
 
     @classmethod
-    def validate(cls, cfg):
-        if cfg.src_reduction in SRC_REDUCTIONS:
-            return []
-        return [f'--src_reduction must be one of {SRC_REDUCTIONS}, got {cfg.src_reduction!r}']
-
-    @classmethod
     def from_config(cls, cfg, feat_channels):
         return cls(reduction=cfg.src_reduction)
 
     def forward(self, inp):
-        # The caller already detached the key side; detaching again costs nothing.
-        per_layer = [LF.src_jsd(q, k.detach(), self.reduction)   # scalar per layer
+        per_layer = [LF.src_jsd(q, k, self.reduction)   # scalar per layer
                      for q, k in zip(inp.patch_q, inp.patch_k)]
         loss = LF.layer_mean(per_layer)
         return loss, {}
