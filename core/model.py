@@ -326,10 +326,13 @@ class MappingNetwork(nn.Module):
                           nn.Linear(hidden_dim, style_dim))
             for _ in range(num_domains))
 
-    def forward(self, z, y):
+    def all_styles(self, z):
+        """Style codes of every domain: z (B, latent_dim) -> (B, num_domains, style_dim)."""
         h = self.shared(z)
-        out = torch.stack([head(h) for head in self.unshared], dim=1)  # (B, num_domains, style_dim)
-        return _select_domain(out, y)                                  # (B, style_dim)
+        return torch.stack([head(h) for head in self.unshared], dim=1)
+
+    def forward(self, z, y):
+        return _select_domain(self.all_styles(z), y)   # (B, style_dim)
 
 
 def _trunk(img_size, base_dim, max_conv_dim):

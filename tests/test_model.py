@@ -104,6 +104,17 @@ def test_heads_pick_the_requested_domain():
     assert torch.allclose(d(x, y), d.main(x).flatten(1)[torch.arange(5), y])
 
 
+def test_all_styles_equals_forward_for_every_domain():
+    torch.manual_seed(0)
+    f = MappingNetwork(8, 4, 3, hidden_dim=16).apply(he_init)
+    z = torch.randn(5, 8)
+    styles = f.all_styles(z)
+    assert styles.shape == (5, 3, 4)
+    for d in range(3):
+        assert torch.equal(styles[:, d], f(z, torch.full((5,), d)))
+    assert not torch.equal(styles[:, 0], styles[:, 1])
+
+
 @pytest.mark.parametrize('cls,taps', [(Generator, (0, 2)), (HSRCGenerator, (1, 5))])
 def test_encode_once_decode_many_equals_forward(cls, taps):
     torch.manual_seed(0)
