@@ -115,6 +115,34 @@ def test_all_styles_equals_forward_for_every_domain():
     assert not torch.equal(styles[:, 0], styles[:, 1])
 
 
+def _alone_and_in_a_batch(net, x, *rest):
+    """Output for image 0 computed alone, and computed beside the other images of the batch."""
+    with torch.no_grad():
+        return net(x[:1], *[r[:1] for r in rest])[0], net(x, *rest)[0]
+
+
+@pytest.mark.parametrize('arch', ARCHS)
+def test_networks_treat_every_image_of_a_batch_independently(arch):
+    """Instance norm and per-sample heads: an image's output does not depend on its batch mates (eval mode)."""
+    torch.manual_seed(0)
+    g = build_generator(arch, 32, 8, 32, 0, 8).apply(he_init).eval()
+    e = StyleEncoder(32, 8, 3, max_conv_dim=32, base_dim=8).apply(he_init).eval()
+    d = Discriminator(32, 3, max_conv_dim=32, base_dim=8).apply(he_init).eval()
+    f = MappingNetwork(4, 8, 3, hidden_dim=16).apply(he_init).eval()
+    x, y = torch.randn(3, 3, 32, 32), torch.tensor([2, 0, 1])
+    others = torch.randn(3, 3, 32, 32) * 3 + 1   # batch mates with other statistics
+    x_mixed = torch.cat([x[:1], others[1:]])
+    s = torch.randn(3, 8)
+    for net, args in ((g, (x_mixed, s)), (e, (x_mixed, y)), (d, (x_mixed, y)), (f, (torch.randn(3, 4), y))):
+        alone, batched = _alone_and_in_a_batch(net, *args)
+        assert alone.shape == batched.shape
+        assert torch.allclose(alone, batched, rtol=1e-4, atol=1e-5), type(net).__name__
+    # and the check can fail: batch statistics (train-mode batch norm) would couple the images
+    bn = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).train()
+    alone, batched = _alone_and_in_a_batch(bn, x_mixed)
+    assert not torch.allclose(alone, batched, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize('cls,taps', [(Generator, (0, 2)), (HSRCGenerator, (1, 5))])
 def test_encode_once_decode_many_equals_forward(cls, taps):
     torch.manual_seed(0)
