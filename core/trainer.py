@@ -184,8 +184,32 @@ def schedule_stats(cfg, step):
     return stats
 
 
-def train(cfg):
-    """Train from scratch or resume (--resume_iter N | latest) until --total_iters."""
+class StepHook:
+    """Callbacks of train(); this base class does nothing.
+
+    start(run, device) runs once before the first iteration, with everything
+    built and loaded; before(step) once the step's batch is fetched; after(step,
+    stats) right after train_step, before logging and saving. stats holds
+    device tensors: reading them waits for the device, so a hook that does not
+    need the values should not touch them.
+    """
+
+    def start(self, run, device):
+        pass
+
+    def before(self, step):
+        pass
+
+    def after(self, step, stats):
+        pass
+
+
+def train(cfg, hook=None):
+    """Train from scratch or resume (--resume_iter N | latest) until --total_iters.
+
+    hook: an optional StepHook called around every iteration (bench/ablation.py times the steps).
+    """
+    hook = hook or StepHook()
     device = resolve_device(cfg.device)
     start = resolve_start_step(cfg)
     run = build_training(cfg, device)
@@ -200,8 +224,12 @@ def train(cfg):
     logger = RunLogger(cfg.checkpoint_dir, start, cfg.total_iters)
     saved = start
     try:
+        hook.start(run, device)
         for step in range(start, cfg.total_iters):
-            stats = train_step(run, cfg, next(batches), step, device)
+            batch = next(batches)
+            hook.before(step)
+            stats = train_step(run, cfg, batch, step, device)
+            hook.after(step, stats)
             done = step + 1   # files and logs count completed iterations, as upstream
             logger.advance()
             if _every(done, cfg.print_every):
