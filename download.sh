@@ -25,7 +25,6 @@ datasets (split into data/<name>/train and data/<name>/val with a manifest, see 
   synthetic-weather               procedural stand-in for weather (data/synthetic-weather), no download
   celeba-hq-dataset, afhq-dataset, afhq-v2-dataset     StarGAN v2's datasets (into data/)
 pretrained networks (into expr/checkpoints/)
-  pretrained-stargan-v2-celeba-hq   (alias pretrained-network-celeba-hq) official CelebA-HQ, 100k
   pretrained-stargan-v2-afhq        (alias pretrained-network-afhq)      official AFHQ, 100k
   pretrained-hsrc-seasons           Hneg_SRC release, Seasons (Google Drive)
   pretrained-hsrc-weather           Hneg_SRC release, Weather (Google Drive)
@@ -180,8 +179,7 @@ case "$target" in
     synthetic-seasons) "$PYTHON" -m core.synthetic seasons --out data/synthetic-seasons ;;
     synthetic-weather) "$PYTHON" -m core.synthetic weather --out data/synthetic-weather ;;
     pretrained-stargan-v2-celeba-hq|pretrained-network-celeba-hq)
-        stargan_pretrained celeba_hq 96fmei6c93o8b8t
-        echo "note: this network was trained with --w_hpf 1 (FAN face masks), which this release does not support" ;;
+        fail "$target is not offered: the official CelebA-HQ network needs --w_hpf 1 (FAN face masks and the high-pass skips), which this code does not implement" ;;
     pretrained-stargan-v2-afhq|pretrained-network-afhq)
         stargan_pretrained afhq etwm810v25h42sn
         echo "use it with: python main.py --mode sample --num_domains 3 --resume_iter 100000 --checkpoint_dir expr/checkpoints/afhq ..." ;;

@@ -17,8 +17,10 @@ goes to OUT/ablation.md and OUT/ablation.csv:
   GPU), plug-in parameters, finite (no NaN/inf in the last step's losses),
   domain_acc_latent, domain_acc_reference, domain_acc, structure.
 
-Each run keeps OUT/runs/<config>/: checkpoints of the last step (sample mode
-can load them), config.json, stats.jsonl, train.log and result.json. Running
+Each configuration trains through core.trainer.train, with a StepTimer hook
+that times train_step. Each run keeps OUT/runs/<config>/: checkpoints of the
+last step (sample mode can load them), config.json, stats.jsonl, tensorboard/,
+train.log and result.json. Running
 again replaces those run folders. Extra flags after the runner's own are
 passed to every configuration (e.g. --arch hsrc, --n_patch 64). Timings are
 wall-clock on whatever else the machine is doing: compare them within one table.
@@ -126,44 +128,41 @@ def peak_rss_mb():
     return peak / 2 ** 20 if sys.platform == 'darwin' else peak / 2 ** 10   # bytes on macOS, KB on Linux
 
 
-def train_config(flags):
-    """Train one configuration; returns its result dict (time, memory, parameters, last losses)."""
-    import torch
-    from core.checkpoint import save_training_state
-    from core.config import parse_config
-    from core.data_loader import make_train_iterator
-    from core.device import resolve_device, synchronize
-    from core.logger import RunLogger
-    from core.checks import check_inputs
-    from core.trainer import build_training, train_step, with_domain_names
+class StepTimer:
+    """A core.trainer.StepHook: times every training step and keeps what measurements() needs."""
 
+    def __init__(self):
+        self.times, self.stats = [], {}
+        self.run = self.device = self.rss_before = None
+        self._sync = self._t0 = None
+
+    def start(self, run, device):
+        import torch
+        from core.device import synchronize
+        self.run, self.device, self._sync = run, device, synchronize
+        self.rss_before = peak_rss_mb()
+        if device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def before(self, step):
+        self._t0 = time.perf_counter()
+
+    def after(self, step, stats):
+        self._sync(self.device)   # time the step, not its launch
+        self.times.append(time.perf_counter() - self._t0)
+        self.stats = stats
+
+
+def train_config(flags):
+    """Train one configuration with core.trainer.train; returns its result dict (time, memory, ...)."""
+    from core.checks import check_inputs
+    from core.config import parse_config
+    from core.trainer import train
     cfg = parse_config(flags)
     check_inputs(cfg)
-    cfg = with_domain_names(cfg)
-    device = resolve_device(cfg.device)
-    run = build_training(cfg, device)
-    batches = make_train_iterator(cfg, 0, device)
-    logger = RunLogger(cfg.checkpoint_dir, 0, cfg.total_iters, tensorboard=False)
-    atomic_write_text(os.path.join(cfg.checkpoint_dir, 'config.json'), cfg.to_json() + '\n')
-    rss_before = peak_rss_mb()
-    if device.type == 'cuda':
-        torch.cuda.reset_peak_memory_stats(device)
-    times, stats = [], {}
-    try:
-        for step in range(cfg.total_iters):
-            batch = next(batches)
-            start = time.perf_counter()
-            stats = train_step(run, cfg, batch, step, device)
-            synchronize(device)   # time the step, not its launch
-            times.append(time.perf_counter() - start)
-            logger.advance()
-            if (step + 1) % cfg.print_every == 0:
-                logger.log(step + 1, stats)
-    finally:
-        batches.close()
-        logger.close()
-    save_training_state(cfg.checkpoint_dir, cfg.total_iters, run.nets, run.nets_ema, run.optims, cfg)
-    return measurements(cfg, run, device, times, stats, rss_before)
+    timer = StepTimer()
+    train(cfg, timer)
+    return measurements(cfg, timer.run, timer.device, timer.times, timer.stats, timer.rss_before)
 
 
 def measurements(cfg, run, device, times, stats, rss_before):

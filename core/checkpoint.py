@@ -39,15 +39,6 @@ def _strip_prefix(state_dict):
     return state_dict
 
 
-def _fill_constant_buffers(module, state_dict):
-    """The 2020 CelebA-HQ release predates the registered hpf.filter buffer: it is a constant."""
-    own = module.state_dict()
-    for key in own:
-        if key.endswith('hpf.filter') and key not in state_dict:
-            state_dict[key] = own[key]
-    return state_dict
-
-
 def _describe(name, missing, unexpected, shapes, limit=8):
     parts = []
     for label, keys in (('missing', missing), ('unexpected', unexpected), ('shape mismatch', shapes)):
@@ -67,7 +58,7 @@ def load_modules(modules, payload, path, hint=''):
         if name not in payload:
             problems.append(f'  {name}: not in the checkpoint')
             continue
-        state_dict = _fill_constant_buffers(module, _strip_prefix(dict(payload[name])))
+        state_dict = _strip_prefix(dict(payload[name]))
         missing, unexpected, shapes = state_dict_mismatch(module.state_dict(), state_dict)
         if missing or unexpected or shapes:
             problems += _describe(name, missing, unexpected, shapes)
@@ -83,7 +74,7 @@ def arch_hint(payload, cfg):
     stored = stored_config(payload)
     if stored is None:
         return ('This checkpoint stores no config (official layout): pass the flags it was trained '
-                'with (--arch, --img_size, --num_domains, --style_dim, --latent_dim, --w_hpf, ...).')
+                'with (--arch, --img_size, --num_domains, --style_dim, --latent_dim, ...).')
     fields = ARCH_FIELDS if 'discriminator' in payload else NET_FIELDS
     diff = arch_differences(stored, cfg, fields)
     if not diff:

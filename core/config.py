@@ -3,7 +3,7 @@
 Every flag of the official StarGAN v2 main.py and of Hneg_SRC's main_hSRC.py
 keeps its name and meaning, so their published command lines run unchanged.
 Where the two disagree on a default we follow the official code, except
-w_hpf (0 here: the FAN face-mask path is not shipped, see --w_hpf).
+w_hpf (0 here: the FAN high-pass path of the CelebA-HQ model is removed, see --w_hpf).
 
 A config is built once (parse_config), validated once, never mutated, saved
 as config.json with every run and stored inside every checkpoint.
@@ -165,7 +165,7 @@ def _add_model_flags(p):
                    help='channels of the first conv of G, E and D (default 2**14 // img_size as upstream)')
     g.add_argument('--max_conv_dim', type=int, default=512, help='channel cap of G, E and D')
     g.add_argument('--w_hpf', type=float, default=0.0,
-                   help='weight of the FAN high-pass skip (faces); only 0 is supported in this release')
+                   help='weight of the FAN high-pass skip of upstream\'s CelebA-HQ model; that path is removed here, so only 0 is accepted')
 
 
 def _add_loss_flags(p):

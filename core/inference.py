@@ -21,8 +21,7 @@ from core.model import EMA_NETS, build_nets
 @torch.no_grad()
 def all_domain_styles(mapping_network, z):
     """Style codes of every domain for each z: (N, latent_dim) -> (N, num_domains, style_dim)."""
-    h = mapping_network.shared(z)
-    return torch.stack([head(h) for head in mapping_network.unshared], dim=1)
+    return mapping_network.all_styles(z)
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ style it decodes, and take the contrastive features from that same pass.
 """
 import copy
 import math
-from typing import Dict, List, NamedTuple
+from typing import List, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -87,15 +87,10 @@ class AdaIN(nn.Module):
 
 
 class AdainResBlk(nn.Module):
-    """Decoder block of StarGAN v2, style-modulated by AdaIN; optional nearest 2x upsampling.
+    """Decoder block of StarGAN v2, style-modulated by AdaIN; optional nearest 2x upsampling."""
 
-    With w_hpf > 0 upstream drops the shortcut but still owns conv1x1; we keep
-    it too so that checkpoints match.
-    """
-
-    def __init__(self, dim_in, dim_out, style_dim=64, w_hpf=0, upsample=False):
+    def __init__(self, dim_in, dim_out, style_dim=64, upsample=False):
         super().__init__()
-        self.w_hpf = w_hpf
         self.upsample = upsample
         self.learned_sc = dim_in != dim_out
         self.conv1 = nn.Conv2d(dim_in, dim_out, 3, 1, 1)
@@ -121,10 +116,7 @@ class AdainResBlk(nn.Module):
         return self.conv2(x)
 
     def forward(self, x, s):
-        out = self._residual(x, s)
-        if self.w_hpf == 0:
-            out = (out + self._shortcut(x)) / math.sqrt(2)
-        return out
+        return (self._residual(x, s) + self._shortcut(x)) / math.sqrt(2)
 
 
 class ConvBlk(nn.Module):
@@ -149,73 +141,91 @@ class ConvBlk(nn.Module):
         return self.conv1(F.leaky_relu(self.norm1(x), 0.2))
 
 
-class HighPass(nn.Module):
-    """Depthwise Laplacian high-pass used with the FAN face masks (w_hpf > 0)."""
-
-    def __init__(self, w_hpf):
-        super().__init__()
-        kernel = torch.tensor([[-1., -1., -1.], [-1., 8., -1.], [-1., -1., -1.]]) / w_hpf
-        self.register_buffer('filter', kernel)
-
-    def forward(self, x):
-        channels = x.size(1)
-        weight = self.filter[None, None].expand(channels, 1, 3, 3)   # (C, 1, 3, 3) depthwise
-        return F.conv2d(x, weight, padding=1, groups=channels)
-
-
 # ----------------------------------------------------------------------------------------------
 # Generators
 # ----------------------------------------------------------------------------------------------
 
+class EncoderPlan(NamedTuple):
+    """Geometry of a generator encoder, computed once by encoder_plan()."""
+    dims: List[int]       # channels after from_rgb, then after each downsampling block (num_down + 1)
+    channels: List[int]   # output channels of every encoder block
+    sizes: List[int]      # output height (= width) of every encoder block
+
+    @property
+    def num_blocks(self):
+        return len(self.channels)
+
+    @property
+    def num_down(self):
+        return len(self.dims) - 1
+
+
+def encoder_plan(arch, img_size, base_dim=None, max_conv_dim=512):
+    """Channels and output sizes of the encoder blocks of `arch` at `img_size`.
+
+    stargan-v2: log2(S)-4 downsampling ResBlks, then 2 bottleneck ResBlks
+    (the bottleneck is 16x16 at every size). hsrc: 2 strided-conv blocks,
+    then 4 bottleneck ResBlks at S/4. Channels double per downsampling block
+    from base_dim (default_base_dim(S) when None), capped at max_conv_dim.
+    """
+    if arch == 'stargan-v2':
+        # floor(log2), so that invalid sizes (rejected by the config) still get a plan for its messages
+        num_down, num_neck = max(0, img_size.bit_length() - 5), 2
+    elif arch == 'hsrc':
+        num_down, num_neck = 2, 4
+    else:
+        raise ValueError(f'unknown generator architecture {arch!r}; available: {", ".join(ARCHS)}')
+    dims = [base_dim or default_base_dim(img_size)]
+    for _ in range(num_down):
+        dims.append(min(dims[-1] * 2, max_conv_dim))
+    sizes = [img_size // 2 ** (i + 1) for i in range(num_down)]
+    neck_size = img_size // 2 ** num_down
+    return EncoderPlan(dims, dims[1:] + [dims[-1]] * num_neck, sizes + [neck_size] * num_neck)
+
+
 class Encoding(NamedTuple):
     """Style-free result of Generator.run_encoder, reusable for any number of styles."""
     h: torch.Tensor                   # (B, C_bottleneck, S_b, S_b)
-    cache: Dict[int, torch.Tensor]    # encoder inputs by spatial size, for the FAN-mask skips
     feats: List[torch.Tensor]         # outputs of the tapped encoder blocks, in tap order
+
+
+def _reject_w_hpf(w_hpf):
+    # Upstream's FAN high-pass skips (w_hpf > 0, its 2020 CelebA-HQ model) are not implemented.
+    if w_hpf != 0:
+        raise ValueError(f'w_hpf={w_hpf}: the FAN high-pass path is not supported; use w_hpf=0')
 
 
 class _EncoderDecoder(nn.Module):
     """Shared forward logic of both generator architectures.
 
-    Subclasses create from_rgb, encode, decode, to_rgb (and hpf when w_hpf > 0)
-    in that order, which is the upstream registration order.
+    Subclasses create from_rgb, encode, decode, to_rgb in that order, which is
+    the upstream registration order, and keep their EncoderPlan as self.plan.
     """
-    img_size: int
-    w_hpf: float
+    plan: EncoderPlan
 
     def run_encoder(self, x, taps=()):
         """Run from_rgb and the encoder once; keep the outputs of the blocks listed in taps."""
         x = self.from_rgb(x)
-        cache, feats = {}, {}
+        feats = {}
         for i, block in enumerate(self.encode):
-            if self.w_hpf > 0 and x.size(2) in (32, 64, 128):
-                cache[x.size(2)] = x
             x = block(x)
             if i in taps:
                 feats[i] = x
-        return Encoding(x, cache, [feats[i] for i in taps])
+        return Encoding(x, [feats[i] for i in taps])
 
-    def run_decoder(self, enc, s, masks=None):
-        """Decode an Encoding with style s (B or 1, style_dim); masks are the FAN heatmaps."""
+    def run_decoder(self, enc, s):
+        """Decode an Encoding with style s (B or 1, style_dim)."""
         x = enc.h
         for block in self.decode:
             x = block(x, s)
-            if masks is not None and x.size(2) in (32, 64, 128):
-                mask = masks[0] if x.size(2) == 32 else masks[1]
-                mask = F.interpolate(mask, size=x.size(2), mode='bilinear')
-                x = x + self.hpf(mask * enc.cache[x.size(2)])
         return self.to_rgb(x)
 
-    def forward(self, x, s, masks=None):
-        return self.run_decoder(self.run_encoder(x), s, masks)
+    def forward(self, x, s):
+        return self.run_decoder(self.run_encoder(x), s)
 
     def tap_channels(self, taps):
         """Output channels of the given encoder blocks (known at construction)."""
-        return [self._block_channels[i] for i in taps]
-
-    def tap_sizes(self, taps):
-        """Output spatial size of the given encoder blocks."""
-        return [self._block_sizes[i] for i in taps]
+        return [self.plan.channels[i] for i in taps]
 
     def _make_to_rgb(self, dim):
         # No tanh: the output is unbounded as upstream and only clamped when saved.
@@ -223,30 +233,26 @@ class _EncoderDecoder(nn.Module):
 
 
 class Generator(_EncoderDecoder):
-    """Official StarGAN v2 generator: log2(S)-4 (+1 with w_hpf) down/up stages, 2 bottleneck blocks."""
+    """Official StarGAN v2 generator: log2(S)-4 down/up stages, 2 bottleneck blocks.
+
+    w_hpf is kept for upstream's signature; only 0 is supported.
+    """
 
     def __init__(self, img_size=256, style_dim=64, max_conv_dim=512, w_hpf=0, base_dim=None):
         super().__init__()
-        self.img_size, self.w_hpf = img_size, w_hpf
-        dim_in = base_dim or default_base_dim(img_size)
-        self.from_rgb = nn.Conv2d(3, dim_in, 3, 1, 1)
-        repeat_num = _log2(img_size) - 4 + (1 if w_hpf > 0 else 0)
-        dims = [dim_in]
-        for _ in range(repeat_num):
-            dims.append(min(dims[-1] * 2, max_conv_dim))
+        _reject_w_hpf(w_hpf)
+        self.img_size = img_size
+        self.plan = plan = encoder_plan('stargan-v2', img_size, base_dim, max_conv_dim)
+        dims = plan.dims
+        self.from_rgb = nn.Conv2d(3, dims[0], 3, 1, 1)
         down = [ResBlk(a, b, normalize=True, downsample=True) for a, b in zip(dims[:-1], dims[1:])]
-        neck = [ResBlk(dims[-1], dims[-1], normalize=True) for _ in range(2)]
+        neck = [ResBlk(dims[-1], dims[-1], normalize=True) for _ in range(plan.num_blocks - plan.num_down)]
         self.encode = nn.ModuleList(down + neck)
-        # The decoder mirrors the encoder: 2 bottleneck blocks, then upsampling back to dim_in.
-        up = [AdainResBlk(b, a, style_dim, w_hpf, upsample=True) for a, b in zip(dims[:-1], dims[1:])]
-        neck_dec = [AdainResBlk(dims[-1], dims[-1], style_dim, w_hpf) for _ in range(2)]
+        # The decoder mirrors the encoder: the bottleneck blocks, then upsampling back to dims[0].
+        up = [AdainResBlk(b, a, style_dim, upsample=True) for a, b in zip(dims[:-1], dims[1:])]
+        neck_dec = [AdainResBlk(dims[-1], dims[-1], style_dim) for _ in neck]
         self.decode = nn.ModuleList(neck_dec + up[::-1])
-        self.to_rgb = self._make_to_rgb(dim_in)
-        if w_hpf > 0:
-            self.hpf = HighPass(w_hpf)
-        sizes = [img_size // 2 ** (i + 1) for i in range(repeat_num)]
-        self._block_sizes = sizes + [sizes[-1]] * 2
-        self._block_channels = dims[1:] + [dims[-1]] * 2
+        self.to_rgb = self._make_to_rgb(dims[0])
 
 
 class HSRCGenerator(_EncoderDecoder):
@@ -254,50 +260,45 @@ class HSRCGenerator(_EncoderDecoder):
 
     Two strided-conv downsampling blocks, four bottleneck ResBlks, four AdaIN
     ResBlks and two style-free upsampling ConvBlks; no skip connections.
+    w_hpf is kept for the common signature; only 0 is supported.
     """
 
     def __init__(self, img_size=256, style_dim=64, max_conv_dim=512, w_hpf=0, base_dim=None):
         super().__init__()
-        self.img_size, self.w_hpf = img_size, w_hpf
-        dim_in = base_dim or default_base_dim(img_size)
-        self.from_rgb = nn.Conv2d(3, dim_in, 3, 1, 1)
-        dims = [dim_in]
-        for _ in range(2):
-            dims.append(min(dims[-1] * 2, max_conv_dim))
+        _reject_w_hpf(w_hpf)
+        self.img_size = img_size
+        self.plan = plan = encoder_plan('hsrc', img_size, base_dim, max_conv_dim)
+        dims = plan.dims
+        self.from_rgb = nn.Conv2d(3, dims[0], 3, 1, 1)
         down = [ConvBlk(a, b) for a, b in zip(dims[:-1], dims[1:])]
-        neck = [ResBlk(dims[-1], dims[-1], normalize=True) for _ in range(4)]
+        neck = [ResBlk(dims[-1], dims[-1], normalize=True) for _ in range(plan.num_blocks - plan.num_down)]
         self.encode = nn.ModuleList(down + neck)
-        neck_dec = [AdainResBlk(dims[-1], dims[-1], style_dim, w_hpf) for _ in range(4)]
+        neck_dec = [AdainResBlk(dims[-1], dims[-1], style_dim) for _ in neck]
         up = [ConvBlk(b, a, upsample=True) for a, b in zip(dims[:-1], dims[1:])]
         self.decode = nn.ModuleList(neck_dec + up[::-1])
-        self.to_rgb = self._make_to_rgb(dim_in)
-        if w_hpf > 0:
-            self.hpf = HighPass(w_hpf)
-        self._block_sizes = [img_size // 2, img_size // 4] + [img_size // 4] * 4
-        self._block_channels = dims[1:] + [dims[-1]] * 4
+        self.to_rgb = self._make_to_rgb(dims[0])
 
 
 def default_taps(arch, img_size, w_hpf=0):
     """Encoder blocks whose outputs feed the patch losses when --nce_layers is not given.
 
     hsrc: as the release, every encoder block with a 64x64 output (blocks 1-5 at
-    256 px, block 0 at 128 px); sizes where none exists use the bottleneck blocks.
+    256 px, block 0 at 128 px); sizes where none exists use the blocks at the
+    bottleneck resolution (1-5).
     stargan-v2: up to three downsampling blocks (finest first) plus the last
     bottleneck block, i.e. 128/64/32/16 px at 256 px.
+    w_hpf is accepted for compatibility and ignored (only 0 is supported).
     """
+    plan = encoder_plan(arch, img_size)
     if arch == 'hsrc':
-        sizes = [img_size // 2, img_size // 4] + [img_size // 4] * 4
-        taps = [i for i, s in enumerate(sizes) if s == 64]
-        return taps or [1, 2, 3, 4, 5]
-    repeat_num = _log2(img_size) - 4 + (1 if w_hpf > 0 else 0)
-    return sorted(set(list(range(min(3, repeat_num))) + [repeat_num + 1]))
+        taps = [i for i, s in enumerate(plan.sizes) if s == 64]
+        return taps or [i for i, s in enumerate(plan.sizes) if s == plan.sizes[-1]]
+    return sorted(set(range(min(3, plan.num_down))) | {plan.num_blocks - 1})
 
 
 def num_encoder_blocks(arch, img_size, w_hpf=0):
-    """Number of blocks in Generator.encode for the architecture."""
-    if arch == 'hsrc':
-        return 6
-    return _log2(img_size) - 4 + (1 if w_hpf > 0 else 0) + 2
+    """Number of blocks in Generator.encode for the architecture (w_hpf: ignored, only 0 is supported)."""
+    return encoder_plan(arch, img_size).num_blocks
 
 
 # ----------------------------------------------------------------------------------------------
@@ -325,10 +326,13 @@ class MappingNetwork(nn.Module):
                           nn.Linear(hidden_dim, style_dim))
             for _ in range(num_domains))
 
-    def forward(self, z, y):
+    def all_styles(self, z):
+        """Style codes of every domain: z (B, latent_dim) -> (B, num_domains, style_dim)."""
         h = self.shared(z)
-        out = torch.stack([head(h) for head in self.unshared], dim=1)  # (B, num_domains, style_dim)
-        return _select_domain(out, y)                                  # (B, style_dim)
+        return torch.stack([head(h) for head in self.unshared], dim=1)
+
+    def forward(self, z, y):
+        return _select_domain(self.all_styles(z), y)   # (B, style_dim)
 
 
 def _trunk(img_size, base_dim, max_conv_dim):

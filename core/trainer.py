@@ -12,7 +12,6 @@ Two things differ from upstream for speed, with the same mathematics:
 """
 import contextlib
 import os
-import warnings
 
 import torch
 from munch import Munch
@@ -243,40 +242,94 @@ def with_domain_names(cfg):
     return cfg.replace(domain_names=tuple(tree.names))
 
 
-def train(cfg):
-    """Train from scratch or resume (--resume_iter N | latest) until --total_iters."""
+class StepHook:
+    """Callbacks of train(); this base class does nothing.
+
+    start(run, device) runs once before the first iteration, with everything
+    built and loaded; before(step) once the step's batch is fetched; after(step,
+    stats) right after train_step, before logging and saving. stats holds
+    device tensors: reading them waits for the device, so a hook that does not
+    need the values should not touch them.
+    """
+
+    def start(self, run, device):
+        pass
+
+    def before(self, step):
+        pass
+
+    def after(self, step, stats):
+        pass
+
+
+def train(cfg, hook=None):
+    """Train from scratch or resume (--resume_iter N | latest) until --total_iters.
+
+    Under torchrun every process runs this on its part of each batch; rank 0
+    alone writes files. hook: an optional StepHook called around every
+    iteration (bench/ablation.py times the steps).
+    """
     cfg = with_domain_names(cfg)
-    device = resolve_device(cfg.device)
+    rt = distributed.setup(cfg)
+    try:
+        return _train(cfg, rt, hook or StepHook())
+    finally:
+        distributed.shutdown()
+
+
+def _train(cfg, rt, hook):
+    device, writer = rt.device, rt.rank == 0
     start = resolve_start_step(cfg)
-    run = build_training(cfg, device)
+    run = build_training(cfg, rt)
     if start > 0:
         load_training_state(cfg.checkpoint_dir, start, run.nets, run.nets_ema, run.optims, cfg)
-    os.makedirs(cfg.checkpoint_dir, exist_ok=True)
-    atomic_write_text(os.path.join(cfg.checkpoint_dir, 'config.json'), cfg.to_json() + '\n')
+    distributed.broadcast_modules(list(run.nets.values()) + list(run.nets_ema.values()))
+    if writer:
+        os.makedirs(cfg.checkpoint_dir, exist_ok=True)
+        atomic_write_text(os.path.join(cfg.checkpoint_dir, 'config.json'), cfg.to_json() + '\n')
+        print(f'train: {rt.world_size} process(es) on {device.type}, global batch {cfg.batch_size}, '
+              f'precision {"fp32" if rt.amp_dtype is None else cfg.amp}')
     if start >= cfg.total_iters:
         return start
-    val = load_val_batch(cfg, device)
-    batches = make_train_iterator(cfg, start, device)
-    logger = RunLogger(cfg.checkpoint_dir, start, cfg.total_iters)
+    val = load_val_batch(cfg, device) if writer else None
+    batches = make_train_iterator(cfg, start, device, rt.rank, rt.world_size)
+    logger = RunLogger(cfg.checkpoint_dir, start, cfg.total_iters) if writer else None
     saved = start
     try:
+        hook.start(run, device)
         for step in range(start, cfg.total_iters):
-            stats = train_step(run, cfg, next(batches), step, device)
+            batch = next(batches)
+            hook.before(step)
+            stats = train_step(run, cfg, batch, step, device)
+            hook.after(step, stats)
             done = step + 1   # files and logs count completed iterations, as upstream
-            logger.advance()
-            if _every(done, cfg.print_every):
-                logger.log(done, {**stats, **schedule_stats(cfg, step)})
-            if _every(done, cfg.sample_every):
+            if writer:
+                logger.advance()
+            if _every(done, cfg.print_every):   # every process joins the average; rank 0 writes it
+                values = distributed.mean_over_processes({**stats, **schedule_stats(cfg, step)})
+                if writer:
+                    logger.log(done, values)
+            if writer and _every(done, cfg.sample_every):
                 logger.images(done, debug_image(run.nets_ema, cfg, val, done, device))
             if _every(done, cfg.save_every):
-                save_training_state(cfg.checkpoint_dir, done, run.nets, run.nets_ema, run.optims, cfg)
+                if writer:
+                    save_training_state(cfg.checkpoint_dir, done, run.nets, run.nets_ema, run.optims, cfg)
                 saved = done
             if _every(done, cfg.eval_every):
-                from metrics.eval import evaluate_nets   # the metric networks load only when used
-                logger.log(done, evaluate_nets(run.nets_ema, cfg, done, device))
-        if saved != cfg.total_iters:
+                evaluate_during_training(run, cfg, done, device, logger)
+        if saved != cfg.total_iters and writer:
             save_training_state(cfg.checkpoint_dir, cfg.total_iters, run.nets, run.nets_ema, run.optims, cfg)
+        distributed.barrier()   # nobody leaves before the last checkpoint is written
     finally:
         batches.close()
-        logger.close()
+        if writer:
+            logger.close()
     return cfg.total_iters
+
+
+def evaluate_during_training(run, cfg, step, device, logger):
+    """--eval_every: FID/LPIPS of the EMA networks (rank 0 evaluates; the others wait)."""
+    from metrics.eval import evaluate_nets   # the metric networks load only when used
+    if logger is not None:
+        logger.log(step, evaluate_nets(run.nets_ema, cfg, step, device))
+    distributed.barrier()

@@ -73,7 +73,8 @@ def test_tiny_ablation_end_to_end(tmp_path, monkeypatch, capsys):
     assert broken['status'].startswith('failed: error: --val_img_dir') and broken['domain_acc'] == ''
     assert calls == [(('put', 1.0),)]                       # only finished runs are scored
     assert (out / 'runs' / 'put' / 'checkpoints' / '000003_nets_ema.ckpt').is_file()
-    assert (out / 'runs' / 'put' / 'checkpoints' / 'stats.jsonl').read_text().count('\n') == 3
+    stats_jsonl = (out / 'runs' / 'put' / 'checkpoints' / 'stats.jsonl').read_text()
+    assert stats_jsonl.count('\n') == 3 and '"lambda_ds"' in stats_jsonl   # logged by core.trainer.train
     md = (out / 'ablation.md').read_text()
     assert '| put | put=1 |' in md and 'extra flags: --n_patch 8' in md
     assert '[1/2] put: ok' in capsys.readouterr().out

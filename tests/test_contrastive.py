@@ -533,9 +533,9 @@ def test_shared_flags_are_checked_by_the_config_not_by_the_plugins():
     for name in OUR_LOSSES:
         assert contrastive.get(name).validate(bad) == []
     with pytest.raises(ConfigError, match='--nce_T must be > 0'):
-        parse_config(['--mode', 'train', '--nce_T', '0'], check_paths=False)
+        parse_config(['--mode', 'train', '--nce_T', '0'])
     with pytest.raises(ConfigError, match='--gamma_start and --gamma_end'):
-        parse_config(['--mode', 'train', '--gamma_end', '0'], check_paths=False)
+        parse_config(['--mode', 'train', '--gamma_end', '0'])
 
 
 # Flags that break several checks at once, and plug-ins that share flags (fsesim, lsesim) or
@@ -546,8 +546,10 @@ ERROR_FLAGS = {
                     ['--nce_T must be > 0', '--gamma_start and --gamma_end must be > 0']),
     'shared_plugin_flags': (['--patch_loss', 'fsesim=1', '--patch_loss', 'lsesim=1', '--sesim_keep', '0',
                              '--sesim_features', 'vgg16', '--query_side', 'real', '--cyc_mode', 'identity'],
-                            ['--sesim_keep must be in', '--sesim_features vgg16 needs --query_side fake',
-                             '--sesim_features vgg16: missing weight file']),
+                            ['--sesim_keep must be in', '--sesim_features vgg16 needs --query_side fake']),
+    # files are checked once the values are right
+    'shared_plugin_files': (['--patch_loss', 'fsesim=1', '--patch_loss', 'lsesim=1', '--sesim_features', 'vgg16'],
+                            ['--sesim_features vgg16: missing weight file']),
 }
 
 

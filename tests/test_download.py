@@ -34,3 +34,14 @@ def test_metric_weights_reject_a_file_with_the_wrong_hash(tmp_path):
     assert result.returncode == 1
     assert result.stdout.count('already there') == 3            # nothing is downloaded again
     assert 'does not match its SHA-256' in result.stderr and 'bash download.sh metric-weights' in result.stderr
+
+
+def test_the_celeba_hq_network_is_refused_and_not_listed():
+    """It needs --w_hpf 1 (the FAN high-pass path), which is not implemented: fail before any download."""
+    for target in ('pretrained-stargan-v2-celeba-hq', 'pretrained-network-celeba-hq'):
+        result = run(target)
+        assert result.returncode == 1 and 'downloading' not in result.stdout
+        assert f'error: {target} is not offered' in result.stderr and '--w_hpf 1' in result.stderr
+    usage = run('help').stdout
+    assert 'celeba-hq-dataset' in usage and 'pretrained-stargan-v2-afhq' in usage
+    assert 'pretrained-stargan-v2-celeba-hq' not in usage and 'pretrained-network-celeba-hq' not in usage

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from core.checkpoint import CheckpointError, load_modules
-from core.model import (Discriminator, Generator, HSRCGenerator, MappingNetwork, StyleEncoder,
-                        build_nets, default_taps, he_init)
+from core.model import (ARCHS, Discriminator, EncoderPlan, Generator, HSRCGenerator, MappingNetwork,
+                        StyleEncoder, build_generator, build_nets, default_taps, encoder_plan, he_init,
+                        num_encoder_blocks)
 
 # reference-stargan-v2.md §3.2-3.9 (printed from the official modules)
 OFFICIAL_G_256 = {
@@ -55,21 +56,17 @@ def test_official_generator_keys_shapes_and_size():
     assert [k for k in shapes if k.startswith('encode.0.')][-1] == 'encode.0.conv1x1.weight'
 
 
-@pytest.mark.parametrize('size,plain,hpf', [(128, 33_632_003, 43_206_403), (512, 33_964_099, 43_538_499)])
-def test_official_generator_sizes(size, plain, hpf):
+@pytest.mark.parametrize('size,plain', [(128, 33_632_003), (512, 33_964_099)])
+def test_official_generator_sizes(size, plain):
     assert _count(Generator(size, 64, 512, 0)) == plain
-    assert _count(Generator(size, 64, 512, 1)) == hpf
 
 
-def test_high_pass_generator_layout():
-    g = Generator(256, 64, 512, w_hpf=1)
-    shapes = _shapes(g)
-    assert len(shapes) == 125 and _count(g) == 43_467_395
-    assert shapes['hpf.filter'] == (3, 3) and 'encode.6.conv1.weight' in shapes
-    x, s = torch.randn(1, 3, 256, 256), torch.randn(1, 64)
-    masks = [torch.rand(1, 1, 256, 256), torch.rand(1, 1, 256, 256)]
-    with torch.no_grad():
-        assert g(x, s, masks).shape == (1, 3, 256, 256)
+@pytest.mark.parametrize('cls', [Generator, HSRCGenerator])
+def test_the_high_pass_path_is_refused(cls):
+    """w_hpf > 0 (upstream's FAN high-pass skips) is not implemented, so it must not build silently."""
+    with pytest.raises(ValueError, match='FAN high-pass'):
+        cls(32, 16, 32, w_hpf=1, base_dim=8)
+    assert not any('hpf' in k for k in _shapes(cls(32, 16, 32, w_hpf=0, base_dim=8)))
 
 
 def test_hsrc_generator_keys_and_size():
@@ -107,6 +104,45 @@ def test_heads_pick_the_requested_domain():
     assert torch.allclose(d(x, y), d.main(x).flatten(1)[torch.arange(5), y])
 
 
+def test_all_styles_equals_forward_for_every_domain():
+    torch.manual_seed(0)
+    f = MappingNetwork(8, 4, 3, hidden_dim=16).apply(he_init)
+    z = torch.randn(5, 8)
+    styles = f.all_styles(z)
+    assert styles.shape == (5, 3, 4)
+    for d in range(3):
+        assert torch.equal(styles[:, d], f(z, torch.full((5,), d)))
+    assert not torch.equal(styles[:, 0], styles[:, 1])
+
+
+def _alone_and_in_a_batch(net, x, *rest):
+    """Output for image 0 computed alone, and computed beside the other images of the batch."""
+    with torch.no_grad():
+        return net(x[:1], *[r[:1] for r in rest])[0], net(x, *rest)[0]
+
+
+@pytest.mark.parametrize('arch', ARCHS)
+def test_networks_treat_every_image_of_a_batch_independently(arch):
+    """Instance norm and per-sample heads: an image's output does not depend on its batch mates (eval mode)."""
+    torch.manual_seed(0)
+    g = build_generator(arch, 32, 8, 32, 0, 8).apply(he_init).eval()
+    e = StyleEncoder(32, 8, 3, max_conv_dim=32, base_dim=8).apply(he_init).eval()
+    d = Discriminator(32, 3, max_conv_dim=32, base_dim=8).apply(he_init).eval()
+    f = MappingNetwork(4, 8, 3, hidden_dim=16).apply(he_init).eval()
+    x, y = torch.randn(3, 3, 32, 32), torch.tensor([2, 0, 1])
+    others = torch.randn(3, 3, 32, 32) * 3 + 1   # batch mates with other statistics
+    x_mixed = torch.cat([x[:1], others[1:]])
+    s = torch.randn(3, 8)
+    for net, args in ((g, (x_mixed, s)), (e, (x_mixed, y)), (d, (x_mixed, y)), (f, (torch.randn(3, 4), y))):
+        alone, batched = _alone_and_in_a_batch(net, *args)
+        assert alone.shape == batched.shape
+        assert torch.allclose(alone, batched, rtol=1e-4, atol=1e-5), type(net).__name__
+    # and the check can fail: batch statistics (train-mode batch norm) would couple the images
+    bn = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).train()
+    alone, batched = _alone_and_in_a_batch(bn, x_mixed)
+    assert not torch.allclose(alone, batched, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize('cls,taps', [(Generator, (0, 2)), (HSRCGenerator, (1, 5))])
 def test_encode_once_decode_many_equals_forward(cls, taps):
     torch.manual_seed(0)
@@ -117,14 +153,46 @@ def test_encode_once_decode_many_equals_forward(cls, taps):
     # a (1, style_dim) style broadcasts over the batch (used by the videos)
     assert torch.allclose(g.run_decoder(enc, s2), g(x, s2.expand(2, -1)), rtol=1e-5, atol=1e-5)
     assert [f.shape[1] for f in enc.feats] == g.tap_channels(taps)
-    assert [f.shape[2] for f in enc.feats] == g.tap_sizes(taps)
+    assert [f.shape[2] for f in enc.feats] == [g.plan.sizes[i] for i in taps]
 
 
 def test_default_taps():
     assert default_taps('hsrc', 256) == [1, 2, 3, 4, 5]    # every 64x64 block, as the release
     assert default_taps('hsrc', 128) == [0]
+    assert default_taps('hsrc', 32) == [1, 2, 3, 4, 5]     # no 64x64 block: the bottleneck-resolution blocks
     assert default_taps('stargan-v2', 256) == [0, 1, 2, 5]   # 128, 64, 32 px and the last bottleneck block
+    assert default_taps('stargan-v2', 64) == [0, 1, 3]
     assert default_taps('stargan-v2', 32) == [0, 2]
+
+
+def test_encoder_plan_values():
+    assert encoder_plan('stargan-v2', 256) == EncoderPlan(
+        dims=[64, 128, 256, 512, 512], channels=[128, 256, 512, 512, 512, 512], sizes=[128, 64, 32, 16, 16, 16])
+    assert encoder_plan('stargan-v2', 32) == EncoderPlan([512, 512], [512] * 3, [16] * 3)
+    assert encoder_plan('stargan-v2', 64, base_dim=8, max_conv_dim=12) == EncoderPlan([8, 12, 12], [12] * 4,
+                                                                                      [32, 16, 16, 16])
+    assert encoder_plan('hsrc', 256) == EncoderPlan([64, 128, 256], [128] + [256] * 5, [128] + [64] * 5)
+    assert encoder_plan('hsrc', 32, base_dim=8) == EncoderPlan([8, 16, 32], [16] + [32] * 5, [16] + [8] * 5)
+    assert [num_encoder_blocks('stargan-v2', s) for s in (32, 64, 128, 256, 512)] == [3, 4, 5, 6, 7]
+    assert [num_encoder_blocks('hsrc', s) for s in (32, 64, 128, 256, 512)] == [6] * 5
+    with pytest.raises(ValueError, match='unknown generator architecture'):
+        encoder_plan('unet', 256)
+
+
+@pytest.mark.parametrize('arch', ARCHS)
+@pytest.mark.parametrize('size', [32, 64, 128, 256])
+@pytest.mark.parametrize('dims', [(None, 512), (8, 32)])
+def test_encoder_plan_matches_the_built_encoder(arch, size, dims):
+    """Channels, sizes and block count of the plan are those the built generator's encoder produces."""
+    base_dim, max_conv_dim = dims
+    plan = encoder_plan(arch, size, base_dim, max_conv_dim)
+    with torch.device('meta'):   # shapes only: no memory, no arithmetic
+        g = build_generator(arch, size, 16, max_conv_dim, 0, base_dim)
+        feats = g.run_encoder(torch.empty(1, 3, size, size), range(len(g.encode))).feats
+    assert plan.num_blocks == len(g.encode) == num_encoder_blocks(arch, size)
+    assert [f.shape[1] for f in feats] == plan.channels == g.tap_channels(range(plan.num_blocks))
+    assert [(f.shape[2], f.shape[3]) for f in feats] == [(s, s) for s in plan.sizes]
+    assert g.from_rgb.out_channels == plan.dims[0]
 
 
 def test_ema_starts_equal_to_initialised_online_nets():
@@ -141,11 +209,12 @@ def test_ema_starts_equal_to_initialised_online_nets():
 
 
 def test_loading_official_layouts():
-    g = Generator(32, 16, 32, w_hpf=1, base_dim=8)
-    sd = {f'module.{k}': v for k, v in g.state_dict().items() if k != 'hpf.filter'}   # DataParallel, 2020 release
-    fresh = Generator(32, 16, 32, w_hpf=1, base_dim=8)
+    g = Generator(32, 16, 32, base_dim=8).apply(he_init)
+    sd = {f'module.{k}': v for k, v in g.state_dict().items()}   # DataParallel keys of the 2020 release
+    fresh = Generator(32, 16, 32, base_dim=8)
     load_modules({'generator': fresh}, {'generator': sd}, 'x.ckpt')
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), g.state_dict().values()))
+    bigger = {f'module.{k}': v for k, v in Generator(64, 16, 32, base_dim=8).state_dict().items()}
     with pytest.raises(CheckpointError) as err:
-        load_modules({'generator': Generator(32, 16, 32, w_hpf=0, base_dim=8)}, {'generator': sd}, 'x.ckpt')
+        load_modules({'generator': Generator(32, 16, 32, base_dim=8)}, {'generator': bigger}, 'x.ckpt')
     assert 'unexpected keys' in str(err.value) and 'encode.' in str(err.value)

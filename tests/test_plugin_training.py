@@ -203,7 +203,7 @@ def test_a_plugin_defined_in_a_test_trains_saves_resumes_and_logs(toy_plugin, se
 
 def test_a_plugin_defined_in_a_test_validates_its_own_flag_once(toy_plugin):
     with pytest.raises(ConfigError) as err:
-        parse_config(['--mode', 'train', '--patch_loss', 'toy=1', '--toy_target', '0'], check_paths=False)
+        parse_config(['--mode', 'train', '--patch_loss', 'toy=1', '--toy_target', '0'])
     assert str(err.value).count('--toy_target must be > 0') == 1
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 from munch import Munch
 
+from conftest import tiny_flags
 from core.checkpoint import (CheckpointError, atomic_save, ckpt_path, latest_step, safe_load,
                              save_training_state)
 from core.config import parse_config
@@ -12,7 +13,7 @@ from core.contrastive.objective import build_objective
 from core.losses import _semantic_loss
 from core.model import HSRCGenerator
 from core.schedules import gamma_at, lambda_ds_at
-from core.trainer import build_training, train_step, update_ema
+from core.trainer import StepHook, build_training, train, train_step, update_ema
 
 TINY = ['--mode', 'train', '--img_size', '32', '--num_domains', '3', '--base_dim', '8', '--max_conv_dim', '16',
         '--hidden_dim', '16', '--style_dim', '8', '--latent_dim', '4', '--batch_size', '2', '--n_patch', '8',
@@ -137,3 +138,31 @@ def test_latest_step_ignores_incomplete_saves(tmp_path):
     save_training_state(str(tmp_path), 4, run.nets, run.nets_ema, run.optims, cfg)
     atomic_save({'generator': {}}, ckpt_path(str(tmp_path), 8, 'nets'))   # a save killed after the first file
     assert latest_step(str(tmp_path)) == 4
+
+
+class _Recorder(StepHook):
+    def __init__(self):
+        self.calls = []
+
+    def start(self, run, device):
+        self.calls.append(('start', sorted(run.nets), device.type))
+
+    def before(self, step):
+        self.calls.append(('before', step))
+
+    def after(self, step, stats):
+        assert all(isinstance(v, torch.Tensor) for v in stats.values())   # not synced for the hook
+        self.calls.append(('after', step, sorted(stats)[:2]))
+
+
+def test_train_calls_the_hook_around_every_step_and_a_resume_only_for_the_rest(seasons32, tmp_path):
+    flags = tiny_flags(seasons32, tmp_path, '--sample_every', '0', '--save_every', '2')
+    hook = _Recorder()
+    assert train(parse_config(flags), hook) == 4
+    nets = ['discriminator', 'generator', 'mapping_network', 'patch_sample', 'style_encoder']
+    keys = ['D/latent/fake', 'D/latent/real']
+    assert hook.calls == [('start', nets, 'cpu')] + [c for s in range(4) for c in (('before', s), ('after', s, keys))]
+    cfg = parse_config(flags + ['--total_iters', '6', '--ds_iter', '6', '--resume_iter', 'latest'])
+    hook = _Recorder()
+    assert train(cfg, hook) == 6
+    assert [c for c in hook.calls if c[0] == 'before'] == [('before', 4), ('before', 5)]

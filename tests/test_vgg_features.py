@@ -14,6 +14,7 @@ from torchvision.models.vgg import cfgs, make_layers
 
 import core.contrastive as contrastive
 from conftest import tiny_flags
+from core.checks import check_inputs
 from core.config import parse_config
 from core.fileio import safe_load
 from core.contrastive import _vgg
@@ -114,7 +115,7 @@ def test_only_training_modes_check_the_requirements(weights_missing):
     flags = ['--patch_loss', 'put=1', '--put_features', 'vgg16', '--train_img_dir', '.', '--val_img_dir', '.']
     for mode, checked in (('train', True), ('demo', True), ('sample', False), ('eval', False)):
         try:
-            parse_config(['--mode', mode, '--eval_every', '0', *flags])
+            check_inputs(parse_config(['--mode', mode, '--eval_every', '0', *flags]))
             message = ''
         except UserError as err:
             message = str(err)
