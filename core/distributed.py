@@ -93,11 +93,24 @@ def _join(device_flag):
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         try:
-            dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo', timeout=TIMEOUT)
-        except (RuntimeError, ValueError) as err:
+            dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo', store=_store(rank, world_size),
+                                    rank=rank, world_size=world_size, timeout=TIMEOUT)
+        except (RuntimeError, ValueError, KeyError) as err:
             raise DistributedError(f'process {rank} of {world_size} could not join the others '
                                    f'({str(err).splitlines()[0]}); check the torchrun rendezvous flags') from None
     return device, rank, local_rank, world_size
+
+
+def _store(rank, world_size):
+    """The rendezvous key-value store, with keys of their own for each torchrun restart.
+
+    torchrun's agent keeps one store across restarts (--max-restarts); without a
+    per-attempt prefix the restarted processes would read the dead ones' addresses.
+    """
+    agent = os.environ.get('TORCHELASTIC_USE_AGENT_STORE') == 'True'   # torchrun hosts the store
+    store = dist.TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']), world_size,
+                          is_master=not agent and rank == 0, timeout=TIMEOUT)
+    return dist.PrefixStore(f'stargan/attempt_{os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")}', store)
 
 
 def active():
@@ -138,11 +151,13 @@ def average_gradients(params):
 
 
 def mean_over_processes(values):
-    """{name: scalar tensor} averaged over all processes with one all_reduce (logging steps only)."""
+    """{name: scalar (tensor or number)} averaged over all processes with one all_reduce (logging steps only)."""
     if not active() or not values:
         return values
     names = list(values)
-    flat = torch.stack([values[n].detach().float().reshape(()) for n in names])   # (n,)
+    device = next((v.device for v in values.values() if torch.is_tensor(v)), torch.device('cpu'))
+    flat = torch.stack([torch.as_tensor(values[n], dtype=torch.float32, device=device).detach().reshape(())
+                        for n in names])   # (n,)
     dist.all_reduce(flat)
     flat /= dist.get_world_size()
     return dict(zip(names, flat.unbind()))

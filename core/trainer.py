@@ -44,7 +44,7 @@ def build_training(cfg, rt):
     device = rt.device
     torch.manual_seed(cfg.seed)   # network initialisation, equal in every process
     nets, nets_ema = build_nets(cfg)
-    objective = build_objective(cfg, nets.generator)
+    objective = build_objective(cfg, nets.generator, rt.world_size)
     heads = objective.checkpoint_modules() if objective is not None else {}
     nets.update(heads)
     if objective is not None:

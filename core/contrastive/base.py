@@ -107,6 +107,10 @@ class PatchLoss(nn.Module):
     """
     name: ClassVar[str] = ''
     uses_patches: ClassVar[bool] = True
+    # True if the loss is a sum over the images of the batch rather than a mean: under several
+    # processes the objective then scales each process's part so that the gradients average to the
+    # single-process sum.
+    sums_over_images: bool = False
 
     @classmethod
     def add_arguments(cls, parser):

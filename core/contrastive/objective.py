@@ -15,9 +15,10 @@ from core.contrastive.sampler import PatchSampler
 class PatchObjective(nn.Module):
     """sum_name lambda_name * loss_name(feat_q, feat_k) + aux_name over the configured plug-ins."""
 
-    def __init__(self, terms, cfg, feat_channels):
+    def __init__(self, terms, cfg, feat_channels, world_size=1):
         super().__init__()
         self.weights = dict(terms)
+        self.world_size = world_size   # processes sharing each batch (see PatchLoss.sums_over_images)
         self.taps = cfg.nce_layers   # the encoder blocks whose features feed every plug-in
         self.n_patch = cfg.n_patch
         self.losses = nn.ModuleDict(
@@ -34,7 +35,16 @@ class PatchObjective(nn.Module):
         return modules
 
     def forward(self, feat_q, feat_k, x_q, x_k, step, generator=None):
-        """Returns (weighted total, {name: unweighted value, name/extra: value}) of detached stats."""
+        """Returns (weighted total, {name: unweighted value, name/extra: value}) of detached stats.
+
+        Computed in fp32 even inside an autocast region: relation losses compare
+        softmaxed similarities, which half precision rounds away.
+        """
+        with torch.autocast(x_q.device.type, enabled=False):
+            return self._forward([f.float() for f in feat_q], [f.float() for f in feat_k],
+                                 x_q.float(), x_k.float(), step, generator)
+
+    def _forward(self, feat_q, feat_k, x_q, x_k, step, generator):
         # The one place the key side is cut from the graph; plug-ins rely on it (see PatchInputs).
         feat_k = [f.detach() for f in feat_k]
         patch_q = patch_k = None
@@ -49,6 +59,8 @@ class PatchObjective(nn.Module):
         total, stats = 0.0, {}
         for name, loss_fn in self.losses.items():
             value, extra, aux = unpack_output(loss_fn(inp))
+            if loss_fn.sums_over_images:
+                value = value * self.world_size   # this process's sum, scaled so the average over processes is the sum
             total = total + self.weights[name] * value
             if aux is not None:
                 total = total + aux   # trains the plug-in's own parameters: not scaled by its weight
@@ -62,8 +74,11 @@ def tapped_layers(objective):
     return objective.taps if objective is not None else ()
 
 
-def build_objective(cfg, generator):
-    """The PatchObjective of cfg.patch_losses on cfg.nce_layers, or None when no loss is active."""
+def build_objective(cfg, generator, world_size=1):
+    """The PatchObjective of cfg.patch_losses on cfg.nce_layers, or None when no loss is active.
+
+    world_size: the number of processes that share each batch.
+    """
     if not cfg.patch_losses:
         return None
-    return PatchObjective(cfg.patch_losses, cfg, generator.tap_channels(cfg.nce_layers))
+    return PatchObjective(cfg.patch_losses, cfg, generator.tap_channels(cfg.nce_layers), world_size)

@@ -16,6 +16,7 @@ class SRCLoss(PatchLoss):
     def __init__(self, reduction='sum'):
         super().__init__()
         self.reduction = reduction
+        self.sums_over_images = reduction == 'sum'
 
     @classmethod
     def from_config(cls, cfg, feat_channels):
