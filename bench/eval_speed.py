@@ -36,9 +36,11 @@ from core import weights as W  # noqa: E402
 from core.config import parse_config  # noqa: E402
 from core.model import EMA_NETS, build_nets  # noqa: E402
 from core.synthetic import make_dataset  # noqa: E402
-from metrics.eval import build_eval_tools, evaluate_nets  # noqa: E402
-from metrics.fid import fid_given_paths  # noqa: E402
+from metrics.eval import evaluate_nets  # noqa: E402
+from metrics.fid import FID, fid_given_paths  # noqa: E402
 from metrics.inception import random_init  # noqa: E402
+from metrics.lpips import LPIPSDiversity  # noqa: E402
+from metrics.registry import build_metrics  # noqa: E402
 
 STEP = 100000
 
@@ -153,7 +155,7 @@ def run_official(args, work, cfg, features, ckpt):
     return json.loads(result.stdout.strip().splitlines()[-1])['seconds'], spec['args']['eval_dir']
 
 
-def compare_fids(eval_dir, cfg, tools):
+def compare_fids(eval_dir, cfg, extractor):
     """Official FIDs of the reference pass vs metrics.fid on the same PNGs: the largest relative difference."""
     with open(os.path.join(eval_dir, f'FID_{STEP:05d}_reference.json')) as f:
         official = json.load(f)
@@ -164,7 +166,7 @@ def compare_fids(eval_dir, cfg, tools):
             continue
         trg = task.split('2')[1]
         ours = fid_given_paths([os.path.join(cfg.train_img_dir, trg), os.path.join(eval_dir, task)], cfg.img_size,
-                               cfg.val_batch_size, extractor=tools.fid['stargan-v2'])
+                               cfg.val_batch_size, extractor=extractor)
         worst = max(worst, abs(ours - value) / abs(value))
     return worst
 
@@ -183,16 +185,19 @@ def main(argv=None):
     ckpt = os.path.join(work, f'{STEP:06d}_nets_ema.ckpt')
     torch.save({name: nets[name].state_dict() for name in EMA_NETS}, ckpt)
     features = random_feature_weights(os.path.join(work, 'weights'))
-    tools = build_eval_tools(cfg, 'cpu')
+    fid, lpips = build_metrics(cfg, 'cpu')   # the default --metrics fid,lpips, networks loaded once
+
+    def ours():   # fresh metric objects (no real statistics held in memory) on the loaded networks
+        return evaluate_nets(nets, cfg, STEP, 'cpu', [FID(cfg, 'cpu', fid.extractors), LPIPSDiversity(lpips.model)])
     print(f'{args.num_train} train / {args.num_val} val images per domain, 4 domains, {args.img_size} px, '
           f'{args.num_outs} outputs per source, random-weight networks, CPU, {torch.get_num_threads()} thread(s)')
-    cold, _ = timed('ours, empty statistics cache', lambda: evaluate_nets(nets, cfg, STEP, 'cpu', tools))
-    warm, _ = timed('ours, cached real statistics', lambda: evaluate_nets(nets, cfg, STEP, 'cpu', tools))
+    cold, _ = timed('ours, empty statistics cache', ours)
+    warm, _ = timed('ours, cached real statistics', ours)
     line = f'ours_cold_s={cold:.1f} ours_warm_s={warm:.1f}'
     if args.official:
         official, eval_dir = run_official(args, work, cfg, features, ckpt)
         print(f'official loop: {official:.1f} s')
-        worst = compare_fids(eval_dir, cfg, tools)
+        worst = compare_fids(eval_dir, cfg, fid.extractors['stargan-v2'])
         print(f'official FIDs recomputed by metrics.fid from its PNGs: largest relative difference {worst:.2e}')
         line += f' official_s={official:.1f} speedup_cold={official / cold:.1f} speedup_warm={official / warm:.1f}'
     print(line)

@@ -304,6 +304,10 @@ def _add_eval_flags(p):
                    help='stargan-v2: the official StarGAN v2 FID (torchvision Inception; comparable with the '
                         'StarGAN v2 and SRC papers); standard: the TF-Inception FID of pytorch-fid and '
                         'torch-fidelity (comparable with the wider literature); both: one file each')
+    g.add_argument('--metrics', default='fid,lpips',
+                   type=lambda names: tuple(n.strip() for n in names.split(',') if n.strip()),
+                   help='comma-separated metrics to compute (metrics.registry): fid, lpips, domain_acc, structure, '
+                        'or any registered one; names are checked before the run starts')
     g.add_argument('--save_eval_images', action='store_true',
                    help='also write the generated images to eval_dir/<latent|reference>/<src>2<trg>/ as PNG')
     g.add_argument('--fid_stats_dir', default='expr/fid_stats',
@@ -409,7 +413,7 @@ def evaluates(cfg):
 
 def _eval_errors(cfg):
     errs = []
-    if evaluates(cfg) and cfg.num_outs_per_domain < 2:
+    if evaluates(cfg) and 'lpips' in cfg.metrics and cfg.num_outs_per_domain < 2:
         errs.append('--num_outs_per_domain must be at least 2 for the LPIPS diversity (10 in the papers)')
     if cfg.val_per_domain is not None and cfg.val_per_domain < 1:
         errs.append('--val_per_domain must be at least 1')

@@ -1,43 +1,23 @@
-"""--mode eval and --eval_every: FID and LPIPS of latent- and reference-guided translations.
+"""--mode eval and --eval_every: the metrics selected by --metrics (metrics.registry) over every task.
 
 The protocol of StarGAN v2 (and of the SRC paper's Table 2), per mode m in
 {latent, reference} and task <src>2<trg> (every ordered pair of domains):
-  * every val image of src is translated num_outs_per_domain (10) times into
-    trg, with random styles F(z, trg) (latent) or the styles E(x_ref, trg) of
-    val images of trg (reference; each output of each source its own reference);
-  * LPIPS: the mean distance over all pairs of a source's outputs, averaged
-    over sources, then over tasks;
-  * FID: the outputs against all *training* images of trg, then the mean over tasks.
-Files in --eval_dir, with upstream's names and keys:
-  LPIPS_{step:05d}_{m}.json       LPIPS_{m}/<src>2<trg>, LPIPS_{m}/mean
-  FID_{step:05d}_{m}.json         FID_{m}/<src>2<trg>, FID_{m}/mean  (--fid_protocol stargan-v2)
-  FID_standard_{step:05d}_{m}.json  the same keys                   (--fid_protocol standard)
-Each FID file also holds "protocol" and "feature_network", each LPIPS file "network".
-
-Fixes of the upstream loop: fakes stay in memory (PNG files only with
---save_eval_images, one folder per mode, eval_dir/<m>/<src>2<trg>/, so the
-reference pass no longer wipes the latent one); sources are read in file
-order and every z and reference choice comes from --seed, so equal seeds give
-equal numbers; a target with fewer val images than --val_batch_size works;
-the feature networks are built once; real statistics are cached
-(metrics.stats_cache); it runs on the CPU. Differences in the numbers: LPIPS
-averages over sources (upstream averages per batch, so a smaller last batch
-weighs more; equal when the val count is a multiple of --val_batch_size), and
-the Frechet distance uses an eigen-decomposition instead of scipy's sqrtm
-(equal up to rounding, see metrics.fid.frechet_distance). Images are read as
-for training (core.data_loader.load_rgb: EXIF orientation applied, transparency
-composited onto white, every image extension), where upstream only converts
-.png/.jpg/.jpeg/.JPG files to RGB; ordinary RGB photos are read identically.
+every val image of src is translated num_outs_per_domain (10) times into trg,
+with random styles F(z, trg) (latent) or the styles E(x_ref, trg) of val images
+of trg (reference; each output of each source its own reference). The outputs
+of a task are generated once, in batches, and every selected metric sees each
+batch; each metric then writes one file per result series and mode
+(e.g. FID_{step:05d}_{m}.json, LPIPS_{step:05d}_{m}.json, as upstream) and the
+means are returned. The README's evaluation section lists the metrics, the
+files and the differences from upstream's loop.
 """
 import json
 import os
-import re
 import shutil
 import time
 
 import numpy as np
 import torch
-from munch import Munch
 from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -49,23 +29,11 @@ from core.images import DataError, check_images, domain_tree, list_images
 from core.inference import load_model, style_codes, translate_styles
 from core.manifest import verify_manifest
 from core.seeding import STREAM_EVAL, step_generator
-from metrics.fid import build_fid_extractors, feature_stats, frechet_distance, quantize
-from metrics.lpips import LPIPS_NAME, build_lpips, lpips_diversity
-from metrics.stats_cache import real_statistics
+from metrics.fid import quantize
+from metrics.registry import Batch, Task, build_metrics
 
 EVAL_MODES = ('latent', 'reference')
 STYLE_CHUNK = 256   # reference images per style-encoder batch
-
-
-def fid_file_name(protocol, step, mode):
-    """Upstream's FID_{step:05d}_{mode}.json for the stargan-v2 protocol; FID_standard_... otherwise."""
-    prefix = 'FID' if protocol == 'stargan-v2' else 'FID_standard'
-    return f'{prefix}_{step:05d}_{mode}.json'
-
-
-def lpips_file_name(step, mode):
-    """Upstream's LPIPS_{step:05d}_{mode}.json."""
-    return f'LPIPS_{step:05d}_{mode}.json'
 
 
 def write_json(path, values):
@@ -76,15 +44,6 @@ def write_json(path, values):
 # ----------------------------------------------------------------------------------------------
 # Set-up shared by both modes
 # ----------------------------------------------------------------------------------------------
-
-def build_eval_tools(cfg, device, pretrained=True):
-    """The feature networks of one evaluation: LPIPS and one Inception per FID protocol.
-
-    pretrained=False gives randomly initialised networks (tests, benchmarks).
-    """
-    return Munch(lpips=build_lpips(device, pretrained),
-                 fid=build_fid_extractors(cfg.fid_protocol, device, pretrained))
-
 
 def eval_domains(cfg):
     """Domain names of --val_img_dir, checked against the model and --train_img_dir."""
@@ -102,27 +61,13 @@ def _val_paths(cfg, domain):
 
 
 class EvalData:
-    """What both modes share: the checked domains, val image paths and real statistics (computed on demand)."""
+    """What both modes share: the checked domains and the val image paths of each."""
 
-    def __init__(self, cfg, tools, device):
+    def __init__(self, cfg):
         verify_manifest(cfg.val_img_dir)
         verify_manifest(cfg.train_img_dir)
-        self.cfg, self.tools, self.device = cfg, tools, device
         self.domains = eval_domains(cfg)
         self.val = {d: _val_paths(cfg, d) for d in self.domains}
-        self._real = {}
-
-    def real(self, domain):
-        """{protocol: FeatureStats} of the training images of `domain`."""
-        if domain not in self._real:
-            cfg = self.cfg
-            stats, hits = real_statistics(os.path.join(cfg.train_img_dir, domain), cfg.img_size, self.tools.fid,
-                                          cfg.fid_stats_dir, self.device, cfg.val_batch_size, cfg.num_workers,
-                                          cfg.skip_bad_images)
-            if hits:
-                tqdm.write(f'real statistics of {domain}: cached ({", ".join(hits)})')
-            self._real[domain] = stats
-        return self._real[domain]
 
 
 def _loader(paths, y, cfg):
@@ -182,94 +127,96 @@ class ImageWriter:
 
 
 @torch.no_grad()
-def run_task(nets, cfg, tools, src_paths, styles, y_src, device, writer=None):
-    """Generate K outputs per source; returns (LPIPS per source (n_src,), {protocol: features (n*K, 2048)})."""
-    feats = {p: [] for p in tools.fid}
-    lpips_values = []
+def run_task(nets, cfg, metrics, task, styles, device, writer=None):
+    """Generate K outputs per source of `task`, once, and give every batch to each metric."""
+    for metric in metrics:
+        metric.begin_task(task)
     first = 0
-    for x_src, _, _ in tqdm(_loader(src_paths, y_src, cfg), desc='generating', unit='batch', leave=False):
+    for x_src, _, _ in tqdm(_loader(task.paths, task.y_src, cfg), desc='generating', unit='batch', leave=False):
         x_src = x_src.to(device, non_blocking=True)
         last = first + x_src.size(0)
         style_list = [styles(first, last, j) for j in range(cfg.num_outs_per_domain)]
-        fakes = list(translate_styles(nets.generator, x_src, style_list))   # K x (N, 3, S, S)
-        lpips_values.append(lpips_diversity(tools.lpips, fakes))
-        for j, x_fake in enumerate(fakes):
-            images = quantize(x_fake)   # the uint8 images upstream writes to PNG
-            for p, extractor in tools.fid.items():
-                feats[p].append(extractor(images))
-            if writer is not None:
-                writer.write(images, first, j)
+        x_fake = list(translate_styles(nets.generator, x_src, style_list))   # K x (N, 3, S, S)
+        images = [quantize(x) for x in x_fake]                               # the uint8 images upstream writes to PNG
+        if writer is not None:
+            for j, img in enumerate(images):
+                writer.write(img, first, j)
+        batch = Batch(x_src, x_fake, images, first)
+        for metric in metrics:
+            metric.update(task, batch)
         first = last
-    return torch.cat(lpips_values).cpu(), {p: torch.cat(f).cpu().numpy() for p, f in feats.items()}
+    return {name: value for metric in metrics for name, value in metric.end_task(task).items()}
 
 
 # ----------------------------------------------------------------------------------------------
 # One mode, all tasks
 # ----------------------------------------------------------------------------------------------
 
-def _with_mean(values, prefix):
-    values[f'{prefix}/mean'] = float(np.mean(list(values.values())))
-    return values
+def result_files(metrics, step, mode, values):
+    """{file name: body} of one mode; values: {series name: {task: value}}.
+
+    Body: the per-task keys, the mean over tasks, then the metric's fields.
+    """
+    files = {}
+    for metric in metrics:
+        for series in metric.series:
+            per_task = {series.task_key(mode, task): v for task, v in values[series.name].items()}
+            mean = series.task_key(mode, 'mean')
+            files[series.file_name(step, mode)] = {**per_task, mean: float(np.mean(list(per_task.values()))),
+                                                   **metric.fields(series)}
+    return files
+
+
+def mode_means(metrics, step, mode, files):
+    """{'<series name>_<mode>/mean': value} from the files of one mode, e.g. 'FID_standard_latent/mean'."""
+    return {f'{s.name}_{mode}/mean': files[s.file_name(step, mode)][s.task_key(mode, 'mean')]
+            for metric in metrics for s in metric.series}
 
 
 @torch.no_grad()
-def calculate_metrics(nets, cfg, step, mode, device, tools, data=None):
-    """Evaluate one mode over every task and write its LPIPS and FID files; returns {file name: values}."""
-    data = data or EvalData(cfg, tools, device)
-    lpips_values = {}
-    fid_values = {p: {} for p in tools.fid}
+def calculate_metrics(nets, cfg, step, mode, device, metrics, data=None):
+    """Evaluate one mode over every task and write each metric's files; returns {file name: values}."""
+    data = data or EvalData(cfg)
+    values = {s.name: {} for metric in metrics for s in metric.series}
+    formats = {s.name: s.fmt for metric in metrics for s in metric.series}
     num_domains = len(data.domains)
     bar = tqdm(total=num_domains * (num_domains - 1), desc=f'eval {mode}', unit='task')
     for y_trg, trg in enumerate(data.domains):
         s_ref = reference_styles(nets, data.val[trg], y_trg, cfg, device) if mode == 'reference' else None
-        real = data.real(trg)
         for y_src, src in enumerate(data.domains):
             if src == trg:
                 continue
-            task = f'{src}2{trg}'
-            styles = task_styles(nets, mode, cfg, y_trg * num_domains + y_src, len(data.val[src]), s_ref,
+            task = Task(mode, src, trg, y_src, y_trg, data.val[src])
+            styles = task_styles(nets, mode, cfg, y_trg * num_domains + y_src, len(task.paths), s_ref,
                                  y_trg, device)
-            writer = ImageWriter(os.path.join(cfg.eval_dir, mode, task)) if cfg.save_eval_images else None
-            lpips_src, feats = run_task(nets, cfg, tools, data.val[src], styles, y_src, device, writer)
+            writer = ImageWriter(os.path.join(cfg.eval_dir, mode, f'{src}2{trg}')) if cfg.save_eval_images else None
+            result = run_task(nets, cfg, metrics, task, styles, device, writer)
             if writer is not None:
                 writer.close()
-            lpips_values[f'LPIPS_{mode}/{task}'] = float(lpips_src.mean())
-            for p, f in feats.items():
-                fid_values[p][f'FID_{mode}/{task}'] = frechet_distance(real[p], feature_stats(f))
-            bar.write(f'{mode} {task}: LPIPS {lpips_values[f"LPIPS_{mode}/{task}"]:.4f}, '
-                      + ', '.join(f'FID ({p}) {v[f"FID_{mode}/{task}"]:.2f}' for p, v in fid_values.items()))
+            for name, value in result.items():
+                values[name][f'{src}2{trg}'] = value
+            bar.write(f'{mode} {src}2{trg}: ' + ', '.join(f'{n} {v:{formats[n]}}' for n, v in result.items()))
             bar.update(1)
     bar.close()
     os.makedirs(cfg.eval_dir, exist_ok=True)
-    files = {lpips_file_name(step, mode): {**_with_mean(lpips_values, f'LPIPS_{mode}'), 'network': LPIPS_NAME}}
-    for p, values in fid_values.items():
-        files[fid_file_name(p, step, mode)] = {**_with_mean(values, f'FID_{mode}'), 'protocol': p,
-                                               'feature_network': tools.fid[p].identity}
-    for name, values in files.items():
-        write_json(os.path.join(cfg.eval_dir, name), values)
+    files = result_files(metrics, step, mode, values)
+    for name, body in files.items():
+        write_json(os.path.join(cfg.eval_dir, name), body)
     return files
 
 
-def summarize(files):
-    """The mean of every file as one flat dict, e.g. {'FID_latent/mean': ..., 'FID_standard_latent/mean': ...}."""
-    means = {}
-    for name, values in files.items():
-        prefix = re.sub(r'_\d+_(latent|reference)\.json$', '', name)   # FID, FID_standard or LPIPS
-        for key, value in values.items():
-            if key.endswith('/mean'):
-                means[key if prefix in ('FID', 'LPIPS') else f'{prefix}_{key[4:]}'] = value
-    return means
+def evaluate_nets(nets, cfg, step, device, metrics=None, modes=EVAL_MODES):
+    """The --metrics of EMA networks `nets` at `step`, in both modes; returns the means.
 
-
-def evaluate_nets(nets, cfg, step, device, tools=None, modes=EVAL_MODES):
-    """Both modes for EMA networks `nets` at `step` (feature networks built once); returns the means."""
+    metrics: built Metric objects (default: build_metrics(cfg, device), feature networks loaded once).
+    """
     start = time.perf_counter()
-    tools = tools or build_eval_tools(cfg, device)
-    data = EvalData(cfg, tools, device)
-    files = {}
+    metrics = metrics or build_metrics(cfg, device)
+    data = EvalData(cfg)
+    means = {}
     for mode in modes:
-        files.update(calculate_metrics(nets, cfg, step, mode, device, tools, data))
-    means = summarize(files)
+        files = calculate_metrics(nets, cfg, step, mode, device, metrics, data)
+        means.update(mode_means(metrics, step, mode, files))
     print(f'evaluation of step {step} ({time.perf_counter() - start:.0f} s): '
           + ', '.join(f'{k} {v:.4f}' for k, v in means.items()) + f'; files in {cfg.eval_dir}')
     return means

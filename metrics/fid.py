@@ -16,24 +16,25 @@ Command line (upstream's, plus the protocol):
 """
 import argparse
 import hashlib
+import os
 import sys
-from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from core.data_loader import squash
-from core.images import check_images, list_images, load_rgb
-from core.errors import UserError, run_cli
+from core.images import check_images, list_images
+from core.errors import run_cli
 from core.weights import WEIGHTS
 from metrics.inception import StarGANInception, TFInception
-from metrics.preflight import FID_WEIGHTS
+from metrics.registry import Metric, Series, register_metric
 from metrics.resize import pil_bilinear_resize, tf1_bilinear_resize
+from metrics.stats_cache import extract_features, feature_stats, real_statistics
 
-PROTOCOLS = ('stargan-v2', 'standard')
+PROTOCOLS = ('stargan-v2', 'standard')   # --fid_protocol: one of these or 'both'
+# The Inception weight file (core.weights name) of each protocol.
+FID_WEIGHTS = {'stargan-v2': 'inception_v3_torchvision', 'standard': 'inception_tf_fid'}
 INCEPTION_SIZE = (299, 299)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -97,43 +98,8 @@ def build_fid_extractors(choice, device, pretrained=True):
 
 
 # ----------------------------------------------------------------------------------------------
-# Statistics and the distance
+# The distance
 # ----------------------------------------------------------------------------------------------
-
-class FeatureStats(NamedTuple):
-    """Gaussian statistics of a feature set, with the eigen-decomposition of its covariance.
-
-    mu (D,); sigma (D, D) unbiased covariance (np.cov); eigval (r,) its
-    positive eigenvalues and eigvec (D, r) their eigenvectors.
-    """
-    mu: np.ndarray
-    sigma: np.ndarray
-    eigval: np.ndarray
-    eigvec: np.ndarray
-
-
-def feature_stats(features):
-    """FeatureStats of features (N, D), in float64.
-
-    With fewer samples than dimensions (1,000 fakes of 2,048-d features in a
-    Seasons task) the covariance has rank < N, and its eigenvectors come from
-    the small N x N Gram matrix of the centred features.
-    """
-    x = np.asarray(features, dtype=np.float64)
-    n, dim = x.shape
-    if n < 2:
-        raise UserError(f'FID needs at least 2 images per set, got {n}')
-    mu = x.mean(axis=0)
-    xc = x - mu                                          # (N, D)
-    sigma = xc.T @ xc / (n - 1)                          # (D, D), = np.cov(x, rowvar=False)
-    small = n - 1 < dim
-    eigval, vec = np.linalg.eigh(xc @ xc.T / (n - 1) if small else sigma)   # (r0,), (r0, r0)
-    # Round-off, not variance: numpy's matrix_rank tolerance.
-    keep = eigval > eigval.max(initial=0) * max(n, dim) * np.finfo(np.float64).eps
-    eigval, vec = eigval[keep], vec[:, keep]
-    eigvec = xc.T @ vec / np.sqrt(eigval * (n - 1)) if small else vec       # (D, r), orthonormal columns
-    return FeatureStats(mu, sigma, eigval, eigvec)
-
 
 def frechet_distance(stats1, stats2):
     """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) of two FeatureStats.
@@ -152,36 +118,69 @@ def frechet_distance(stats1, stats2):
 
 
 # ----------------------------------------------------------------------------------------------
-# Image folders
+# The registered metric: --metrics fid
 # ----------------------------------------------------------------------------------------------
 
-class Uint8Images(Dataset):
-    """Image files resized to (img_size, img_size) as StarGAN v2's loaders do: dataset[k] -> uint8 (3, S, S)."""
-
-    def __init__(self, paths, img_size):
-        self.paths = list(paths)
-        self.img_size = img_size
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, index):
-        pixels = np.array(squash(load_rgb(self.paths[index]), self.img_size))   # (S, S, 3)
-        return torch.from_numpy(pixels).permute(2, 0, 1)                       # (3, S, S)
+def series_name(protocol):
+    """Upstream's FID_... files for the stargan-v2 protocol, FID_standard_... for the other."""
+    return 'FID' if protocol == 'stargan-v2' else 'FID_standard'
 
 
-@torch.no_grad()
-def extract_features(extractors, paths, img_size, device, batch_size=50, num_workers=0, desc='features'):
-    """{protocol: features (N, 2048) numpy float32} of image files, one pass over the images."""
-    loader = DataLoader(Uint8Images(paths, img_size), batch_size=batch_size, num_workers=num_workers,
-                        pin_memory=torch.device(device).type == 'cuda')
-    feats = {p: [] for p in extractors}
-    for x in tqdm(loader, desc=desc, unit='batch', leave=False):
-        x = x.to(device, non_blocking=True)
-        for p, extractor in extractors.items():
-            feats[p].append(extractor(x))
-    return {p: torch.cat(f).cpu().numpy() for p, f in feats.items()}
+@register_metric('fid')
+class FID(Metric):
+    """FID of each task's outputs against all training images of its target domain, per --fid_protocol.
 
+    One result file per protocol and mode (keys FID_<mode>/<task> in both);
+    the real statistics come from metrics.stats_cache, once per target domain.
+    """
+
+    @staticmethod
+    def weight_files(cfg):
+        return [FID_WEIGHTS[p] for p in protocols_of(cfg.fid_protocol)]
+
+    @classmethod
+    def build(cls, cfg, device, pretrained=True):
+        return cls(cfg, device, build_fid_extractors(cfg.fid_protocol, device, pretrained))
+
+    def __init__(self, cfg, device, extractors):
+        """extractors: {protocol: FIDExtractor} (or a stand-in with its interface)."""
+        self.cfg, self.device, self.extractors = cfg, device, extractors
+        self.series = tuple(Series(series_name(p), 'FID', '.2f') for p in extractors)
+        self._real = {}
+
+    def real(self, domain):
+        """{protocol: FeatureStats} of the training images of `domain` (cached on disk and here)."""
+        if domain not in self._real:
+            cfg = self.cfg
+            stats, hits = real_statistics(os.path.join(cfg.train_img_dir, domain), cfg.img_size, self.extractors,
+                                          cfg.fid_stats_dir, self.device, cfg.val_batch_size, cfg.num_workers,
+                                          cfg.skip_bad_images)
+            if hits:
+                tqdm.write(f'real statistics of {domain}: cached ({", ".join(hits)})')
+            self._real[domain] = stats
+        return self._real[domain]
+
+    def begin_task(self, task):
+        self.real(task.trg)
+        self.feats = {p: [] for p in self.extractors}
+
+    def update(self, task, batch):
+        for p, extractor in self.extractors.items():
+            self.feats[p] += [extractor(images) for images in batch.images]   # (N, 2048) each
+
+    def end_task(self, task):
+        real = self.real(task.trg)
+        return {series_name(p): frechet_distance(real[p], feature_stats(torch.cat(f).cpu().numpy()))
+                for p, f in self.feats.items()}
+
+    def fields(self, series):
+        protocol = next(p for p in self.extractors if series_name(p) == series.name)
+        return {'protocol': protocol, 'feature_network': self.extractors[protocol].identity}
+
+
+# ----------------------------------------------------------------------------------------------
+# Image folders
+# ----------------------------------------------------------------------------------------------
 
 def fid_given_paths(paths, img_size=256, batch_size=50, protocol='stargan-v2', device='cpu', num_workers=0,
                     extractor=None):

@@ -16,8 +16,10 @@ import torch
 import torchvision
 
 from core.weights import load_weights
+from metrics.registry import Metric, Series, register_metric
 
 LPIPS_NAME = 'lpips-alex-v0.1'
+LPIPS_WEIGHTS = 'alexnet'   # the trunk's weight file (core.weights name); the heads ship with lpips
 # Features of this many images are held at once (about 2.5 MB each at 256 px).
 LPIPS_CHUNK_IMAGES = 96
 
@@ -74,3 +76,32 @@ def lpips_diversity(model, outputs):
                  for i in range(num_outs) for j in range(i + 1, num_outs)]
         result.append(torch.stack(pairs).mean(dim=0))   # (c,)
     return torch.cat(result)
+
+
+@register_metric('lpips')
+class LPIPSDiversity(Metric):
+    """--metrics lpips: per task, the mean over sources of lpips_diversity; files LPIPS_<step>_<mode>.json."""
+    series = (Series('LPIPS'),)
+
+    @staticmethod
+    def weight_files(cfg):
+        return [LPIPS_WEIGHTS]
+
+    @classmethod
+    def build(cls, cfg, device, pretrained=True):
+        return cls(build_lpips(device, pretrained))
+
+    def __init__(self, model):
+        self.model = model
+
+    def begin_task(self, task):
+        self.values = []
+
+    def update(self, task, batch):
+        self.values.append(lpips_diversity(self.model, batch.x_fake))   # (N,)
+
+    def end_task(self, task):
+        return {'LPIPS': float(torch.cat(self.values).cpu().mean())}
+
+    def fields(self, series):
+        return {'network': LPIPS_NAME}

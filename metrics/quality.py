@@ -22,7 +22,6 @@ import json
 import os
 import re
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -35,6 +34,7 @@ from core.errors import UserError
 from core.manifest import content_digest, file_records, relative_images
 from core.seeding import STREAM_QUALITY, step_generator
 from core.synthetic import MARKER, layout_seed, render_scene
+from metrics.registry import Metric, Series, register_metric
 
 CLASSIFIER_SIZE = 32        # the classifier sees images at 32 x 32: colour and layout suffice
 CLASSIFIER_VERSION = 1      # bump when the classifier or its training changes
@@ -168,10 +168,13 @@ def ground_truth(params, path, src, trg, img_size):
     return pixels.permute(2, 0, 1) / 127.5 - 1
 
 
-def structure_targets(params, paths, names, y_src, y_trg, x_src, img_size):
-    """Ground-truth renderings of the sources in domain y_trg, or the sources themselves: ((N, 3, S, S), is_gt)."""
+def structure_targets(params, paths, src_names, trg, x_src, img_size):
+    """Ground-truth renderings of the sources in domain trg, or the sources themselves: ((N, 3, S, S), is_gt).
+
+    paths, src_names: the file and domain name of each source x_src (N, 3, S, S).
+    """
     if params is not None:
-        renders = [ground_truth(params, p, names[y], names[y_trg], img_size) for p, y in zip(paths, y_src.tolist())]
+        renders = [ground_truth(params, p, src, trg, img_size) for p, src in zip(paths, src_names)]
         if all(r is not None for r in renders):
             return torch.stack(renders).to(x_src.device), True
     return x_src, False
@@ -216,8 +219,8 @@ def quality_scores(nets_ema, cfg, device, classifier=None, max_sources=MAX_SOURC
             x_src = x_val[src].to(device)                                # (n, 3, S, S)
             s_trg = _styles(nets_ema, mode, x_val, y_val, y, len(src), gen, device, cfg.latent_dim)
             x_fake = nets_ema.generator(x_src, s_trg)
-            target, is_gt = structure_targets(params, [paths[i] for i in src], names, y_val[src], y, x_src,
-                                              cfg.img_size)
+            target, is_gt = structure_targets(params, [paths[i] for i in src],
+                                              [names[k] for k in y_val[src].tolist()], names[y], x_src, cfg.img_size)
             used_gt &= is_gt
             hits += accuracy(classifier.model, x_fake, torch.full((len(src),), y)) * len(src)
             agreement += edge_agreement(x_fake, target).sum().item()
@@ -230,3 +233,70 @@ def quality_scores(nets_ema, cfg, device, classifier=None, max_sources=MAX_SOURC
     scores['classifier_val_acc'] = classifier.val_acc
     scores['num_translations'] = float(2 * total)
     return scores
+
+
+# ----------------------------------------------------------------------------------------------
+# The same measures as registered metrics of --mode eval / --eval_every
+# ----------------------------------------------------------------------------------------------
+# Selected with --metrics ...,domain_acc,structure they score eval's own outputs (every val
+# image, num_outs_per_domain outputs each, per task), so their numbers differ from
+# quality_scores' (at most max_sources per domain, one output per target and mode).
+
+@register_metric('domain_acc')
+class DomainAccuracy(Metric):
+    """Per task: the fraction of outputs the domain classifier puts in the target domain."""
+    series = (Series('domain_acc'),)
+
+    @classmethod
+    def build(cls, cfg, device, pretrained=True):
+        return cls(load_or_train_classifier(cfg, device), list_domains(cfg.train_img_dir))
+
+    def __init__(self, classifier, names):
+        """classifier: a Munch from load_or_train_classifier; names: its domains, in label order."""
+        self.classifier, self.label = classifier, {name: y for y, name in enumerate(names)}
+
+    def begin_task(self, task):
+        self.hits = self.total = 0
+
+    def update(self, task, batch):
+        for x_fake in batch.x_fake:
+            y = torch.full((len(x_fake),), self.label[task.trg])
+            self.hits += accuracy(self.classifier.model, x_fake, y) * len(x_fake)
+            self.total += len(x_fake)
+
+    def end_task(self, task):
+        return {'domain_acc': self.hits / self.total}
+
+    def fields(self, series):
+        return {'classifier': os.path.basename(self.classifier.path), 'classifier_val_acc': self.classifier.val_acc}
+
+
+@register_metric('structure')
+class Structure(Metric):
+    """Per task: the mean edge agreement of the outputs with the ground truth (core.synthetic data) or the sources."""
+    series = (Series('structure'),)
+
+    @classmethod
+    def build(cls, cfg, device, pretrained=True):
+        return cls(synthetic_params(cfg.val_img_dir), cfg.img_size)
+
+    def __init__(self, params, img_size):
+        self.params, self.img_size, self.used_gt = params, img_size, True
+
+    def begin_task(self, task):
+        self.agreement = self.total = 0
+
+    def update(self, task, batch):
+        n = len(batch.x_src)
+        target, is_gt = structure_targets(self.params, task.paths[batch.first:batch.first + n], [task.src] * n,
+                                          task.trg, batch.x_src, self.img_size)
+        self.used_gt &= is_gt
+        for x_fake in batch.x_fake:
+            self.agreement += edge_agreement(x_fake, target).sum().item()
+            self.total += n
+
+    def end_task(self, task):
+        return {'structure': self.agreement / self.total}
+
+    def fields(self, series):
+        return {'ground_truth': self.used_gt}

@@ -1,7 +1,9 @@
-"""Cached FID statistics of real image folders.
+"""Feature statistics of image sets, and a cache of them for real image folders.
 
+FeatureStats / feature_stats: the Gaussian statistics FID compares
+(metrics.fid.frechet_distance); extract_features: features of image files.
 The real images of an evaluation (all training images of each target domain)
-are the same for every checkpoint of every run, so their Inception statistics
+are the same for every checkpoint of every run, so their statistics
 are computed once and stored in --fid_stats_dir, one entry per (folder,
 protocol, image size, feature network):
   <protocol>_<size>px_<folder name>_<key>.npz    mu, sigma (float64, as pytorch-fid's files),
@@ -15,13 +17,81 @@ import hashlib
 import io
 import json
 import os
+from typing import NamedTuple
 
 import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
+from core.data_loader import squash
+from core.errors import UserError
 from core.fileio import atomic_write_bytes, atomic_write_text
-from core.images import check_images
+from core.images import check_images, load_rgb
 from core.manifest import content_digest, file_records, records_from_json, records_to_json, relative_images
-from metrics.fid import FeatureStats, extract_features, feature_stats
+
+class FeatureStats(NamedTuple):
+    """Gaussian statistics of a feature set, with the eigen-decomposition of its covariance.
+
+    mu (D,); sigma (D, D) unbiased covariance (np.cov); eigval (r,) its
+    positive eigenvalues and eigvec (D, r) their eigenvectors.
+    """
+    mu: np.ndarray
+    sigma: np.ndarray
+    eigval: np.ndarray
+    eigvec: np.ndarray
+
+
+def feature_stats(features):
+    """FeatureStats of features (N, D), in float64.
+
+    With fewer samples than dimensions (1,000 fakes of 2,048-d features in a
+    Seasons task) the covariance has rank < N, and its eigenvectors come from
+    the small N x N Gram matrix of the centred features.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    n, dim = x.shape
+    if n < 2:
+        raise UserError(f'FID needs at least 2 images per set, got {n}')
+    mu = x.mean(axis=0)
+    xc = x - mu                                          # (N, D)
+    sigma = xc.T @ xc / (n - 1)                          # (D, D), = np.cov(x, rowvar=False)
+    small = n - 1 < dim
+    eigval, vec = np.linalg.eigh(xc @ xc.T / (n - 1) if small else sigma)   # (r0,), (r0, r0)
+    # Round-off, not variance: numpy's matrix_rank tolerance.
+    keep = eigval > eigval.max(initial=0) * max(n, dim) * np.finfo(np.float64).eps
+    eigval, vec = eigval[keep], vec[:, keep]
+    eigvec = xc.T @ vec / np.sqrt(eigval * (n - 1)) if small else vec       # (D, r), orthonormal columns
+    return FeatureStats(mu, sigma, eigval, eigvec)
+
+
+class Uint8Images(Dataset):
+    """Image files resized to (img_size, img_size) as StarGAN v2's loaders do: dataset[k] -> uint8 (3, S, S)."""
+
+    def __init__(self, paths, img_size):
+        self.paths = list(paths)
+        self.img_size = img_size
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        pixels = np.array(squash(load_rgb(self.paths[index]), self.img_size))   # (S, S, 3)
+        return torch.from_numpy(pixels).permute(2, 0, 1)                       # (3, S, S)
+
+
+@torch.no_grad()
+def extract_features(extractors, paths, img_size, device, batch_size=50, num_workers=0, desc='features'):
+    """{protocol: features (N, 2048) numpy float32} of image files, one pass over the images."""
+    loader = DataLoader(Uint8Images(paths, img_size), batch_size=batch_size, num_workers=num_workers,
+                        pin_memory=torch.device(device).type == 'cuda')
+    feats = {p: [] for p in extractors}
+    for x in tqdm(loader, desc=desc, unit='batch', leave=False):
+        x = x.to(device, non_blocking=True)
+        for p, extractor in extractors.items():
+            feats[p].append(extractor(x))
+    return {p: torch.cat(f).cpu().numpy() for p, f in feats.items()}
+
 
 CACHE_VERSION = 1
 

@@ -6,19 +6,20 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from munch import Munch
 
 import metrics.eval as E
 import metrics.preflight as preflight
+import metrics.registry as registry
 import metrics.stats_cache as stats_cache
 from conftest import tiny_flags
-from core.config import parse_config
+from core.config import build_parser, parse_config
 from core.device import resolve_device
 from core.inference import load_model
 from core.trainer import train
 from main import main
-from metrics.fid import FIDExtractor, fid_given_paths
-from metrics.lpips import build_lpips
+from metrics.fid import FID, PROTOCOLS, FIDExtractor, fid_given_paths
+from metrics.lpips import LPIPSDiversity, build_lpips
+from metrics.registry import Metric, Series, get_metric, list_metrics, register_metric
 from metrics.stats_cache import real_statistics
 
 
@@ -44,8 +45,9 @@ def lpips_model():
     return build_lpips('cpu', pretrained=False)
 
 
-def tiny_tools(lpips_model, protocols=('stargan-v2',)):
-    return Munch(lpips=lpips_model, fid={p: TinyExtractor(p) for p in protocols})
+def tiny_metrics(cfg, lpips_model, protocols=('stargan-v2',)):
+    """The default metrics (fid, lpips) with fast random feature networks."""
+    return [FID(cfg, 'cpu', {p: TinyExtractor(p) for p in protocols}), LPIPSDiversity(lpips_model)]
 
 
 def subset(seasons32, tmp_path, names, num_val=None):
@@ -86,7 +88,8 @@ def test_two_domains_upstream_files_and_png_round_trip(seasons32, tmp_path, lpip
     cfg, nets = trained_model(data, tmp_path / 'run', 2, '--save_eval_images')
     torch.manual_seed(0)
     extractor = FIDExtractor('stargan-v2', pretrained=False).eval()
-    means = E.evaluate_nets(nets, cfg, 7, 'cpu', Munch(lpips=lpips_model, fid={'stargan-v2': extractor}))
+    means = E.evaluate_nets(nets, cfg, 7, 'cpu', [FID(cfg, 'cpu', {'stargan-v2': extractor}),
+                                                   LPIPSDiversity(lpips_model)])
     eval_dir = tmp_path / 'run' / 'eval'
     assert sorted(p for p in os.listdir(eval_dir) if p.endswith('.json')) == [
         'FID_00007_latent.json', 'FID_00007_reference.json', 'LPIPS_00007_latent.json', 'LPIPS_00007_reference.json']
@@ -111,7 +114,7 @@ def test_two_domains_upstream_files_and_png_round_trip(seasons32, tmp_path, lpip
 def test_three_domains_both_protocols_deterministic_and_batch_independent(seasons32, tmp_path, lpips_model):
     data = subset(seasons32, tmp_path, ['autumn', 'spring', 'winter'])
     cfg, nets = trained_model(data, tmp_path / 'run', 3, '--fid_protocol', 'both')
-    tools = tiny_tools(lpips_model, ('stargan-v2', 'standard'))
+    tools = tiny_metrics(cfg, lpips_model, ('stargan-v2', 'standard'))
     E.evaluate_nets(nets, cfg, 2, 'cpu', tools)
     eval_dir = tmp_path / 'run' / 'eval'
     first = {name: read(eval_dir / name) for name in os.listdir(eval_dir)}
@@ -129,7 +132,8 @@ def test_three_domains_both_protocols_deterministic_and_batch_independent(season
     assert {name: read(eval_dir / name) for name in first} == first
     # A val batch smaller than the val set (3 images, batches of 2): the same z and references per source,
     # so the same numbers up to convolution round-off (which can move a pixel by one level).
-    E.evaluate_nets(nets, cfg.replace(val_batch_size=2), 2, 'cpu', tools)
+    small_batches = cfg.replace(val_batch_size=2)
+    E.evaluate_nets(nets, small_batches, 2, 'cpu', tiny_metrics(small_batches, lpips_model, ('stargan-v2', 'standard')))
     for name, values in first.items():
         again = read(eval_dir / name)
         for key, value in values.items():
@@ -184,7 +188,7 @@ def test_mode_eval_command_line(seasons32, tmp_path, monkeypatch, lpips_model):
     monkeypatch.setenv('STARGAN_WEIGHTS_DIR', str(tmp_path / 'no_weights'))
     assert main(['--mode', 'eval', '--resume_iter', '2'] + flags) == 1   # weights missing: refused up front
     monkeypatch.setattr(preflight, 'weight_errors', lambda *args, **kwargs: [])
-    monkeypatch.setattr(E, 'build_eval_tools', lambda cfg, device, pretrained=True: tiny_tools(lpips_model))
+    monkeypatch.setattr(E, 'build_metrics', lambda cfg, device, pretrained=True: tiny_metrics(cfg, lpips_model))
     assert main(['--mode', 'eval', '--resume_iter', 'latest'] + flags) == 0
     assert os.path.isfile(run / 'eval' / 'FID_00002_reference.json')
     assert os.path.isfile(run / 'eval' / 'LPIPS_00002_latent.json')
@@ -205,7 +209,7 @@ def test_missing_weights_stop_eval_and_training_before_any_work(seasons32, tmp_p
 
 def test_eval_every_during_training_writes_files_and_logs_means(seasons32, tmp_path, monkeypatch, lpips_model):
     monkeypatch.setattr(preflight, 'weight_errors', lambda *args, **kwargs: [])
-    monkeypatch.setattr(E, 'build_eval_tools', lambda cfg, device, pretrained=True: tiny_tools(lpips_model))
+    monkeypatch.setattr(E, 'build_metrics', lambda cfg, device, pretrained=True: tiny_metrics(cfg, lpips_model))
     data = subset(seasons32, tmp_path, ['autumn', 'winter'], num_val=2)
     run = tmp_path / 'run'
     train(parse_config(tiny_flags(data, run, '--num_domains', '2', '--eval_every', '2', '--sample_every', '0',
@@ -216,3 +220,99 @@ def test_eval_every_during_training_writes_files_and_logs_means(seasons32, tmp_p
         logged = [json.loads(line) for line in f if 'FID_latent/mean' in line]
     assert [entry['step'] for entry in logged] == [2, 4]
     assert logged[0]['LPIPS_reference/mean'] > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# The metric registry and --metrics
+# ----------------------------------------------------------------------------------------------
+
+def test_the_registry_lists_the_built_in_metrics_and_the_default_is_fid_and_lpips():
+    assert list_metrics()[:4] == ['fid', 'lpips', 'domain_acc', 'structure']
+    assert get_metric('fid') is FID and get_metric('lpips') is LPIPSDiversity
+    assert parse_config(['--mode', 'eval']).metrics == ('fid', 'lpips')
+    assert parse_config(['--mode', 'eval', '--metrics', ' lpips, fid ,']).metrics == ('lpips', 'fid')
+    with pytest.raises(KeyError, match="unknown metric 'kid'; available: fid, lpips"):
+        get_metric('kid')
+
+
+def test_fid_protocol_choices_are_the_protocols_of_metrics_fid():
+    """core.config may not import metrics, so it repeats the list; this keeps the two equal."""
+    action = next(a for a in build_parser()._actions if a.dest == 'fid_protocol')
+    assert action.choices == list(PROTOCOLS) + ['both']
+
+
+@pytest.mark.parametrize('flags, expected', [
+    ([], ['inception_v3_torchvision', 'alexnet']),
+    (['--fid_protocol', 'both'], ['inception_v3_torchvision', 'inception_tf_fid', 'alexnet']),
+    (['--metrics', 'lpips,fid', '--fid_protocol', 'standard'], ['alexnet', 'inception_tf_fid']),
+    (['--metrics', 'domain_acc,structure'], []),
+])
+def test_preflight_checks_the_weight_files_the_selected_metrics_declare(monkeypatch, flags, expected):
+    checked = []
+    monkeypatch.setattr(preflight, 'require_weight', checked.append)
+    cfg = parse_config(['--mode', 'eval'] + flags)
+    assert preflight.metric_weight_errors(cfg) == [] and checked == expected
+    assert checked == registry.metric_weight_files(cfg)
+    checked.clear()   # a run that never evaluates checks no weight file
+    assert preflight.metric_weight_errors(parse_config(['--mode', 'train', '--eval_every', '0'] + flags)) == []
+    assert checked == []
+
+
+def test_unknown_metric_names_stop_the_run_before_any_work(seasons32, tmp_path, capsys):
+    run = tmp_path / 'run'
+    assert main(tiny_flags(seasons32, run, '--metrics', 'fid,kid,fid')) == 1
+    err = capsys.readouterr().err
+    assert "--metrics: unknown metric 'kid'; available: fid, lpips, domain_acc, structure" in err
+    assert '--metrics: fid given twice' in err and 'Traceback' not in err
+    assert not os.path.exists(run)
+    assert main(['--mode', 'eval', '--metrics', ','] + tiny_flags(seasons32, run)[2:]) == 1
+    assert '--metrics needs at least one metric' in capsys.readouterr().err
+
+
+class MeanPixel(Metric):
+    """A toy metric: the mean pixel value of a task's outputs, declared with a weight file it never reads."""
+    series = (Series('MEANPIX'),)
+
+    @staticmethod
+    def weight_files(cfg):
+        return ['vgg16']
+
+    def begin_task(self, task):
+        self.total = self.count = 0
+
+    def update(self, task, batch):
+        for x_fake in batch.x_fake:
+            self.total += float(x_fake.sum())
+            self.count += x_fake.numel()
+
+    def end_task(self, task):
+        return {'MEANPIX': self.total / self.count}
+
+    def fields(self, series):
+        return {'unit': 'generator output'}
+
+
+def test_a_metric_registered_in_a_test_is_selected_written_and_returned(seasons32, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(registry, '_METRICS', dict(registry._METRICS))   # undone after the test
+    register_metric('mean_pixel')(MeanPixel)
+    assert 'mean_pixel' in list_metrics()
+    data = subset(seasons32, tmp_path, ['autumn', 'winter'], num_val=2)
+    run = tmp_path / 'run'
+    cfg, nets = trained_model(data, run, 2, '--metrics', 'mean_pixel')
+    # Its declared weight file is checked up front...
+    monkeypatch.setenv('STARGAN_WEIGHTS_DIR', str(tmp_path / 'no_weights'))
+    flags = ['--mode', 'eval', '--resume_iter', '2', '--metrics', 'mean_pixel'] + tiny_flags(
+        data, run, '--num_domains', '2', '--num_outs_per_domain', '2', '--fid_stats_dir', str(run / 'stats'))[2:]
+    assert main(flags) == 1 and 'vgg16' in capsys.readouterr().err
+    # ...and with it present (checked away here) the run writes its files and nothing else.
+    monkeypatch.setattr(preflight, 'weight_errors', lambda *args, **kwargs: [])
+    assert main(flags) == 0
+    eval_dir = run / 'eval'
+    assert sorted(os.listdir(eval_dir)) == ['MEANPIX_00002_latent.json', 'MEANPIX_00002_reference.json']
+    latent = read(eval_dir / 'MEANPIX_00002_latent.json')
+    tasks = ['MEANPIX_latent/winter2autumn', 'MEANPIX_latent/autumn2winter']
+    assert list(latent) == tasks + ['MEANPIX_latent/mean', 'unit']
+    assert all(-1 <= latent[t] <= 1 for t in tasks) and latent['unit'] == 'generator output'
+    reference = read(eval_dir / 'MEANPIX_00002_reference.json')
+    assert E.evaluate_nets(nets, cfg, 2, 'cpu') == {'MEANPIX_latent/mean': latent['MEANPIX_latent/mean'],
+                                                    'MEANPIX_reference/mean': reference['MEANPIX_reference/mean']}

@@ -1,5 +1,6 @@
 """The CPU quality benchmark: classifier, structure measure, scores of known translators, the command line."""
 import importlib.util
+import json
 import os
 
 import pytest
@@ -11,6 +12,13 @@ from conftest import ROOT, tiny_flags
 from core.config import parse_config
 from core.images import list_domains
 from core.trainer import train
+from metrics.eval import evaluate_nets
+from metrics.registry import build_metrics
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
 
 
 @pytest.fixture(scope='module')
@@ -102,3 +110,21 @@ def test_benchmark_command_line_on_a_trained_checkpoint(seasons32, tmp_path, cap
     acc, structure = (float(part.split('=')[1]) for part in last.split())
     assert last.startswith('domain_acc=') and 0 <= acc <= 1 and -1 <= structure <= 1
     assert bench.main(flags + ['--val_img_dir', str(tmp_path / 'nowhere')]) == 1
+
+
+def test_domain_acc_and_structure_as_eval_metrics_score_the_shared_outputs(qcfg, classifier):
+    """--metrics domain_acc,structure: per task, from eval's own outputs (identity translator)."""
+    cfg = qcfg.replace(metrics=('domain_acc', 'structure'))
+    nets = stub_nets(Munch(run_encoder=lambda x: x, run_decoder=lambda enc, s: enc), 4)
+    metrics = build_metrics(cfg, 'cpu')   # the classifier comes from the cache the fixture filled
+    assert metrics[0].classifier.path == classifier.path
+    means = evaluate_nets(nets, cfg, 3, 'cpu', metrics)
+    assert sorted(means) == ['domain_acc_latent/mean', 'domain_acc_reference/mean',
+                             'structure_latent/mean', 'structure_reference/mean']
+    assert means['domain_acc_latent/mean'] <= 0.1 and 0.3 < means['structure_latent/mean'] < 1
+    names = list_domains(cfg.val_img_dir)
+    body = read_json(os.path.join(cfg.eval_dir, 'structure_00003_reference.json'))
+    assert list(body)[:12] == [f'structure_reference/{s}2{t}' for t in names for s in names if s != t]
+    assert body['ground_truth'] is True   # the synthetic data renders every layout in every domain
+    acc = read_json(os.path.join(cfg.eval_dir, 'domain_acc_00003_latent.json'))
+    assert acc['classifier_val_acc'] == classifier.val_acc and acc['classifier'] == os.path.basename(classifier.path)

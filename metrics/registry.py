@@ -1,0 +1,140 @@
+"""The metric registry of --mode eval and --eval_every (after stylegan2-ada's metric_main.py).
+
+A metric is a Metric subclass in its own file, registered by name:
+
+    @register_metric('mean_pixel')
+    class MeanPixel(Metric):
+        series = (Series('MEANPIX'),)               # one result file per mode
+        def begin_task(self, task): self.values = []
+        def update(self, task, batch): self.values += [x.mean() for x in batch.x_fake]
+        def end_task(self, task): return {'MEANPIX': float(sum(self.values) / len(self.values))}
+
+and selected with --metrics. The evaluation builds every selected metric once
+(Metric.build), generates the fakes of each task once and hands every batch of
+them to each metric, then writes one file per Series and mode,
+<name>_<step:05d>_<mode>.json, with the keys <key>_<mode>/<task>, <key>_<mode>/mean
+and the metric's fields(). The weight files a metric declares (weight_files)
+are checked before any work starts (metrics.preflight). The built-in metrics
+register when the package is imported (metrics/__init__.py).
+"""
+from typing import NamedTuple
+
+import torch
+
+_METRICS = {}
+
+
+class Series(NamedTuple):
+    """One result file per mode: {name}_{step:05d}_{mode}.json with keys {key}_{mode}/<task>, {key}_{mode}/mean.
+
+    The mean is also returned (and logged) as {name}_{mode}/mean; key defaults
+    to name; fmt formats the per-task console line.
+    """
+    name: str
+    key: str = ''
+    fmt: str = '.4f'
+
+    def task_key(self, mode, task):
+        return f'{self.key or self.name}_{mode}/{task}'
+
+    def file_name(self, step, mode):
+        return f'{self.name}_{step:05d}_{mode}.json'
+
+
+class Task(NamedTuple):
+    """One translation task: every val image of domain src into domain trg, in one mode."""
+    mode: str       # 'latent' or 'reference'
+    src: str        # domain names and their indices
+    trg: str
+    y_src: int
+    y_trg: int
+    paths: list     # the val images of src, in generation order
+
+
+class Batch(NamedTuple):
+    """The outputs of a batch of sources of one task, generated once and shared by every metric."""
+    x_src: torch.Tensor   # (N, 3, S, S) sources in [-1, 1]: task.paths[first:first + N]
+    x_fake: list          # num_outs_per_domain x (N, 3, S, S) generator outputs in [-1, 1]
+    images: list          # the same as uint8 (N, 3, S, S), quantised as upstream writes its PNGs
+    first: int
+
+
+class Metric:
+    """Base class: one instance per evaluation, which sees every task of both modes in turn.
+
+    Per task: begin_task(task), update(task, batch) per batch of sources,
+    end_task(task) -> {series name: value}.
+    """
+    series = ()   # Series, one per result file; may be set per instance in __init__
+
+    @staticmethod
+    def weight_files(cfg):
+        """Names of the core.weights files this metric needs under `cfg` (checked before any work)."""
+        return []
+
+    @classmethod
+    def build(cls, cfg, device, pretrained=True):
+        """The metric of one evaluation, its networks loaded once (pretrained=False: random weights, tests)."""
+        return cls()
+
+    def begin_task(self, task):
+        """Start a task: reset the per-task state."""
+
+    def update(self, task, batch):
+        """Take one Batch of the task's outputs."""
+        raise NotImplementedError
+
+    def end_task(self, task):
+        """The task's value of each series: {series name: float}."""
+        raise NotImplementedError
+
+    def fields(self, series):
+        """Extra fields written after the mean in the file of `series` (e.g. the feature network)."""
+        return {}
+
+
+def register_metric(name):
+    """Class decorator: make a Metric subclass selectable as --metrics `name`."""
+    def register(cls):
+        old = _METRICS.get(name)
+        if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise ValueError(f'metric {name!r} is already registered by {old.__module__}.{old.__qualname__}')
+        cls.name = name
+        _METRICS[name] = cls
+        return cls
+    return register
+
+
+def list_metrics():
+    """Names of the registered metrics, in registration order."""
+    return list(_METRICS)
+
+
+def get_metric(name):
+    """The Metric class registered as `name`."""
+    try:
+        return _METRICS[name]
+    except KeyError:
+        raise KeyError(f'unknown metric {name!r}; available: {", ".join(_METRICS)}') from None
+
+
+def selection_errors(names):
+    """Problems with the --metrics names, each naming the flag (empty if they are fine)."""
+    if not names:
+        return [f'--metrics needs at least one metric; available: {", ".join(_METRICS)}']
+    errs = [f'--metrics: unknown metric {n!r}; available: {", ".join(_METRICS)}' for n in names if n not in _METRICS]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        errs.append(f'--metrics: {", ".join(dup)} given twice')
+    return errs
+
+
+def metric_weight_files(cfg):
+    """Weight files of the metrics selected by cfg.metrics, each once, in selection order."""
+    names = [w for metric in cfg.metrics for w in get_metric(metric).weight_files(cfg)]
+    return list(dict.fromkeys(names))
+
+
+def build_metrics(cfg, device, pretrained=True):
+    """The selected metrics of one evaluation, built once: [Metric]."""
+    return [get_metric(name).build(cfg, device, pretrained) for name in cfg.metrics]
