@@ -118,17 +118,26 @@ def frozen(*modules):
 def optimize(loss, optims, scaler=None):
     """Zero the grads of `optims`, back-propagate, average the gradients over processes, step them.
 
-    With an fp16 gradient scaler, a step whose gradients are not finite is
-    skipped for every optimizer (their Adam state is not touched) and the scale shrinks.
+    With an fp16 gradient scaler, a phase whose gradients are not all finite is
+    skipped for every optimizer of the phase (no Adam state is touched, not even
+    for networks whose own gradients were finite) and the scale shrinks.
     """
     for optim in optims:
         optim.zero_grad(set_to_none=True)
     (loss if scaler is None else scaler.scale(loss)).backward()
-    distributed.average_gradients([p for optim in optims for group in optim.param_groups for p in group['params']])
+    params = [p for optim in optims for group in optim.param_groups for p in group['params']]
+    distributed.average_gradients(params)
+    if scaler is None:
+        for optim in optims:
+            optim.step()
+        return
     for optim in optims:
-        optim.step() if scaler is None else scaler.step(optim)
-    if scaler is not None:
-        scaler.update()
+        scaler.unscale_(optim)
+    grads = [p.grad for p in params if p.grad is not None]
+    if bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):   # fp16 only: one host sync
+        for optim in optims:
+            scaler.step(optim)
+    scaler.update()
 
 
 @torch.no_grad()
