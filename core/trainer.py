@@ -298,6 +298,8 @@ def _train(cfg, rt, hook):
         atomic_write_text(os.path.join(cfg.checkpoint_dir, 'config.json'), cfg.to_json() + '\n')
         print(f'train: {rt.world_size} process(es) on {device.type}, global batch {cfg.batch_size}, '
               f'precision {"fp32" if rt.amp_dtype is None else cfg.amp}')
+        if device.type == 'cuda' and rt.amp_dtype is None and not cfg.tf32:
+            print('train: tip: on a recent GPU, --amp bf16 --tf32 --channels_last (and --compile) train faster')
     if start >= cfg.total_iters:
         return start
     val = load_val_batch(cfg, device) if writer else None
