@@ -113,3 +113,14 @@ def test_impossible_speed_flags_fail_before_training(monkeypatch):
     assert any(e.startswith('--compile cannot work here: no C++ compiler') for e in errors)
     with pytest.raises(ConfigError, match='--r1_every must be at least 1'):
         parse_config(['--mode', 'train', '--r1_every', '0'])
+
+
+@pytest.mark.skipif(checks.compiler_error(False) is not None, reason='torch.compile needs a C++ compiler')
+def test_compile_resumes_with_a_plugin_that_owns_parameters(seasons32, tmp_path):
+    flags = tiny_flags(seasons32, tmp_path, '--compile', '--patch_loss', 'lsesim=1', '--total_iters', '3',
+                       '--save_every', '2', '--sample_every', '0')
+    assert main(flags[:flags.index('--total_iters')] + ['--total_iters', '2'] + flags[flags.index('--total_iters') + 2:]) == 0
+    assert main(flags + ['--resume_iter', 'latest']) == 0
+    payload = safe_load(ckpt_path(str(tmp_path / 'checkpoints'), 3, 'nets'))
+    assert 'lsesim' in payload and not any('_orig_mod' in k for net in payload.values() if isinstance(net, dict)
+                                           for k in net)
