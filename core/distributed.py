@@ -187,6 +187,15 @@ def gather_rows(tensor):
     return torch.cat([part[:int(n.item())] for part, n in zip(parts, sizes)])
 
 
+def gather_objects(obj):
+    """The picklable `obj` of every process, as a list in rank order ([obj] alone)."""
+    if not active():
+        return [obj]
+    objects = [None] * dist.get_world_size()
+    dist.all_gather_object(objects, obj)
+    return objects
+
+
 def shard(num, rank=None, world_size=None):
     """The slice of range(num) that this process handles: contiguous, sizes differing by at most one."""
     rank = dist.get_rank() if rank is None and active() else (rank or 0)

@@ -339,8 +339,8 @@ def _train(cfg, rt, hook):
 
 
 def evaluate_during_training(run, cfg, step, device, logger):
-    """--eval_every: FID/LPIPS of the EMA networks (rank 0 evaluates; the others wait)."""
+    """--eval_every: the --metrics of the EMA networks, split over every process; rank 0 writes and logs."""
     from metrics.eval import evaluate_nets   # the metric networks load only when used
+    means = evaluate_nets(run.nets_ema, cfg, step, device)   # every process holds the same EMA weights
     if logger is not None:
-        logger.log(step, evaluate_nets(run.nets_ema, cfg, step, device))
-    distributed.barrier()
+        logger.log(step, means)

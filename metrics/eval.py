@@ -10,6 +10,12 @@ batch; each metric then writes one file per result series and mode
 (e.g. FID_{step:05d}_{m}.json, LPIPS_{step:05d}_{m}.json, as upstream) and the
 means are returned. The README's evaluation section lists the metrics, the
 files and the differences from upstream's loop.
+
+Under torchrun (--mode eval, or --eval_every in a training run) every process
+generates whole batches of each task's sources (metrics.sharding) with the
+styles drawn for the whole task, and the metrics' rows of all processes are
+gathered before they compute their values, which therefore equal a single
+process's; rank 0 alone prints and writes the files and images.
 """
 import json
 import os
@@ -22,8 +28,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from core import distributed
 from core.data_loader import EvalDataset
-from core.device import resolve_device
 from core.fileio import atomic_write_text
 from core.images import DataError, check_images, domain_tree, list_images
 from core.inference import load_model, style_codes, translate_styles
@@ -31,6 +37,7 @@ from core.manifest import verify_manifest
 from core.seeding import STREAM_EVAL, step_generator
 from metrics.fid import quantize
 from metrics.registry import Batch, Task, build_metrics
+from metrics.sharding import batch_shard, gather_row_dict, num_rounds
 
 EVAL_MODES = ('latent', 'reference')
 STYLE_CHUNK = 256   # reference images per style-encoder batch
@@ -108,44 +115,80 @@ def task_styles(nets, mode, cfg, task_id, num_src, s_ref, y_trg, device):
 
 
 class ImageWriter:
-    """--save_eval_images: PNGs of one task, named as upstream (%.4i_%.2i.png), renamed into place when done."""
+    """--save_eval_images: PNGs of one task, named as upstream (%.4i_%.2i.png), renamed into place when done.
 
-    def __init__(self, folder):
-        self.folder = folder
+    Every process calls write() once per round of batches; rank 0 writes the images of all.
+    """
+
+    def __init__(self, folder, img_size, device):
+        self.folder, self.shape, self.device = folder, (3, img_size, img_size), device
         self.tmp = os.path.join(os.path.dirname(folder), f'.{os.path.basename(folder)}.partial')
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        os.makedirs(self.tmp)
+        self.main = distributed.is_main()
+        if self.main:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            os.makedirs(self.tmp)
 
-    def write(self, images, first, j):
-        """images: uint8 (N, 3, H, W) of sources first..first+N-1, output j."""
-        for k, img in enumerate(images.permute(0, 2, 3, 1).cpu().numpy()):
-            Image.fromarray(img).save(os.path.join(self.tmp, f'{first + k + 1:04d}_{j + 1:02d}.png'))
+    def write(self, batch, num_outs):
+        """The images of a Batch, or None (no batch left in this process)."""
+        first, n = (0, 0) if batch is None else (batch.first, batch.x_src.size(0))
+        index = distributed.gather_rows(torch.arange(first, first + n, device=self.device))   # (N_all,)
+        for j in range(num_outs):   # one output at a time: rank 0 holds one output of one batch per process
+            empty = torch.empty((0,) + self.shape, dtype=torch.uint8, device=self.device)
+            gathered = distributed.gather_rows(empty if batch is None else batch.images[j])   # (N_all, 3, S, S)
+            if self.main:
+                for k, img in zip(index.tolist(), gathered.permute(0, 2, 3, 1).cpu().numpy()):
+                    Image.fromarray(img).save(os.path.join(self.tmp, f'{k + 1:04d}_{j + 1:02d}.png'))
 
     def close(self):
-        shutil.rmtree(self.folder, ignore_errors=True)
-        os.replace(self.tmp, self.folder)
+        if self.main:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            os.replace(self.tmp, self.folder)
+
+
+def generate(nets, x_src, first, styles, num_outs):
+    """The Batch of the K outputs of sources x_src (N, 3, S, S), which are the task's first..first+N-1."""
+    style_list = [styles(first, first + x_src.size(0), j) for j in range(num_outs)]
+    x_fake = list(translate_styles(nets.generator, x_src, style_list))   # K x (N, 3, S, S)
+    images = [quantize(x) for x in x_fake]                               # the uint8 images upstream writes to PNG
+    return Batch(x_src, x_fake, images, first)
+
+
+def _rounds(loader, rounds):
+    """The loader's batches, then None up to `rounds` items: every process takes part in every round."""
+    batches = iter(loader)
+    for _ in range(rounds):
+        yield next(batches, None)
 
 
 @torch.no_grad()
 def run_task(nets, cfg, metrics, task, styles, device, writer=None):
-    """Generate K outputs per source of `task`, once, and give every batch to each metric."""
+    """Generate K outputs per source of `task`, once, and give every batch to each metric.
+
+    Each process generates its batch_shard of the sources; the rows the metrics
+    return are gathered (in source order) before each metric's end_task.
+    """
     for metric in metrics:
         metric.begin_task(task)
-    first = 0
-    for x_src, _, _ in tqdm(_loader(task.paths, task.y_src, cfg), desc='generating', unit='batch', leave=False):
-        x_src = x_src.to(device, non_blocking=True)
-        last = first + x_src.size(0)
-        style_list = [styles(first, last, j) for j in range(cfg.num_outs_per_domain)]
-        x_fake = list(translate_styles(nets.generator, x_src, style_list))   # K x (N, 3, S, S)
-        images = [quantize(x) for x in x_fake]                               # the uint8 images upstream writes to PNG
+    part = batch_shard(len(task.paths), cfg.val_batch_size)
+    loader = _loader(task.paths[part], task.y_src, cfg)
+    rows = [{} for _ in metrics]   # per metric: {name: [rows of each batch]}
+    first = part.start
+    for item in tqdm(_rounds(loader, num_rounds(len(task.paths), cfg.val_batch_size)), desc='generating',
+                     unit='batch', leave=False, disable=not distributed.is_main()):
+        batch = None if item is None else generate(nets, item[0].to(device, non_blocking=True), first, styles,
+                                                   cfg.num_outs_per_domain)
+        if batch is not None:
+            for metric, kept in zip(metrics, rows):
+                for name, value in metric.update(task, batch).items():
+                    kept.setdefault(name, []).append(value)
+            first += batch.x_src.size(0)
         if writer is not None:
-            for j, img in enumerate(images):
-                writer.write(img, first, j)
-        batch = Batch(x_src, x_fake, images, first)
-        for metric in metrics:
-            metric.update(task, batch)
-        first = last
-    return {name: value for metric in metrics for name, value in metric.end_task(task).items()}
+            writer.write(batch, cfg.num_outs_per_domain)
+    values = {}
+    for metric, kept in zip(metrics, rows):
+        task_rows = gather_row_dict({name: torch.cat(parts) for name, parts in kept.items()}, device)
+        values.update(metric.end_task(task, task_rows))
+    return values
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,12 +218,16 @@ def mode_means(metrics, step, mode, files):
 
 @torch.no_grad()
 def calculate_metrics(nets, cfg, step, mode, device, metrics, data=None):
-    """Evaluate one mode over every task and write each metric's files; returns {file name: values}."""
+    """Evaluate one mode over every task and write each metric's files; returns {file name: values}.
+
+    Under torchrun every process calls this and gets the values; rank 0 writes the files.
+    """
     data = data or EvalData(cfg)
     values = {s.name: {} for metric in metrics for s in metric.series}
     formats = {s.name: s.fmt for metric in metrics for s in metric.series}
     num_domains = len(data.domains)
-    bar = tqdm(total=num_domains * (num_domains - 1), desc=f'eval {mode}', unit='task')
+    main = distributed.is_main()   # the one process that prints and writes
+    bar = tqdm(total=num_domains * (num_domains - 1), desc=f'eval {mode}', unit='task', disable=not main)
     for y_trg, trg in enumerate(data.domains):
         s_ref = reference_styles(nets, data.val[trg], y_trg, cfg, device) if mode == 'reference' else None
         for y_src, src in enumerate(data.domains):
@@ -189,19 +236,22 @@ def calculate_metrics(nets, cfg, step, mode, device, metrics, data=None):
             task = Task(mode, src, trg, y_src, y_trg, data.val[src])
             styles = task_styles(nets, mode, cfg, y_trg * num_domains + y_src, len(task.paths), s_ref,
                                  y_trg, device)
-            writer = ImageWriter(os.path.join(cfg.eval_dir, mode, f'{src}2{trg}')) if cfg.save_eval_images else None
-            result = run_task(nets, cfg, metrics, task, styles, device, writer)
-            if writer is not None:
-                writer.close()
+            images = (ImageWriter(os.path.join(cfg.eval_dir, mode, f'{src}2{trg}'), cfg.img_size, device)
+                      if cfg.save_eval_images else None)
+            result = run_task(nets, cfg, metrics, task, styles, device, images)
+            if images is not None:
+                images.close()
             for name, value in result.items():
                 values[name][f'{src}2{trg}'] = value
-            bar.write(f'{mode} {src}2{trg}: ' + ', '.join(f'{n} {v:{formats[n]}}' for n, v in result.items()))
+            if main:
+                bar.write(f'{mode} {src}2{trg}: ' + ', '.join(f'{n} {v:{formats[n]}}' for n, v in result.items()))
             bar.update(1)
     bar.close()
-    os.makedirs(cfg.eval_dir, exist_ok=True)
     files = result_files(metrics, step, mode, values)
-    for name, body in files.items():
-        write_json(os.path.join(cfg.eval_dir, name), body)
+    if main:
+        os.makedirs(cfg.eval_dir, exist_ok=True)
+        for name, body in files.items():
+            write_json(os.path.join(cfg.eval_dir, name), body)
     return files
 
 
@@ -209,6 +259,7 @@ def evaluate_nets(nets, cfg, step, device, metrics=None, modes=EVAL_MODES):
     """The --metrics of EMA networks `nets` at `step`, in both modes; returns the means.
 
     metrics: built Metric objects (default: build_metrics(cfg, device), feature networks loaded once).
+    Under torchrun every process calls this, with the same networks, and gets the means.
     """
     start = time.perf_counter()
     metrics = metrics or build_metrics(cfg, device)
@@ -217,13 +268,18 @@ def evaluate_nets(nets, cfg, step, device, metrics=None, modes=EVAL_MODES):
     for mode in modes:
         files = calculate_metrics(nets, cfg, step, mode, device, metrics, data)
         means.update(mode_means(metrics, step, mode, files))
-    print(f'evaluation of step {step} ({time.perf_counter() - start:.0f} s): '
-          + ', '.join(f'{k} {v:.4f}' for k, v in means.items()) + f'; files in {cfg.eval_dir}')
+    if distributed.is_main():
+        print(f'evaluation of step {step} ({time.perf_counter() - start:.0f} s): '
+              + ', '.join(f'{k} {v:.4f}' for k, v in means.items()) + f'; files in {cfg.eval_dir}')
     return means
 
 
 def evaluate(cfg):
-    """--mode eval: load the EMA networks of the checkpoint and evaluate both modes."""
-    device = resolve_device(cfg.device)
-    model = load_model(cfg, device)   # resolves --resume_iter latest once: files are named after these weights
-    return evaluate_nets(model.nets, model.cfg, model.step or 0, device)
+    """--mode eval: load the EMA networks of the checkpoint and evaluate both modes (under torchrun: every process)."""
+    rt = distributed.setup(cfg)
+    try:
+        # --resume_iter latest is resolved once: the files are named after these weights
+        model = load_model(cfg, rt.device, verbose=distributed.is_main())
+        return evaluate_nets(model.nets, model.cfg, model.step or 0, rt.device)
+    finally:
+        distributed.shutdown()

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from core import distributed
 from core.images import check_images, list_images
 from core.errors import run_cli
 from core.weights import WEIGHTS
@@ -155,23 +156,21 @@ class FID(Metric):
             stats, hits = real_statistics(os.path.join(cfg.train_img_dir, domain), cfg.img_size, self.extractors,
                                           cfg.fid_stats_dir, self.device, cfg.val_batch_size, cfg.num_workers,
                                           cfg.skip_bad_images)
-            if hits:
+            if hits and distributed.is_main():
                 tqdm.write(f'real statistics of {domain}: cached ({", ".join(hits)})')
             self._real[domain] = stats
         return self._real[domain]
 
     def begin_task(self, task):
-        self.real(task.trg)
-        self.feats = {p: [] for p in self.extractors}
+        self.real(task.trg)   # every process, together: the real images are split over them
 
     def update(self, task, batch):
-        for p, extractor in self.extractors.items():
-            self.feats[p] += [extractor(images) for images in batch.images]   # (N, 2048) each
+        # (K * N, 2048) per protocol, output-major as upstream's per-batch order
+        return {p: torch.cat([extractor(images) for images in batch.images]) for p, extractor in self.extractors.items()}
 
-    def end_task(self, task):
+    def end_task(self, task, rows):
         real = self.real(task.trg)
-        return {series_name(p): frechet_distance(real[p], feature_stats(torch.cat(f).cpu().numpy()))
-                for p, f in self.feats.items()}
+        return {series_name(p): frechet_distance(real[p], feature_stats(rows[p].cpu().numpy())) for p in self.extractors}
 
     def fields(self, series):
         protocol = next(p for p in self.extractors if series_name(p) == series.name)

@@ -94,14 +94,11 @@ class LPIPSDiversity(Metric):
     def __init__(self, model):
         self.model = model
 
-    def begin_task(self, task):
-        self.values = []
-
     def update(self, task, batch):
-        self.values.append(lpips_diversity(self.model, batch.x_fake))   # (N,)
+        return {'LPIPS': lpips_diversity(self.model, batch.x_fake)}   # (N,): one per source
 
-    def end_task(self, task):
-        return {'LPIPS': float(torch.cat(self.values).cpu().mean())}
+    def end_task(self, task, rows):
+        return {'LPIPS': float(rows['LPIPS'].cpu().mean())}
 
     def fields(self, series):
         return {'network': LPIPS_NAME}

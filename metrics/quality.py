@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from munch import Munch
 
+from core import distributed
 from core.data_loader import EvalTransform
 from core.fileio import atomic_save, safe_load
 from core.images import list_domains, list_images, load_rgb
@@ -96,9 +97,14 @@ def train_domain_classifier(train_dir, img_size, device, seed=0, steps=CLASSIFIE
 
 
 @torch.no_grad()
+def predict(classifier, x, chunk=256):
+    """The domain the classifier gives each image x (N, 3, S, S): (N,)."""
+    return torch.cat([classifier(x[i:i + chunk]).argmax(1) for i in range(0, len(x), chunk)])
+
+
 def accuracy(classifier, x, y, chunk=256):
     """Fraction of images x (N, 3, S, S) that the classifier puts in domain y (N,)."""
-    preds = torch.cat([classifier(x[i:i + chunk]).argmax(1) for i in range(0, len(x), chunk)])
+    preds = predict(classifier, x, chunk)
     return float((preds == y.to(preds.device)).float().mean())
 
 
@@ -116,14 +122,15 @@ def load_or_train_classifier(cfg, device, path=None):
     Returns Munch(model, val_acc, path); val_acc is its accuracy on the real val images.
     """
     path = path or classifier_path(cfg)
-    num_domains = len(list_domains(cfg.train_img_dir))
-    model = DomainClassifier(num_domains).to(device)
-    if os.path.isfile(path):
-        model.load_state_dict(safe_load(path))
-        model.eval().requires_grad_(False)
-    else:
+    model = None
+    if distributed.is_main() and not os.path.isfile(path):   # one writer; under torchrun the others load its file
         model = train_domain_classifier(cfg.train_img_dir, cfg.img_size, device, cfg.seed)
         atomic_save(model.state_dict(), path)
+    distributed.barrier()
+    if model is None:
+        model = DomainClassifier(len(list_domains(cfg.train_img_dir))).to(device)
+        model.load_state_dict(safe_load(path))
+        model.eval().requires_grad_(False)
     x_val, y_val, _ = _load_tree(cfg.val_img_dir, cfg.img_size)
     return Munch(model=model, val_acc=accuracy(model, x_val.to(device), y_val), path=path)
 
@@ -255,17 +262,12 @@ class DomainAccuracy(Metric):
         """classifier: a Munch from load_or_train_classifier; names: its domains, in label order."""
         self.classifier, self.label = classifier, {name: y for y, name in enumerate(names)}
 
-    def begin_task(self, task):
-        self.hits = self.total = 0
-
     def update(self, task, batch):
-        for x_fake in batch.x_fake:
-            y = torch.full((len(x_fake),), self.label[task.trg])
-            self.hits += accuracy(self.classifier.model, x_fake, y) * len(x_fake)
-            self.total += len(x_fake)
+        y = self.label[task.trg]
+        return {'hit': torch.cat([predict(self.classifier.model, x_fake) == y for x_fake in batch.x_fake]).long()}
 
-    def end_task(self, task):
-        return {'domain_acc': self.hits / self.total}
+    def end_task(self, task, rows):
+        return {'domain_acc': int(rows['hit'].sum()) / rows['hit'].numel()}
 
     def fields(self, series):
         return {'classifier': os.path.basename(self.classifier.path), 'classifier_val_acc': self.classifier.val_acc}
@@ -283,20 +285,16 @@ class Structure(Metric):
     def __init__(self, params, img_size):
         self.params, self.img_size, self.used_gt = params, img_size, True
 
-    def begin_task(self, task):
-        self.agreement = self.total = 0
-
     def update(self, task, batch):
         n = len(batch.x_src)
         target, is_gt = structure_targets(self.params, task.paths[batch.first:batch.first + n], [task.src] * n,
                                           task.trg, batch.x_src, self.img_size)
-        self.used_gt &= is_gt
-        for x_fake in batch.x_fake:
-            self.agreement += edge_agreement(x_fake, target).sum().item()
-            self.total += n
+        return {'agreement': torch.cat([edge_agreement(x_fake, target) for x_fake in batch.x_fake]),   # (K * N,)
+                'ground_truth': torch.full((n,), int(is_gt), device=batch.x_src.device)}
 
-    def end_task(self, task):
-        return {'structure': self.agreement / self.total}
+    def end_task(self, task, rows):
+        self.used_gt &= bool(rows['ground_truth'].all())
+        return {'structure': float(rows['agreement'].double().sum()) / rows['agreement'].numel()}
 
     def fields(self, series):
         return {'ground_truth': self.used_gt}

@@ -5,13 +5,18 @@ A metric is a Metric subclass in its own file, registered by name:
     @register_metric('mean_pixel')
     class MeanPixel(Metric):
         series = (Series('MEANPIX'),)               # one result file per mode
-        def begin_task(self, task): self.values = []
-        def update(self, task, batch): self.values += [x.mean() for x in batch.x_fake]
-        def end_task(self, task): return {'MEANPIX': float(sum(self.values) / len(self.values))}
+        def update(self, task, batch):              # rows of this batch: one per output here
+            return {'mean': torch.cat([x.mean((1, 2, 3)) for x in batch.x_fake])}
+        def end_task(self, task, rows): return {'MEANPIX': float(rows['mean'].mean())}
 
 and selected with --metrics. The evaluation builds every selected metric once
 (Metric.build), generates the fakes of each task once and hands every batch of
-them to each metric, then writes one file per Series and mode,
+them to each metric, which returns the batch's rows (per output, per source: a
+tensor per name, any first dimension). The task's rows, concatenated in source
+order, go to end_task; under torchrun every process generates a part of the
+task's batches (metrics.sharding) and the rows of all are gathered first, so
+a metric never talks to other processes and its numbers equal a single
+process's. The evaluation then writes one file per Series and mode,
 <name>_<step:05d>_<mode>.json, with the keys <key>_<mode>/<task>, <key>_<mode>/mean
 and the metric's fields(). The weight files a metric declares (weight_files)
 are checked before any work starts (metrics.preflight). The built-in metrics
@@ -62,8 +67,10 @@ class Batch(NamedTuple):
 class Metric:
     """Base class: one instance per evaluation, which sees every task of both modes in turn.
 
-    Per task: begin_task(task), update(task, batch) per batch of sources,
-    end_task(task) -> {series name: value}.
+    Per task: begin_task(task), update(task, batch) -> {name: rows} per batch of
+    sources, end_task(task, rows) -> {series name: value} with the rows of every
+    batch (of every process) concatenated in source order. Per-task results live
+    in the rows, not in the instance: that is what lets them be gathered.
     """
     series = ()   # Series, one per result file; may be set per instance in __init__
 
@@ -78,14 +85,14 @@ class Metric:
         return cls()
 
     def begin_task(self, task):
-        """Start a task: reset the per-task state."""
+        """Start a task (every process calls it, in the same order: it may load statistics)."""
 
     def update(self, task, batch):
-        """Take one Batch of the task's outputs."""
+        """The rows of one Batch of the task's outputs: {name: tensor (n, ...)}, the same names every batch."""
         raise NotImplementedError
 
-    def end_task(self, task):
-        """The task's value of each series: {series name: float}."""
+    def end_task(self, task, rows):
+        """The task's value of each series, {series name: float}, from rows: {name: the task's rows (n_total, ...)}."""
         raise NotImplementedError
 
     def fields(self, series):

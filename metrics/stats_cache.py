@@ -12,6 +12,8 @@ protocol, image size, feature network):
 An entry is used only if the folder's content digest (every path and SHA-256)
 still equals the stored one; files whose size and mtime are unchanged are not
 re-hashed (core.manifest.file_records), so a hit costs a directory scan.
+Under torchrun the processes split a miss's images (metrics.sharding) and
+gather the features; rank 0 alone writes the entry.
 """
 import hashlib
 import io
@@ -24,11 +26,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from core import distributed
 from core.data_loader import squash
 from core.errors import UserError
 from core.fileio import atomic_write_bytes, atomic_write_text
 from core.images import check_images, load_rgb
 from core.manifest import content_digest, file_records, records_from_json, records_to_json, relative_images
+from metrics.sharding import batch_shard, gather_row_dict
 
 class FeatureStats(NamedTuple):
     """Gaussian statistics of a feature set, with the eigen-decomposition of its covariance.
@@ -86,7 +90,7 @@ def extract_features(extractors, paths, img_size, device, batch_size=50, num_wor
     loader = DataLoader(Uint8Images(paths, img_size), batch_size=batch_size, num_workers=num_workers,
                         pin_memory=torch.device(device).type == 'cuda')
     feats = {p: [] for p in extractors}
-    for x in tqdm(loader, desc=desc, unit='batch', leave=False):
+    for x in tqdm(loader, desc=desc, unit='batch', leave=False, disable=not distributed.is_main()):
         x = x.to(device, non_blocking=True)
         for p, extractor in extractors.items():
             feats[p].append(extractor(x))
@@ -134,7 +138,8 @@ def real_statistics(folder, img_size, extractors, cache_dir, device, batch_size=
 
     extractors: {protocol: FIDExtractor}; the protocols that miss are computed
     together in one pass over the images. Returns ({protocol: FeatureStats},
-    [protocols served from the cache]).
+    [protocols served from the cache]). Under torchrun every process calls this
+    together; a protocol that misses in any process is computed by all.
     """
     label = os.path.basename(os.path.normpath(folder))
     bases = {p: _entry_base(cache_dir, folder, p, img_size, e.identity) for p, e in extractors.items()}
@@ -144,20 +149,25 @@ def real_statistics(folder, img_size, extractors, cache_dir, device, batch_size=
         known.update(entry[0] if entry else {})
     records = file_records(folder, relative_images(folder), known, desc=f'Hashing {label}')
     digest = content_digest(records)
-    stats, hits = {}, []
-    for protocol, entry in entries.items():
-        if entry is not None and entry[1] == digest:
-            stats[protocol] = entry[2]
-            hits.append(protocol)
-            if entry[0] != records:   # touched but unchanged files: remember their new mtimes
-                _write_meta(bases[protocol], records, digest)
-    missing = {p: e for p, e in extractors.items() if p not in stats}
+    writer = distributed.is_main()
+    stats = {p: entry[2] for p, entry in entries.items() if entry is not None and entry[1] == digest}
+    missed = {p for rank_missed in distributed.gather_objects([p for p in extractors if p not in stats])
+              for p in rank_missed}   # computed together, so every process computes the same ones
+    hits = [p for p in stats if p not in missed]
+    for protocol in hits:
+        if writer and entries[protocol][0] != records:   # touched but unchanged files: remember their new mtimes
+            _write_meta(bases[protocol], records, digest)
+    missing = {p: e for p, e in extractors.items() if p in missed}
     if missing:
         paths = check_images([os.path.join(folder, rel) for rel in sorted(records)], skip_bad)
-        feats = extract_features(missing, paths, img_size, device, batch_size, num_workers, desc=f'real {label}')
-        os.makedirs(cache_dir, exist_ok=True)
+        part = paths[batch_shard(len(paths), batch_size)]
+        feats = extract_features(missing, part, img_size, device, batch_size, num_workers,
+                                 desc=f'real {label}') if part else {}
+        feats = gather_row_dict({p: torch.from_numpy(f) for p, f in feats.items()}, device)   # (N, 2048) each
         for protocol in missing:
-            stats[protocol] = feature_stats(feats[protocol])
-            _write_npz(bases[protocol] + '.npz', **stats[protocol]._asdict(), digest=np.array(digest))
-            _write_meta(bases[protocol], records, digest)   # written last: it validates the npz
+            stats[protocol] = feature_stats(feats[protocol].cpu().numpy())
+            if writer:
+                os.makedirs(cache_dir, exist_ok=True)
+                _write_npz(bases[protocol] + '.npz', **stats[protocol]._asdict(), digest=np.array(digest))
+                _write_meta(bases[protocol], records, digest)   # written last: it validates the npz
     return stats, hits
