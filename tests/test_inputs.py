@@ -5,9 +5,12 @@ Tests run as root here, and root writes into folders whatever their permission b
 read-only folder is made another way: a path under a file (ENOTDIR, a real OS refusal), or
 a probe whose creation is made to fail with EROFS; the chmod test runs only for other users.
 """
+import errno
 import os
+import stat
 import subprocess
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -16,8 +19,11 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, tiny_flags
+from core import checks
+from core.checks import check_inputs, output_folders, writable_problem
 from core.config import parse_config
 from core.data_loader import UnreadableImageError, load_val_batch, make_train_iterator
+from core.fileio import STALE_TEMP_SECONDS, WriteError, atomic_save, remove_stale_temp_files
 from core.images import DataError, check_images, domain_tree, list_images, load_rgb
 from main import main
 
@@ -204,6 +210,135 @@ def test_skip_bad_images_uses_another_image_of_the_same_domain(tmp_path, num_wor
             assert torch.equal(x.mean(dim=(2, 3)).argmax(dim=1), y)   # every image from its own domain
     for a, b in zip(*taken):
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------------------
+# Output folders
+# ---------------------------------------------------------------------------
+
+def test_unwritable_checkpoint_folder_fails_before_any_training(seasons32, tmp_path, monkeypatch, capsys):
+    """--checkpoint_dir under a file: the OS refuses the folder even to root (ENOTDIR)."""
+    (tmp_path / 'a_file').write_text('')
+    monkeypatch.setattr('core.trainer.train', lambda cfg: pytest.fail('training started'))
+    flags = tiny_flags(seasons32, tmp_path / 'run') + ['--checkpoint_dir', str(tmp_path / 'a_file' / 'ckpt')]
+    assert main(flags) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: --checkpoint_dir ') and f'{tmp_path / "a_file"} is a file' in err
+    assert not (tmp_path / 'run').exists()
+
+
+def test_read_only_file_system_is_found_by_the_probe(tmp_path, monkeypatch):
+    """os.access says yes to root even where nothing can be written, so the check creates a probe
+    file; here its creation fails as on a read-only mount (EROFS)."""
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+    monkeypatch.setattr(checks.tempfile, 'mkstemp', read_only)
+    problem = writable_problem(str(tmp_path / 'new' / 'ckpt'))
+    assert problem == f'cannot be written: no new file can be made in {tmp_path} (Read-only file system)'
+
+
+@pytest.mark.skipif(hasattr(os, 'geteuid') and os.geteuid() == 0, reason='root ignores permission bits')
+def test_folder_without_write_permission_is_refused(tmp_path):
+    folder = tmp_path / 'locked'
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        assert 'cannot be written' in writable_problem(str(folder / 'ckpt'))
+    finally:
+        folder.chmod(0o700)
+
+
+def test_each_mode_checks_the_folders_it_writes(tmp_path):
+    def folders(*argv):
+        return set(output_folders(parse_config(['--mode', *argv])))
+    assert folders('train', '--eval_every', '0') == {'checkpoint_dir', 'sample_dir'}
+    assert folders('train', '--eval_every', '10', '--num_outs_per_domain', '2') == \
+        {'checkpoint_dir', 'sample_dir', 'eval_dir'}
+    assert folders('sample') == folders('translate') == {'result_dir'}
+    assert folders('eval', '--num_outs_per_domain', '2') == {'eval_dir'}
+    assert folders('demo') == {'checkpoint_dir', 'sample_dir', 'result_dir'}
+    assert writable_problem(str(tmp_path / 'not' / 'yet' / 'made')) is None
+    assert not (tmp_path / 'not').exists()   # checking creates nothing
+
+
+# ---------------------------------------------------------------------------
+# Saves that fail, and what interrupted saves leave behind
+# ---------------------------------------------------------------------------
+
+def temp_files(folder):
+    return [name for name in os.listdir(folder) if name.endswith('.tmp')]
+
+
+@pytest.mark.skipif(not os.path.exists('/dev/full'), reason='needs /dev/full')
+def test_disk_full_during_a_save_is_one_message_and_keeps_the_old_file(tmp_path, monkeypatch):
+    """torch.save turns a failed write into a RuntimeError; the message still names the cause."""
+    path = str(tmp_path / 'x.ckpt')
+    atomic_save({'w': torch.ones(3)}, path)
+    real_fdopen = os.fdopen
+
+    def full_disk(fd, *args, **kwargs):   # the temporary file behaves like a full disk
+        os.close(fd)
+        return real_fdopen(os.open('/dev/full', os.O_WRONLY), *args, **kwargs)
+    monkeypatch.setattr(os, 'fdopen', full_disk)
+    with pytest.raises(WriteError) as err:
+        atomic_save({'w': torch.zeros(100000)}, path)
+    monkeypatch.undo()
+    assert str(err.value).startswith(f'cannot write {path} (No space left on device); free some disk space')
+    assert len(str(err.value).splitlines()) == 1 and isinstance(err.value, OSError)
+    assert torch.equal(torch.load(path)['w'], torch.ones(3)) and temp_files(tmp_path) == []
+
+
+def test_os_error_at_a_training_save_keeps_the_last_checkpoint(seasons32, tmp_path, monkeypatch, capsys):
+    run = tmp_path / 'run'
+    assert main(tiny_flags(seasons32, run, '--total_iters', '2')) == 0
+    ckpt = run / 'checkpoints'
+    before = {name: (ckpt / name).read_bytes() for name in os.listdir(ckpt) if name.endswith('.ckpt')}
+    assert len(before) == 3
+    capsys.readouterr()
+
+    def no_space(obj, f):
+        f.write(b'partial')
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(torch, 'save', no_space)
+    assert main(tiny_flags(seasons32, run, '--total_iters', '4', '--resume_iter', 'latest')) == 1
+    err = capsys.readouterr().err   # after the progress bar
+    last_line = err.rstrip('\n').rsplit('\n', 1)[-1]
+    assert last_line.startswith(f'error: cannot write {ckpt / "000004_nets.ckpt"} (No space left on device)')
+    assert err.count('error: ') == 1 and 'Traceback' not in err, err
+    assert {name: (ckpt / name).read_bytes() for name in os.listdir(ckpt) if name.endswith('.ckpt')} == before
+    assert temp_files(ckpt) == []
+
+
+def test_stale_temporary_files_are_removed_at_the_next_start(seasons32, tmp_path):
+    ckpt = tmp_path / 'run' / 'checkpoints'
+    ckpt.mkdir(parents=True)
+    old = ckpt / '.000002_nets.ckpt.a1b2_c3d.tmp'
+    fresh = ckpt / '.000004_nets.ckpt.zz9y8x7w.tmp'   # may be a save under way in another process
+    not_ours = [ckpt / '.notes.tmp', ckpt / 'x.ckpt.abcdefgh.tmp', ckpt / 'keep.ckpt']
+    for path in [old, fresh] + not_ours:
+        path.write_bytes(b'x')
+    long_ago = time.time() - STALE_TEMP_SECONDS - 10
+    for path in [old] + not_ours:
+        os.utime(path, (long_ago, long_ago))
+    check_inputs(parse_config(tiny_flags(seasons32, tmp_path / 'run')))
+    assert not old.exists() and fresh.exists() and all(p.exists() for p in not_ours)
+    nested = tmp_path / 'eval' / 'latent' / 'a2b'
+    nested.mkdir(parents=True)
+    (nested / '.0.png.abcdefgh.tmp').write_bytes(b'x')
+    assert remove_stale_temp_files(str(tmp_path / 'eval'), depth=2, min_age=0) == \
+        [str(nested / '.0.png.abcdefgh.tmp')]
+
+
+@pytest.mark.parametrize('umask', [0o022, 0o027])
+def test_videos_get_the_usual_permissions(tmp_path, umask):
+    from core.video import write_video
+    old = os.umask(umask)
+    try:
+        path = str(tmp_path / 'v.mp4')
+        write_video(path, (torch.zeros(3, 16, 16) for _ in range(3)), 3, fps=5)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
 
 
 # ---------------------------------------------------------------------------
