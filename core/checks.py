@@ -1,19 +1,26 @@
-"""Checks of the files and folders a mode reads, made before the mode does any work.
+"""Checks of the files and folders a mode reads and writes, made before the mode does any work.
 
-main.py runs input_errors(cfg) after the config is parsed and before it
+main.py runs check_inputs(cfg) after the config is parsed and before it
 dispatches, together with the weight files the run's metrics and plug-ins
-declare; every problem is reported at once, each naming its flag. The config
-itself never touches the file system.
+declare; every problem is reported at once, each naming its flag. Output
+folders must be writable (tried with a probe file, which also catches
+read-only file systems); once everything passes, the temporary files that
+interrupted saves left in them are removed. The config itself never touches
+the file system.
 """
 import importlib.util
 import os
 import shutil
+import tempfile
 
 import torch
 
 from core import contrastive
-from core.config import ConfigError
+from core.config import ConfigError, evaluates
 from core.distributed import env_world_size
+from core.fileio import remove_stale_temp_files
+
+TEMP_DEPTH = 2   # output sub-folders searched for stale temporary files (eval_dir/<mode>/<src>2<trg>/)
 
 
 def _folder_errors(cfg, *flags):
@@ -87,6 +94,54 @@ def _training_errors(cfg):
     return speed_errors(cfg) + contrastive.requirement_errors(cfg)
 
 
+def _nearest_existing(path):
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+def writable_problem(folder):
+    """Why files cannot be written in `folder` (created when needed), or None.
+
+    A probe file is created and removed in the folder, or in its nearest
+    existing parent, because os.access says yes to root even on folders it
+    cannot write (read-only file systems).
+    """
+    folder = os.path.abspath(folder)
+    existing = _nearest_existing(folder)
+    if not os.path.isdir(existing):
+        return 'is a file, not a folder' if existing == folder else f'cannot be created: {existing} is a file'
+    try:
+        fd, probe = tempfile.mkstemp(prefix='.write-test.', dir=existing)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        return f'cannot be written: no new file can be made in {existing} ({err.strerror})'
+    return None
+
+
+def output_folders(cfg):
+    """{flag: folder} of the folders cfg.mode writes (for prepare: the folder holding the new split)."""
+    flags = {'train': ['checkpoint_dir'] + (['sample_dir'] if 0 < cfg.sample_every <= cfg.total_iters else [])
+             + (['eval_dir'] if evaluates(cfg) else []),
+             'demo': ['checkpoint_dir', 'sample_dir', 'result_dir'],
+             'sample': ['result_dir'], 'translate': ['result_dir'], 'eval': ['eval_dir']}.get(cfg.mode, [])
+    folders = {flag: getattr(cfg, flag) for flag in flags}
+    if cfg.mode == 'prepare':
+        folders.update({flag: os.path.dirname(os.path.abspath(getattr(cfg, flag)))
+                        for flag in ('train_img_dir', 'val_img_dir')})
+    return folders
+
+
+def _output_errors(cfg):
+    errs = []
+    for flag, folder in output_folders(cfg).items():
+        problem = writable_problem(folder)
+        if problem:
+            errs.append(f'--{flag} {folder} {problem}; choose a folder you can write to')
+    return errs
+
+
 INPUT_CHECKS = {
     'train': _train_errors,
     'demo': _training_errors,
@@ -98,13 +153,17 @@ INPUT_CHECKS = {
 
 
 def input_errors(cfg):
-    """Problems with the input files and folders of cfg.mode, each naming its flag."""
+    """Problems with the input files and output folders of cfg.mode, each naming its flag."""
     check = INPUT_CHECKS.get(cfg.mode)
-    return check(cfg) if check else []
+    return (check(cfg) if check else []) + _output_errors(cfg)
 
 
 def check_inputs(cfg, *more_errors):
-    """Raise one ConfigError listing the input problems of cfg.mode and any other errors given."""
+    """Raise one ConfigError listing the input problems of cfg.mode and any other errors given;
+    if there are none, remove the stale temporary files of the mode's output folders."""
     errs = input_errors(cfg) + [e for errors in more_errors for e in errors]
     if errs:
         raise ConfigError('\n'.join(errs))
+    for folder in output_folders(cfg).values():
+        if cfg.mode != 'prepare':   # prepare's folders are the parents of the data, not ours to clean
+            remove_stale_temp_files(folder, TEMP_DEPTH)

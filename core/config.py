@@ -9,7 +9,9 @@ A config is built once (parse_config), validated once, never mutated, saved
 as config.json with every run and stored inside every checkpoint.
 """
 import argparse
+import difflib
 import json
+import math
 from collections.abc import Mapping
 
 from core import contrastive
@@ -320,9 +322,40 @@ def _add_eval_flags(p):
                         'the SRC paper\'s 100/400)')
 
 
+class FlagParser(argparse.ArgumentParser):
+    """argparse without abbreviations, whose usage errors are one line (exit status 2, as argparse).
+
+    An unknown flag is named with the closest known one; --help is unchanged.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f'error: {message}\n')
+
+    def parse_args(self, args=None, namespace=None):
+        ns, extra = self.parse_known_args(args, namespace)
+        if extra:
+            self.error(self.unknown_message(extra))
+        return ns
+
+    def unknown_message(self, extra):
+        """'unknown flag --x; did you mean --y?' for the first unknown flag of `extra` (else the stray value)."""
+        flags = [arg.split('=', 1)[0] for arg in extra if arg.startswith('-')]
+        if not flags:
+            return f'unexpected value {extra[0]!r} (every value follows its flag, e.g. --total_iters 100)'
+        known = [opt for action in self._actions for opt in action.option_strings]
+        # An abbreviation suggests the flag it starts; anything else the most similar one.
+        close = sorted((k for k in known if k.startswith(flags[0])), key=len) or \
+            difflib.get_close_matches(flags[0], known, n=1)
+        hint = f'; did you mean {close[0]}?' if close else '; run with --help to list the flags'
+        return f'unknown flag {flags[0]}{hint}'
+
+
 def build_parser():
     """The full argument parser (every mode shares one flag set, as upstream)."""
-    p = argparse.ArgumentParser(
+    p = FlagParser(
         description='StarGAN v2 with plug-in patch-wise semantic relation losses (SRC, hDCE, ...)',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--mode', required=True, choices=list(MODES), help='what to run')
@@ -367,9 +400,54 @@ def _power_of_two(n):
     return n > 0 and n & (n - 1) == 0
 
 
+SEED_RANGE = (0, 2 ** 32 - 1)   # core.seeding keeps 32 bits of the seed: larger seeds would repeat smaller ones
+
+
+def _floats(value):
+    """The floats inside a flag's value (a float, or the tuples of --patch_loss and list flags)."""
+    if isinstance(value, float):
+        return [value]
+    if isinstance(value, tuple):
+        return [x for v in value for x in _floats(v)]
+    return []
+
+
+def _nonfinite_flags(cfg):
+    """Flags holding NaN or an infinity ('patch_losses' is reported as --patch_loss)."""
+    return [name for name, value in cfg.items() if not all(math.isfinite(x) for x in _floats(value))]
+
+
 def _errors(cfg):
-    """Every problem of a resolved config, each naming its flag."""
+    """Every problem of a resolved config, each naming its flag, one message per flag.
+
+    NaN passes every comparison, so non-finite values are found first and the
+    range checks of those flags are left out.
+    """
+    bad = ['patch_loss' if name == 'patch_losses' else name for name in _nonfinite_flags(cfg)]
+    errs = [f'--{name} must be a finite number (got {_nonfinite_text(cfg, name)})' for name in bad]
+    if bad:
+        cfg = cfg.replace(**{name: _finite_stand_in(cfg, name) for name in _nonfinite_flags(cfg)})
+    return errs + [e for e in _range_errors(cfg) if not any(e.startswith(f'--{name} ') for name in bad)]
+
+
+def _nonfinite_text(cfg, name):
+    values = _floats(cfg.get('patch_losses' if name == 'patch_loss' else name))
+    return ', '.join(str(x) for x in values if not math.isfinite(x))
+
+
+def _finite_stand_in(cfg, name):
+    """A finite value of the same shape, so that the other checks can run (its errors are dropped)."""
+    def fix(v):
+        if isinstance(v, float):
+            return v if math.isfinite(v) else 0.0
+        return tuple(fix(x) for x in v) if isinstance(v, tuple) else v
+    return fix(cfg.get(name))
+
+
+def _range_errors(cfg):
     errs = []
+    if not SEED_RANGE[0] <= cfg.seed <= SEED_RANGE[1]:
+        errs.append(f'--seed must be between {SEED_RANGE[0]} and {SEED_RANGE[1]} (got {cfg.seed})')
     if not (_power_of_two(cfg.img_size) and 32 <= cfg.img_size <= 512):
         errs.append(f'--img_size must be a power of two from 32 to 512 (got {cfg.img_size})')
     if cfg.w_hpf > 0:
@@ -498,7 +576,7 @@ def _preset_name(argv):
 
     --mode demo implies --preset demo.
     """
-    p = argparse.ArgumentParser(add_help=False)
+    p = FlagParser(add_help=False)
     p.add_argument('--preset', default=None)
     p.add_argument('--mode', default=None)
     known, _ = p.parse_known_args(argv)

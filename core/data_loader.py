@@ -15,6 +15,7 @@ pickles under the 'spawn' start method (Windows, macOS).
 import math
 import os
 import random
+import warnings
 
 import numpy as np
 import torch
@@ -33,10 +34,10 @@ RANDCROP_ATTEMPTS = 10        # as torchvision, before the centre-crop fallback
 FLIP_PROB = 0.5
 
 
-def _load_checked_tree(root, num_domains, skip_bad, flag=None, names=None):
+def _load_checked_tree(root, num_domains, skip_bad, flag=None, names=None, named_by='the model'):
     """Image paths and domain ids of a domain tree, after the manifest, domain-tree and image checks."""
     verify_manifest(root)
-    tree = domain_tree(root, flag, num_domains, names)
+    tree = domain_tree(root, flag, num_domains, names, named_by=named_by)
     domains, paths, labels = tree.names, tree.paths, tree.labels
     good = set(check_images(paths, skip_bad))
     kept = [(p, y) for p, y in zip(paths, labels) if p in good]
@@ -46,6 +47,65 @@ def _load_checked_tree(root, num_domains, skip_bad, flag=None, names=None):
         raise DataError(f'No usable images are left in {names} after skipping the bad ones. '
                         'Add images to these folders.')
     return [p for p, _ in kept], [y for _, y in kept]
+
+
+# ---------------------------------------------------------------------------
+# Reading images during a run
+# ---------------------------------------------------------------------------
+
+class UnreadableImageError(DataError):
+    """An image that passed the check at the start of the run but cannot be read when it is needed.
+
+    DataLoader workers send exceptions to the main process as their type and
+    formatted traceback, and torch re-creates the exception from that text;
+    __init__ keeps only the original message, so the user sees one line.
+    """
+
+    def __init__(self, message):
+        marker = f'{type(self).__name__}: '
+        if message.startswith('Caught ') and marker in message:
+            message = message.rsplit(marker, 1)[1].strip()
+        super().__init__(message)
+
+
+def _unreadable(err):
+    return UnreadableImageError(
+        f'{err.path} cannot be read any more ({err.reason}), although it passed the check at the start of '
+        f'the run; restore or remove it, or pass --skip_bad_images to use another image of its domain '
+        f'in its place')
+
+
+def read_image(path):
+    """load_rgb(path), or UnreadableImageError naming the file and what to do."""
+    try:
+        return load_rgb(path)
+    except BadImageError as err:
+        raise _unreadable(err) from None
+
+
+def read_or_substitute(paths, labels, index, skip_bad):
+    """(image, path) of paths[index]; under skip_bad an unreadable one is replaced by the next readable
+    image of the same domain in list order (wrapping around), so a given set of files always gives
+    the same batches. Raises UnreadableImageError when that is not allowed or possible."""
+    try:
+        return load_rgb(paths[index]), paths[index]
+    except BadImageError as err:
+        if not skip_bad:
+            raise _unreadable(err) from None
+        reason = err.reason
+    for k in range(1, len(paths)):
+        other = (index + k) % len(paths)
+        if labels[other] != labels[index]:
+            continue
+        try:
+            img = load_rgb(paths[other])
+        except BadImageError:
+            continue
+        warnings.warn(f'{paths[index]} cannot be read any more ({reason}); using {paths[other]} of the same '
+                      f'domain in its place (--skip_bad_images)', stacklevel=2)
+        return img, paths[other]
+    raise UnreadableImageError(f'{paths[index]} cannot be read any more ({reason}) and no other image of its '
+                               f'domain can be read either; restore the image folder')
 
 
 # ---------------------------------------------------------------------------
@@ -196,18 +256,21 @@ class TrainDataset(Dataset):
 
     dataset[(index, aug_seed)] -> (x (3, S, S), y);
     dataset[(index, aug_seed, index2, aug_seed2)] -> (x, x2, y).
+    An image that became unreadable stops the run with one message, or under
+    skip_bad is replaced (see read_or_substitute).
     """
 
-    def __init__(self, paths, labels, img_size, randcrop_prob):
+    def __init__(self, paths, labels, img_size, randcrop_prob, skip_bad=False):
         self.paths = list(paths)
         self.labels = list(labels)
         self.transform = TrainTransform(img_size, randcrop_prob)
+        self.skip_bad = skip_bad
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, item):
-        images = [self.transform(load_rgb(self.paths[index]), seed)
+        images = [self.transform(read_or_substitute(self.paths, self.labels, index, self.skip_bad)[0], seed)
                   for index, seed in zip(item[0::2], item[1::2])]
         return (*images, self.labels[item[0]])
 
@@ -269,7 +332,7 @@ def make_train_iterator(cfg, start_step, device, rank=0, world_size=1):
     """
     paths, labels = _load_checked_tree(cfg.train_img_dir, cfg.num_domains, cfg.skip_bad_images,
                                        'train_img_dir', cfg.domain_names)
-    dataset = TrainDataset(paths, labels, cfg.img_size, cfg.randcrop_prob)
+    dataset = TrainDataset(paths, labels, cfg.img_size, cfg.randcrop_prob, cfg.skip_bad_images)
     loaders = [_step_loader(dataset,
                             StepBatchSampler(labels, cfg.batch_size, cfg.seed, stream, start_step, pairs,
                                              process_part(cfg.batch_size, rank, world_size)),
@@ -285,7 +348,7 @@ def make_train_iterator(cfg, start_step, device, rank=0, world_size=1):
 def stack_images(paths, img_size):
     """Decoded, resized images as one batch (N, 3, S, S) in [-1, 1] (for small sets of images)."""
     transform = EvalTransform(img_size)
-    return torch.stack([transform(load_rgb(p)) for p in paths])   # (N, 3, S, S)
+    return torch.stack([transform(read_image(p)) for p in paths])   # (N, 3, S, S)
 
 
 def load_val_batch(cfg, device):
@@ -294,10 +357,11 @@ def load_val_batch(cfg, device):
     N = min(cfg.val_batch_size, number of val images) sources and N references,
     chosen by one permutation from step_generator(cfg.seed, 0, STREAM_VAL):
     sources are its first N entries, references the next N (wrapping around
-    when there are fewer than 2N images).
+    when there are fewer than 2N images). Its domain folders must be named as
+    the training set's (cfg.domain_names).
     """
     paths, labels = _load_checked_tree(cfg.val_img_dir, cfg.num_domains, cfg.skip_bad_images,
-                                       'val_img_dir', cfg.domain_names)
+                                       'val_img_dir', cfg.domain_names, named_by='--train_img_dir')
     num = min(cfg.val_batch_size, len(paths))
     order = torch.randperm(len(paths), generator=step_generator(cfg.seed, 0, STREAM_VAL))   # (n,)
     picks = {'src': order[:num], 'ref': order[(torch.arange(num) + num) % len(paths)]}      # (N,) each
@@ -309,19 +373,25 @@ def load_val_batch(cfg, device):
 
 
 class EvalDataset(Dataset):
-    """Images with the eval transform: dataset[k] -> (x (3, S, S), domain id, path)."""
+    """Images with the eval transform: dataset[k] -> (x (3, S, S), domain id, path).
 
-    def __init__(self, paths, labels, img_size):
+    An image that became unreadable stops the run with one message, or under
+    skip_bad is replaced by another of its domain, whose path is returned (so
+    no output is named after a file that was not used).
+    """
+
+    def __init__(self, paths, labels, img_size, skip_bad=False):
         self.paths = list(paths)
         self.labels = list(labels)
         self.transform = EvalTransform(img_size)
+        self.skip_bad = skip_bad
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, index):
-        path = self.paths[index]
-        return self.transform(load_rgb(path)), self.labels[index], path
+        img, path = read_or_substitute(self.paths, self.labels, index, self.skip_bad)
+        return self.transform(img), self.labels[index], path
 
 
 def folder_dataset(folder, img_size, domain=-1, skip_bad=False):
@@ -333,7 +403,7 @@ def folder_dataset(folder, img_size, domain=-1, skip_bad=False):
     paths = check_images(paths, skip_bad)
     if not paths:
         raise DataError(f'{folder} contains no usable images.')
-    return EvalDataset(paths, [domain] * len(paths), img_size)
+    return EvalDataset(paths, [domain] * len(paths), img_size, skip_bad)
 
 
 def domain_tree_dataset(root, img_size, num_domains=None, skip_bad=False):
@@ -342,7 +412,7 @@ def domain_tree_dataset(root, img_size, num_domains=None, skip_bad=False):
     The domain count is checked against num_domains unless it is None.
     """
     paths, labels = _load_checked_tree(root, num_domains, skip_bad)
-    return EvalDataset(paths, labels, img_size)
+    return EvalDataset(paths, labels, img_size, skip_bad)
 
 
 def load_image_tensor(path, img_size):

@@ -3,10 +3,13 @@
 A leaf module: it imports nothing from the project but core.errors, so any
 module may use it without creating an import cycle.
 """
+import errno
 import hashlib
 import os
 import pickle
+import re
 import tempfile
+import time
 
 import torch
 
@@ -17,9 +20,42 @@ class CheckpointError(UserError):
     """A missing, unsafe, damaged or mismatched checkpoint or weight file; the message says what to do."""
 
 
+class WriteError(UserError, OSError):
+    """A file that could not be written (disk full, no permission, read-only file system, ...).
+
+    Also an OSError, so callers that tolerate a failed write (caches) keep doing so.
+    """
+
+    def __init__(self, path, err):
+        hint = WRITE_HINTS.get(err.errno, 'check the folder and its disk')
+        super().__init__(f'cannot write {path} ({err.strerror or err}); {hint}. '
+                         f'Any earlier version of the file is unchanged.')
+        self.errno, self.strerror, self.filename = err.errno, err.strerror, path
+
+    def __str__(self):
+        return self.args[0]
+
+
+WRITE_HINTS = {
+    errno.ENOSPC: 'free some disk space or choose a folder on another disk',
+    errno.EDQUOT: 'your disk quota is used up; free some space or choose another folder',
+    errno.EROFS: 'the file system is read-only; choose a folder on a writable one',
+    errno.EACCES: 'you may not write there; fix the folder\'s permissions or choose another folder',
+    errno.EPERM: 'you may not write there; fix the folder\'s permissions or choose another folder',
+    errno.ENOTDIR: 'part of the path is a file, not a folder; choose another folder',
+    errno.EEXIST: 'a file has the name of a folder the path needs; choose another folder',
+}
+
+
 # ----------------------------------------------------------------------------------------------
-# Atomic writes: a kill during a save leaves the previous file intact.
+# Atomic writes: a kill during a save leaves the previous file intact; an OS error is one
+# WriteError naming the file and the cause, and leaves no temporary file behind.
 # ----------------------------------------------------------------------------------------------
+
+# Temporary files are '.NAME.XXXXXXXX.tmp' beside NAME (tempfile.mkstemp: 8 characters of [a-z0-9_]).
+TEMP_PATTERN = re.compile(r'^\..+\.[a-z0-9_]{8}\.tmp$')
+STALE_TEMP_SECONDS = 120   # younger temporary files may belong to a save still under way in another process
+
 
 def _umask():
     mask = os.umask(0)   # reading the umask means setting it; put it straight back
@@ -27,21 +63,87 @@ def _umask():
     return mask
 
 
-def _atomic(path, write):
+def file_mode():
+    """Permission bits of a new ordinary file: 0o666 less the umask (what open() would give)."""
+    return 0o666 & ~_umask()
+
+
+def make_temp_file(path):
+    """(fd, temporary path) of a new file beside `path`, named after TEMP_PATTERN; creates the folder."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        return tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+    except OSError as err:
+        raise WriteError(path, err) from None
+
+
+class _RecordingFile:
+    """Passes writes to a file and keeps the first OSError: torch.save reports a failed write
+    (a full disk) as a RuntimeError without the cause."""
+
+    def __init__(self, f):
+        self.f = f
+        self.error = None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def __getattr__(self, name):   # flush, tell, ...: the file's own
+        return getattr(self.f, name)
+
+
+def _atomic(path, write):
+    fd, tmp = make_temp_file(path)
+    recorder = None
     try:
         with os.fdopen(fd, 'wb') as f:
-            write(f)
+            recorder = _RecordingFile(f)
+            write(recorder)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600 files; give the usual permissions
+        os.chmod(tmp, file_mode())   # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)   # atomic on POSIX and Windows
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    except BaseException as err:
+        remove_quietly(tmp)
+        if isinstance(err, OSError) and not isinstance(err, WriteError):
+            raise WriteError(path, err) from None
+        if isinstance(err, RuntimeError) and recorder is not None and recorder.error is not None:
+            raise WriteError(path, recorder.error) from None
         raise
+
+
+def remove_quietly(path):
+    """Remove a file if it exists; a failure to remove is not worth hiding the error being reported."""
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def remove_stale_temp_files(folder, depth=0, min_age=STALE_TEMP_SECONDS):
+    """Remove the temporary files that interrupted saves left in `folder` (and `depth` levels of
+    sub-folders); only names matching TEMP_PATTERN, not modified for min_age seconds. Returns them."""
+    if not os.path.isdir(folder):
+        return []
+    removed, now = [], time.time()
+    base = folder.rstrip(os.sep).count(os.sep)
+    for dirpath, dirnames, filenames in os.walk(folder):
+        if dirpath.rstrip(os.sep).count(os.sep) - base >= depth:
+            dirnames[:] = []
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            try:
+                if TEMP_PATTERN.match(name) and os.path.isfile(path) and now - os.path.getmtime(path) >= min_age:
+                    os.remove(path)
+                    removed.append(path)
+            except OSError:
+                pass   # gone meanwhile, or not ours to remove: the run does not depend on it
+    return removed
 
 
 def atomic_save(obj, path):

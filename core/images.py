@@ -17,6 +17,7 @@ under alpha = 0). 16-bit and 32-bit integer images are scaled from the
 [0, 255] when they fit, otherwise min-max stretched.
 """
 import os
+import stat
 import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -72,15 +73,81 @@ def _require_folder(folder):
         raise DataError(f'Image folder {folder} {what}. Check the path.')
 
 
-def list_images(folder):
-    """Sorted image files under `folder`: recursive, extensions case-insensitive, hidden entries skipped."""
+def _inside(path, folder):
+    """True if real path `path` is `folder` or lies under it (both real paths)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _is_dir(entry):
+    try:
+        return entry.is_dir()   # follows links
+    except OSError:   # a link loop (ELOOP) or a vanished target: not a folder
+        return False
+
+
+def _scan(folder):
+    try:
+        return sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except OSError as err:
+        raise DataError(f'Cannot read the folder {folder} ({err.strerror}). Check its permissions.') from None
+
+
+def image_entries(folder):
+    """(path, real path) of every image file under `folder`, each real file once, sorted by path.
+
+    Recursive, extensions case-insensitive, hidden entries skipped. A symbolic
+    link to a folder is followed only when its target lies inside `folder` and
+    has not been listed yet, so links to a folder above, link loops and links
+    to other domains or out of the data add nothing; they are named in one
+    warning. A file reached both directly and through links is listed once, by
+    its direct path. Links to single files are kept wherever they point (a
+    common way to build datasets). Special files named like images (FIFOs,
+    sockets, devices) are listed, for check_images to report; they are never
+    opened here.
+    """
     _require_folder(folder)
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        # Pruning in place stops os.walk from descending into hidden folders.
-        dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
-        found += [os.path.join(dirpath, f) for f in filenames if _is_image_name(f)]
-    return sorted(found)
+    top = os.path.realpath(folder)
+    visited, pending, outside = {top}, [(folder, top)], []
+    files, linked_files, dir_links = {}, {}, []
+    while pending or dir_links:
+        if not pending:   # every real folder first, so that a real path is preferred to a linked one
+            link = dir_links.pop(0)
+            real = os.path.realpath(link)
+            if not _inside(real, top):
+                outside.append(f'{link} -> {real}')
+            elif real not in visited:
+                visited.add(real)
+                pending.append((link, real))
+            continue
+        current, current_real = pending.pop()
+        for entry in _scan(current):
+            if _is_hidden(entry.name):
+                continue
+            if _is_dir(entry):
+                real = os.path.join(current_real, entry.name)
+                if entry.is_symlink():
+                    dir_links.append(entry.path)
+                elif real not in visited:
+                    visited.add(real)
+                    pending.append((entry.path, real))
+            elif _is_image_name(entry.name):
+                if entry.is_symlink():
+                    linked_files.setdefault(os.path.realpath(entry.path), []).append(entry.path)
+                else:
+                    files.setdefault(os.path.join(current_real, entry.name), entry.path)
+    for real, links in linked_files.items():
+        files.setdefault(real, min(links))
+    if outside:
+        warnings.warn(f'Not following {len(outside)} symbolic link(s) to folders outside {folder} (their images '
+                      f'would be counted twice or in the wrong domain): ' + ', '.join(outside[:5])
+                      + (' ...' if len(outside) > 5 else '') + '. Move or link the images themselves '
+                      'into the folder to use them.', stacklevel=2)
+    return sorted((path, real) for real, path in files.items())
+
+
+def list_images(folder):
+    """Sorted image files under `folder`, each file once (see image_entries for links and special files)."""
+    return [path for path, _ in image_entries(folder)]
 
 
 def list_domains(root, flag=None):
@@ -149,18 +216,43 @@ def _describe_failure(path, err):
     return f'{type(err).__name__}: {err}'
 
 
+SPECIAL_FILE_KINDS = ((stat.S_ISFIFO, 'a FIFO (named pipe)'), (stat.S_ISSOCK, 'a socket'),
+                      (stat.S_ISCHR, 'a character device'), (stat.S_ISBLK, 'a block device'),
+                      (stat.S_ISDIR, 'a folder'))
+
+
+def _open_regular(path):
+    """A binary file object of `path`, or BadImageError if it is missing or not a regular file.
+
+    Opening without blocking and checking the open descriptor means a FIFO (or
+    a file swapped for one after a check) can never make a read wait forever.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))
+    except OSError as err:
+        what = 'a broken symbolic link' if os.path.islink(path) else err.strerror
+        raise BadImageError(path, f'cannot be opened ({what})') from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = next((name for test, name in SPECIAL_FILE_KINDS if test(mode)), 'a special file')
+        raise BadImageError(path, f'{kind}, not a regular file; remove it from the image folder')
+    return os.fdopen(fd, 'rb')
+
+
 def load_rgb(path):
     """Fully decode `path` into an 8-bit RGB PIL image with its EXIF orientation applied.
 
-    Raises BadImageError (with the reason) for unreadable, truncated, empty or
-    smaller-than-2x2 images.
+    Raises BadImageError (with the reason) for missing, special (FIFO, socket,
+    device), unreadable, truncated, empty or smaller-than-2x2 files.
     """
-    try:
-        with Image.open(path) as opened:
-            opened.load()   # decode every pixel now, so truncated files fail here
-            rgb = _to_rgb(_apply_exif_orientation(opened))
-    except Exception as err:  # Pillow's decoders raise many types (OSError, SyntaxError, ValueError, ...)
-        raise BadImageError(path, _describe_failure(path, err)) from err
+    with _open_regular(path) as f:
+        try:
+            with Image.open(f) as opened:
+                opened.load()   # decode every pixel now, so truncated files fail here
+                rgb = _to_rgb(_apply_exif_orientation(opened))
+        except Exception as err:  # Pillow's decoders raise many types (OSError, SyntaxError, ValueError, ...)
+            raise BadImageError(path, _describe_failure(path, err)) from err
     if min(rgb.size) < MIN_IMAGE_SIDE:
         raise BadImageError(path, f'too small ({rgb.width}x{rgb.height} pixels, '
                                   f'at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} needed)')
@@ -229,14 +321,28 @@ def _where(root, flag):
     return f'--{flag} {root}' if flag else root
 
 
-def domain_tree(root, flag=None, num_domains=None, names=None, counted_by='--num_domains'):
+def _shared_images(names, entries_by_domain):
+    """'path (domain) is also path (domain)' for each real file listed in more than one domain."""
+    owner, shared = {}, []
+    for name, entries in zip(names, entries_by_domain):
+        for path, real in entries:
+            if real in owner and owner[real][0] != name:
+                shared.append(f'{path} ({name}) is also {owner[real][1]} ({owner[real][0]})')
+            owner.setdefault(real, (name, path))
+    return shared
+
+
+def domain_tree(root, flag=None, num_domains=None, names=None, counted_by='--num_domains',
+                named_by='the model'):
     """Read and check a domain tree: DomainTree(root, names, paths_by_domain).
 
     The one place that decides what a domain tree is, for every mode. DataError
     (naming --flag when given) if root is missing, has no domain folders, has
     a domain folder without images, has other than `num_domains` domains
     (counted_by says who expects that number: '--num_domains' or 'the model'),
-    or has other folder names than `names` (the model's domains).
+    or has other folder names than `names` (named_by says whose: 'the model'
+    or, for a training run's val set, '--train_img_dir'), or if one image file
+    is listed in two domains (through symbolic links to files).
     """
     where = _where(root, flag)
     if not root or not os.path.isdir(root):
@@ -249,14 +355,20 @@ def domain_tree(root, flag=None, num_domains=None, names=None, counted_by='--num
         raise DataError(f'{where} has {len(found)} domain folder(s) ({", ".join(found)}) but {expected}; '
                         f'{fix} the images as one sub-folder per domain')
     if names is not None and tuple(found) != tuple(names):
-        raise DataError(f'{where} has the domain folders {", ".join(found)} but the model\'s domains are '
-                        f'{", ".join(names)}; name the sub-folders after the model\'s domains')
-    paths_by_domain = []
+        whose = "the model's" if named_by == 'the model' else f"{named_by}'s"
+        raise DataError(f'{where} has the domain folders {", ".join(found)} but {whose} domains are '
+                        f'{", ".join(names)}; name the sub-folders after {whose} domains')
+    entries_by_domain = []
     for name in found:
-        images = list_images(os.path.join(root, name))
-        if not images:
+        entries = image_entries(os.path.join(root, name))
+        if not entries:
             raise DataError(f'Domain folder {os.path.join(root, name)} contains no images '
                             f'(searched recursively for {", ".join(IMG_EXTENSIONS)}). '
                             'Add images or remove the folder.')
-        paths_by_domain.append(images)
-    return DomainTree(root, found, paths_by_domain)
+        entries_by_domain.append(entries)
+    shared = _shared_images(found, entries_by_domain)
+    if shared:
+        more = f' and {len(shared) - 3} more' if len(shared) > 3 else ''
+        raise DataError(f'{where}: {len(shared)} image file(s) belong to two domains through symbolic links: '
+                        f'{"; ".join(shared[:3])}{more}. An image belongs to one domain; remove the extra links.')
+    return DomainTree(root, found, [[path for path, _ in entries] for entries in entries_by_domain])

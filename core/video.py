@@ -30,6 +30,7 @@ import torch.nn.functional as F_nn
 from tqdm import tqdm
 
 from core.errors import UserError
+from core.fileio import file_mode
 from core.visualize import to_uint8
 
 HOLD_FRACTION = 10 / 31    # upstream: 31 frames per transition, the last 10 hold the next style
@@ -208,6 +209,7 @@ class VideoWriter:
         if self.process.wait() != 0 or self.frames == 0:
             self._remove_tmp()
             raise VideoError(f'ffmpeg could not write {self.path}: {errors[-MAX_STDERR_CHARS:].strip() or "no frames"}')
+        os.chmod(self.tmp, file_mode())   # mkstemp makes 0600 files; give the usual permissions
         os.replace(self.tmp, self.path)
 
     def abort(self):

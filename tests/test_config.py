@@ -141,3 +141,39 @@ def test_ignored_upstream_flags_are_accepted_and_labelled():
     assert cfg.wing_path == 'w.ckpt'
     groups = {g.title: [a.dest for a in g._group_actions] for g in build_parser()._action_groups}
     assert sorted(groups['accepted, ignored']) == ['inp_dir', 'lm_path', 'out_dir', 'wing_path']
+
+
+@pytest.mark.parametrize('argv, flag', [
+    (['--lr', 'nan'], '--lr'), (['--f_lr', 'inf'], '--f_lr'), (['--lambda_cyc=-inf'], '--lambda_cyc'),
+    (['--lambda_sty', '-1'], '--lambda_sty'), (['--randcrop_prob', 'nan'], '--randcrop_prob'),
+    (['--beta2', 'nan'], '--beta2'), (['--fps', 'inf'], '--fps'), (['--nce_T', 'nan'], '--nce_T'),
+    (['--patch_loss', 'patchgcl=nan'], '--patch_loss'), (['--gcl_threshold', 'inf'], '--gcl_threshold'),
+    (['--seed', '-1'], '--seed'), (['--seed', str(2 ** 32)], '--seed')])
+def test_values_that_cannot_work_are_refused_once_naming_the_flag(argv, flag):
+    """NaN passes every `< 0` check, so non-finite values have their own check; one message per flag."""
+    with pytest.raises(ConfigError) as err:
+        _cfg(*argv)
+    lines = str(err.value).splitlines()
+    assert len(lines) == 1 and lines[0].startswith(flag + ' '), lines
+
+
+def test_seed_range_covers_the_32_bits_that_seeding_keeps():
+    assert _cfg('--seed', '0').seed == 0 and _cfg('--seed', str(2 ** 32 - 1)).seed == 2 ** 32 - 1
+
+
+@pytest.mark.parametrize('argv, line', [
+    (['--total_iter', '5'], 'error: unknown flag --total_iter; did you mean --total_iters?\n'),
+    (['--total_iter=5'], 'error: unknown flag --total_iter; did you mean --total_iters?\n'),
+    (['--pre', 'seasons'], 'error: unknown flag --pre; did you mean --preset?\n'),
+    (['--lamda_cyc', '2'], 'error: unknown flag --lamda_cyc; did you mean --lambda_cyc?\n')])
+def test_abbreviated_or_misspelt_flags_exit_2_with_one_did_you_mean_line(argv, line, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(['--mode', 'train', *argv])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == line   # no usage dump before it
+
+
+def test_help_still_prints_the_usage(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(['--help'])
+    assert info.value.code == 0 and '--total_iters' in capsys.readouterr().out
