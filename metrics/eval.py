@@ -78,13 +78,13 @@ class EvalData:
 
 
 def _loader(paths, y, cfg):
-    dataset = EvalDataset(paths, [y] * len(paths), cfg.img_size)
+    dataset = EvalDataset(paths, [y] * len(paths), cfg.img_size, cfg.skip_bad_images)
     return DataLoader(dataset, batch_size=cfg.val_batch_size, shuffle=False, num_workers=cfg.num_workers)
 
 
 def reference_styles(nets, paths, y, cfg, device):
     """Style codes E(x_ref, y) of every image in paths: (n_ref, style_dim)."""
-    dataset = EvalDataset(paths, [y] * len(paths), cfg.img_size)
+    dataset = EvalDataset(paths, [y] * len(paths), cfg.img_size, cfg.skip_bad_images)
     return style_codes(nets.style_encoder, dataset, y, STYLE_CHUNK, device, cfg.num_workers)
 
 

@@ -30,7 +30,8 @@ from core import distributed
 from core.data_loader import squash
 from core.errors import UserError
 from core.fileio import atomic_write_bytes, atomic_write_text
-from core.images import check_images, load_rgb
+from core.data_loader import read_image
+from core.images import check_images
 from core.manifest import content_digest, file_records, records_from_json, records_to_json, relative_images
 from metrics.sharding import batch_shard, gather_row_dict
 
@@ -80,7 +81,7 @@ class Uint8Images(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index):
-        pixels = np.array(squash(load_rgb(self.paths[index]), self.img_size))   # (S, S, 3)
+        pixels = np.array(squash(read_image(self.paths[index]), self.img_size))   # (S, S, 3)
         return torch.from_numpy(pixels).permute(2, 0, 1)                       # (3, S, S)
 
 
