@@ -27,10 +27,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from core import distributed
-from core.data_loader import squash
+from core.data_loader import read_image, squash
 from core.errors import UserError
 from core.fileio import atomic_write_bytes, atomic_write_text
-from core.data_loader import read_image
 from core.images import check_images
 from core.manifest import content_digest, file_records, records_from_json, records_to_json, relative_images
 from metrics.sharding import batch_shard, gather_row_dict
