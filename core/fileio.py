@@ -86,7 +86,7 @@ def safe_load(path):
 def _first_line(err):
     """The first line of an exception's message, or its type name when it has none."""
     lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
+    return lines[0].split('. ')[0] if lines else type(err).__name__   # torch adds paragraphs of advice
 
 
 def sha256_file(path, chunk=1 << 20):
