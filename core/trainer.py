@@ -20,6 +20,7 @@ from munch import Munch
 from core import distributed
 from core.checkpoint import (CheckpointError, DamagedCheckpoint, latest_step, load_training_state, nonfinite_term,
                              resume_advice, training_payloads, write_training_state)
+from core.config import Config
 from core.errors import UserError
 from core.contrastive.objective import build_objective, tapped_layers
 from core.data_loader import load_val_batch, make_train_iterator, process_part
@@ -102,6 +103,40 @@ def load_resume_state(run, cfg, start):
         load_training_state(cfg.checkpoint_dir, start, run.nets, run.nets_ema, run.optims, cfg)
     except DamagedCheckpoint as err:
         raise DamagedCheckpoint(f'{err}; {resume_advice(cfg.checkpoint_dir, start)}') from None
+
+
+# Fields that describe how a run was started rather than the run itself.
+_INVOCATION_FIELDS = ('resume_iter', 'dry_run')
+
+
+def config_changes(old_text, cfg):
+    """'--field old -> new' for every field of cfg that differs from the config JSON `old_text`."""
+    try:
+        before = Config.from_json(old_text)
+    except (ValueError, TypeError):
+        return ['the old file is not a readable config']
+    return [f'--{k} {before.get(k)} -> {cfg.get(k)}' for k in sorted(set(before) | set(cfg))
+            if k not in _INVOCATION_FIELDS and before.get(k) != cfg.get(k)]
+
+
+def write_run_config(cfg):
+    """Write checkpoint_dir/config.json, first printing which fields differ from the one already there.
+
+    The new config is written, not refused: changing --total_iters, intervals or paths on
+    resume is normal, flags that change the networks are refused by loading the checkpoint,
+    and each checkpoint keeps the config it was trained with inside it.
+    """
+    path = os.path.join(cfg.checkpoint_dir, 'config.json')
+    text = cfg.to_json() + '\n'
+    if os.path.isfile(path):
+        with open(path) as f:
+            old = f.read()
+        if old == text:
+            return
+        changes = config_changes(old, cfg)
+        if changes:
+            print(f'train: the config differs from {path}: {", ".join(changes)}; writing the new one')
+    atomic_write_text(path, text)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -356,14 +391,17 @@ def _train(cfg, rt, hook):
     run = build_training(cfg, rt)
     if start > 0:
         load_resume_state(run, cfg, start)
+    if start >= cfg.total_iters:   # checked (loaded) but left alone: not one file changes
+        if writer:
+            print(f'train: nothing to do: resuming at step {start} and --total_iters is {cfg.total_iters} '
+                  f'(raise --total_iters to train further)')
+        return start
     distributed.broadcast_modules(list(run.nets.values()) + list(run.nets_ema.values()))
     if writer:
         os.makedirs(cfg.checkpoint_dir, exist_ok=True)
-        atomic_write_text(os.path.join(cfg.checkpoint_dir, 'config.json'), cfg.to_json() + '\n')
+        write_run_config(cfg)
         print(f'train: {rt.world_size} process(es) on {device.type}, global batch {cfg.batch_size}, '
               f'precision {"fp32" if rt.amp_dtype is None else cfg.amp}')
-    if start >= cfg.total_iters:
-        return start
     val = load_val_batch(cfg, device) if writer else None
     batches = make_train_iterator(cfg, start, device, rt.rank, rt.world_size)
     logger = RunLogger(cfg.checkpoint_dir, start, cfg.total_iters) if writer else None

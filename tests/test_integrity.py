@@ -1,5 +1,6 @@
 """Integrity of a run: unreadable and damaged checkpoints, digests, the non-finite guard, and
 records (stats.jsonl, TensorBoard, config.json) that stay true across resumes."""
+import json
 import os
 import shutil
 import subprocess
@@ -248,3 +249,72 @@ def test_processes_stop_together_when_one_finds_nan_at_a_save(seasons32, tmp_pat
     assert 'the weight discriminator/' in out.stderr and 'state of another process' in out.stderr
     assert _assert_all_checkpoints_finite(tmp_path / 'checkpoints') == [
         f'000001_{kind}.ckpt' for kind in ('nets', 'nets_ema', 'optims')]
+
+
+# ----------------------------------------------------------------------------------------------
+# Records across resumes
+# ----------------------------------------------------------------------------------------------
+
+def _logged_steps(run_dir):
+    lines = (run_dir / 'checkpoints' / 'stats.jsonl').read_text().splitlines()
+    return [json.loads(line)['step'] for line in lines]
+
+
+def _tensorboard_steps(run_dir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run_dir / 'checkpoints' / 'tensorboard'))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def test_kill_and_resume_leave_one_record_per_step(seasons32, tmp_path, monkeypatch, capsys):
+    """Killed in iteration 4 after logging 1-3 with the last save at 2: the resumed run drops the record of 3
+    (and a line torn by the kill) and logs 3 and 4 again, in stats.jsonl and in TensorBoard."""
+    import core.trainer
+    flags = tiny_flags(seasons32, tmp_path, '--sample_every', '0', '--print_every', '1')
+    real_step = core.trainer.train_step
+
+    def killed_in_4(run, cfg, batch, step, device):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real_step(run, cfg, batch, step, device)
+    monkeypatch.setattr(core.trainer, 'train_step', killed_in_4)
+    assert main(flags) == 130
+    monkeypatch.setattr(core.trainer, 'train_step', real_step)
+    assert _logged_steps(tmp_path) == [1, 2, 3]
+    with open(tmp_path / 'checkpoints' / 'stats.jsonl', 'a') as f:
+        f.write('{"step": 4, "elapsed_s": 1.')   # torn by the kill
+    capsys.readouterr()
+
+    assert main(flags + ['--resume_iter', 'latest']) == 0
+    assert 'dropped 2 line(s)' in capsys.readouterr().out
+    assert _logged_steps(tmp_path) == [1, 2, 3, 4]
+    records = [json.loads(line) for line in (tmp_path / 'checkpoints' / 'stats.jsonl').read_text().splitlines()]
+    points = _tensorboard_steps(tmp_path, 'G/latent/adv')
+    assert [step for step, _ in points] == [1, 2, 3, 4]
+    assert [value for _, value in points] == pytest.approx([r['G/latent/adv'] for r in records])
+
+
+def test_a_finished_run_resumed_again_changes_no_file(seasons32, copy_of, capsys):
+    before = _snapshot(copy_of)
+    for resume in ('latest', '4'):
+        assert main(tiny_flags(seasons32, copy_of, '--print_every', '3', '--resume_iter', resume)) == 0
+        assert 'nothing to do: resuming at step 4 and --total_iters is 4' in capsys.readouterr().out
+        assert _snapshot(copy_of) == before
+
+
+def test_config_changes_are_shown_before_config_json_is_rewritten(seasons32, copy_of, capsys):
+    path = copy_of / 'checkpoints' / 'config.json'
+    flags = _replace(tiny_flags(seasons32, copy_of, '--sample_every', '0', '--print_every', '2'), '--total_iters', '6')
+    assert main(flags + ['--resume_iter', 'latest']) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if 'the config differs' in line]
+    assert len(lines) == 1 and lines[0].startswith(f'train: the config differs from {path}: ')
+    # the run folder was copied, so its paths changed too
+    for change in ('--print_every 1 -> 2', '--total_iters 4 -> 6', f'--checkpoint_dir {copy_of.parent}'):
+        assert change in lines[0]
+    assert lines[0].endswith('; writing the new one') and '--resume_iter' not in lines[0]
+    assert json.loads(path.read_text())['total_iters'] == 6
+    assert main(_replace(flags, '--total_iters', '8') + ['--resume_iter', '6']) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if 'the config differs' in line]
+    assert lines == [f'train: the config differs from {path}: --total_iters 6 -> 8; writing the new one']
+    assert _logged_steps(copy_of) == [1, 2, 3, 4, 6, 8]
