@@ -94,9 +94,10 @@ def test_digest_covers_every_value_and_ignores_memory_format(tmp_path):
     channels_last = {**payload, 'generator': {**payload['generator'],
                                               'w': payload['generator']['w'].to(memory_format=torch.channels_last)}}
     assert payload_digest(channels_last) == digest
+    generator = payload['generator']
     for changed in ({**payload, 'step': 5}, {**payload, 'config': '{} '},
-                    {**payload, 'generator': {**payload['generator'], 'b': torch.ones(2, dtype=torch.bfloat16)}},
-                    {**payload, 'generator': {**payload['generator'], 'w': payload['generator']['w'].reshape(2, 3, 16)}}):
+                    {**payload, 'generator': {**generator, 'b': torch.ones(2, dtype=torch.bfloat16)}},
+                    {**payload, 'generator': {**generator, 'w': generator['w'].reshape(2, 3, 16)}}):
         assert payload_digest(changed) != digest
     path = tmp_path / 'a.ckpt'
     atomic_save({**payload, 'digest': digest}, str(path))
