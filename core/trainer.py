@@ -56,9 +56,7 @@ def build_training(cfg, rt):
     memory_format = torch.channels_last if rt.channels_last else torch.preserve_format
     for net in list(nets.values()) + list(nets_ema.values()):
         net.to(device, memory_format=memory_format)
-    optims = Munch({name: torch.optim.Adam(net.parameters(),
-                                           lr=cfg.f_lr if name == 'mapping_network' else cfg.lr,
-                                           betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    optims = Munch({name: torch.optim.Adam(net.parameters(), **adam_settings(cfg, name))
                     for name, net in nets.items()})
     if cfg.compile:
         compile_networks(nets)
@@ -67,6 +65,12 @@ def build_training(cfg, rt):
                if rt.amp_dtype == torch.float16 else Munch(d=None, g=None))
     return Munch(nets=nets, nets_ema=nets_ema, optims=optims, objective=objective, rt=rt, scalers=scalers,
                  head_names=list(heads))
+
+
+def adam_settings(cfg, name):
+    """Adam's hyperparameters for the network `name` (F learns at --f_lr, as upstream)."""
+    return dict(lr=cfg.f_lr if name == 'mapping_network' else cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                weight_decay=cfg.weight_decay)
 
 
 def compile_networks(nets):
@@ -103,6 +107,11 @@ def load_resume_state(run, cfg, start):
         load_training_state(cfg.checkpoint_dir, start, run.nets, run.nets_ema, run.optims, cfg)
     except DamagedCheckpoint as err:
         raise DamagedCheckpoint(f'{err}; {resume_advice(cfg.checkpoint_dir, start)}') from None
+    # Optimizer.load_state_dict restores the saved lr and betas: the flags of this run win, so that
+    # resuming with a lower --lr (what the divergence message advises) takes effect.
+    for name, optim in run.optims.items():
+        for group in optim.param_groups:
+            group.update(adam_settings(cfg, name))
 
 
 # Fields that describe how a run was started rather than the run itself.

@@ -319,3 +319,12 @@ def test_config_changes_are_shown_before_config_json_is_rewritten(seasons32, cop
     lines = [line for line in capsys.readouterr().out.splitlines() if 'the config differs' in line]
     assert lines == [f'train: the config differs from {path}: --total_iters 6 -> 8; writing the new one']
     assert _logged_steps(copy_of) == [1, 2, 3, 4, 6, 8]
+
+
+def test_a_resume_uses_the_learning_rate_of_its_flags(seasons32, copy_of):
+    """The divergence message advises a lower --lr; resuming with one must not keep the saved one."""
+    flags = _replace(tiny_flags(seasons32, copy_of, '--sample_every', '0', '--lr', '5e-05'), '--total_iters', '6')
+    assert main(flags + ['--resume_iter', 'latest']) == 0
+    optims = read_checkpoint(str(copy_of / 'checkpoints' / '000006_optims.ckpt'))
+    assert [g['lr'] for g in optims['generator']['param_groups']] == [5e-05]
+    assert [g['lr'] for g in optims['mapping_network']['param_groups']] == [1e-06]   # --f_lr unchanged
