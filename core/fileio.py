@@ -175,10 +175,20 @@ def safe_load(path):
         raise CheckpointError(
             f'{path} contains Python objects other than tensors and plain containers; refusing to '
             f'unpickle it because that could run arbitrary code. Re-save only its state_dicts '
-            f'from a trusted environment. ({str(err).splitlines()[0]})') from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f'{path} is not a readable PyTorch checkpoint ({str(err).splitlines()[0]}); '
+            f'from a trusted environment. ({_first_line(err)})') from None
+    # A 0-byte file raises EOFError without a message, other damage RuntimeError (zip) or
+    # KeyError/ValueError/IndexError (a stream that is not a zip and not a valid legacy pickle).
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError, IndexError) as err:
+        size = os.path.getsize(path)
+        cause = 'the file is empty (0 bytes)' if size == 0 else _first_line(err)
+        raise CheckpointError(f'{path} is not a readable PyTorch checkpoint ({cause}); '
                               f'it may be truncated or corrupt') from None
+
+
+def _first_line(err):
+    """The first line of an exception's message, or its type name when it has none."""
+    lines = str(err).strip().splitlines()
+    return lines[0].split('. ')[0] if lines else type(err).__name__   # torch adds paragraphs of advice
 
 
 def sha256_file(path, chunk=1 << 20):

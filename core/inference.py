@@ -12,9 +12,10 @@ import torch
 from munch import Munch
 from torch.utils.data import DataLoader
 
-from core.checkpoint import arch_hint, ckpt_path, latest_step, load_modules, stored_config
+from core.checkpoint import (DamagedCheckpoint, arch_hint, ckpt_path, latest_step, load_modules, read_checkpoint,
+                             resume_advice, stored_config)
 from core.config import Config, NET_FIELDS
-from core.fileio import CheckpointError, safe_load
+from core.fileio import CheckpointError
 from core.model import EMA_NETS, build_nets
 
 
@@ -102,10 +103,16 @@ def load_model(cfg, device, verbose=True):
 
     Architecture flags come from the config stored in the checkpoint when there
     is one (a model trained here), else from the command line (official and
-    Hneg_SRC checkpoints).
+    Hneg_SRC checkpoints). A damaged file or one holding NaN/inf is refused,
+    naming an earlier intact step of --checkpoint_dir when there is one.
     """
     path, step = ema_checkpoint_path(cfg)
-    payload = safe_load(path)
+    try:
+        payload = read_checkpoint(path)
+    except DamagedCheckpoint as err:
+        if cfg.checkpoint or step is None:
+            raise
+        raise DamagedCheckpoint(f'{err}; {resume_advice(cfg.checkpoint_dir, step, ("nets_ema",))}') from None
     stored = stored_config(payload)
     if stored is not None:
         cfg = cfg.replace(**{k: stored[k] for k in NET_FIELDS + ('domain_names',) if k in stored})

@@ -2,6 +2,9 @@
 
 Stats arrive as dicts of detached tensors; they are turned into numbers here,
 on logging steps only, so the training loop itself never waits for the device.
+
+A run resumed at step k continues one record: stats.jsonl loses its lines after
+k and TensorBoard hides its points after k (purge_step), so no step appears twice.
 """
 import json
 import os
@@ -10,14 +13,46 @@ import warnings
 
 from tqdm import tqdm
 
+from core.fileio import atomic_write_text
 
-def _tensorboard_writer(log_dir):
+
+def _tensorboard_writer(log_dir, start_step):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:   # tensorboard is optional for training itself
         warnings.warn('tensorboard is not installed; scalars go to stats.jsonl only')
         return None
-    return SummaryWriter(log_dir=log_dir)
+    # Points of steps > start_step were logged by the run that is being resumed: hide them.
+    return SummaryWriter(log_dir=log_dir, purge_step=start_step + 1)
+
+
+def _logged_step(line):
+    """The step of one stats.jsonl line, or None for a line that is not a complete record."""
+    try:
+        record = json.loads(line)
+    except ValueError:   # e.g. the last line of a run killed while writing it
+        return None
+    step = record.get('step') if isinstance(record, dict) else None
+    return step if isinstance(step, int) else None
+
+
+def truncate_stats(path, start_step):
+    """Drop the lines of stats.jsonl after start_step (and incomplete ones); returns how many were dropped.
+
+    The file is rewritten (atomically) only when that changes it.
+    """
+    if not os.path.isfile(path):
+        return 0
+    with open(path) as f:
+        lines = f.read().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        step = _logged_step(line)
+        if step is not None and step <= start_step:
+            kept.append(line if line.endswith('\n') else line + '\n')   # appending must start a new line
+    if kept != lines:
+        atomic_write_text(path, ''.join(kept))
+    return len(lines) - len(kept)
 
 
 def format_elapsed(seconds):
@@ -32,7 +67,11 @@ class RunLogger:
     def __init__(self, run_dir, start_step, total_iters, tensorboard=True):
         os.makedirs(run_dir, exist_ok=True)
         self.jsonl_path = os.path.join(run_dir, 'stats.jsonl')
-        self.writer = _tensorboard_writer(os.path.join(run_dir, 'tensorboard')) if tensorboard else None
+        dropped = truncate_stats(self.jsonl_path, start_step)
+        if dropped:
+            print(f'train: resuming at step {start_step}: dropped {dropped} line(s) of {self.jsonl_path} '
+                  f'logged after it (those steps are trained and logged again)')
+        self.writer = _tensorboard_writer(os.path.join(run_dir, 'tensorboard'), start_step) if tensorboard else None
         self.bar = tqdm(total=total_iters, initial=start_step, unit='it', dynamic_ncols=True,
                         desc='train', smoothing=0.1)
         self.start = time.time()

@@ -11,13 +11,17 @@ Two things differ from upstream for speed, with the same mathematics:
     no weight gradients are computed for them only to be thrown away.
 """
 import contextlib
+import math
 import os
 
 import torch
 from munch import Munch
 
 from core import distributed
-from core.checkpoint import CheckpointError, latest_step, load_training_state, save_training_state
+from core.checkpoint import (CheckpointError, DamagedCheckpoint, latest_step, load_training_state, nonfinite_term,
+                             resume_advice, training_payloads, write_training_state)
+from core.config import Config
+from core.errors import UserError
 from core.contrastive.objective import build_objective, tapped_layers
 from core.data_loader import load_val_batch, make_train_iterator, process_part
 from core.fileio import atomic_write_text
@@ -52,9 +56,7 @@ def build_training(cfg, rt):
     memory_format = torch.channels_last if rt.channels_last else torch.preserve_format
     for net in list(nets.values()) + list(nets_ema.values()):
         net.to(device, memory_format=memory_format)
-    optims = Munch({name: torch.optim.Adam(net.parameters(),
-                                           lr=cfg.f_lr if name == 'mapping_network' else cfg.lr,
-                                           betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    optims = Munch({name: torch.optim.Adam(net.parameters(), **adam_settings(cfg, name))
                     for name, net in nets.items()})
     if cfg.compile:
         compile_networks(nets)
@@ -63,6 +65,12 @@ def build_training(cfg, rt):
                if rt.amp_dtype == torch.float16 else Munch(d=None, g=None))
     return Munch(nets=nets, nets_ema=nets_ema, optims=optims, objective=objective, rt=rt, scalers=scalers,
                  head_names=list(heads))
+
+
+def adam_settings(cfg, name):
+    """Adam's hyperparameters for the network `name` (F learns at --f_lr, as upstream)."""
+    return dict(lr=cfg.f_lr if name == 'mapping_network' else cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                weight_decay=cfg.weight_decay)
 
 
 def compile_networks(nets):
@@ -91,6 +99,106 @@ def resolve_start_step(cfg):
             f'{cfg.checkpoint_dir} already holds checkpoints up to step {latest}; pass --resume_iter latest '
             f'(or --resume_iter {latest}) to continue that run, or choose another --checkpoint_dir')
     return cfg.resume_iter
+
+
+def load_resume_state(run, cfg, start):
+    """Load step `start` into the run; a damaged step is refused with the flag of an earlier intact one."""
+    try:
+        load_training_state(cfg.checkpoint_dir, start, run.nets, run.nets_ema, run.optims, cfg)
+    except DamagedCheckpoint as err:
+        raise DamagedCheckpoint(f'{err}; {resume_advice(cfg.checkpoint_dir, start)}') from None
+    # Optimizer.load_state_dict restores the saved lr and betas: the flags of this run win, so that
+    # resuming with a lower --lr (what the divergence message advises) takes effect.
+    for name, optim in run.optims.items():
+        for group in optim.param_groups:
+            group.update(adam_settings(cfg, name))
+
+
+# Fields that describe how a run was started rather than the run itself.
+_INVOCATION_FIELDS = ('resume_iter', 'dry_run')
+
+
+def config_changes(old_text, cfg):
+    """'--field old -> new' for every field of cfg that differs from the config JSON `old_text`."""
+    try:
+        before = Config.from_json(old_text)
+    except (ValueError, TypeError):
+        return ['the old file is not a readable config']
+    return [f'--{k} {before.get(k)} -> {cfg.get(k)}' for k in sorted(set(before) | set(cfg))
+            if k not in _INVOCATION_FIELDS and before.get(k) != cfg.get(k)]
+
+
+def write_run_config(cfg):
+    """Write checkpoint_dir/config.json, first printing which fields differ from the one already there.
+
+    The new config is written, not refused: changing --total_iters, intervals or paths on
+    resume is normal, flags that change the networks are refused by loading the checkpoint,
+    and each checkpoint keeps the config it was trained with inside it.
+    """
+    path = os.path.join(cfg.checkpoint_dir, 'config.json')
+    text = cfg.to_json() + '\n'
+    if os.path.isfile(path):
+        with open(path) as f:
+            old = f.read()
+        if old == text:
+            return
+        changes = config_changes(old, cfg)
+        if changes:
+            print(f'train: the config differs from {path}: {", ".join(changes)}; writing the new one')
+    atomic_write_text(path, text)
+
+
+# ----------------------------------------------------------------------------------------------
+# Divergence: the losses on logging steps, the state on saving steps
+# ----------------------------------------------------------------------------------------------
+
+class TrainingDiverged(UserError):
+    """A loss or a saved tensor became NaN or infinite; the run stops and nothing bad is saved."""
+
+
+def diverged(cfg, step, what, good_step):
+    """The one message of a run that diverged at iteration `step`."""
+    if good_step:
+        good = (f'the newest good checkpoint is step {good_step} in {cfg.checkpoint_dir} '
+                f'(--resume_iter {good_step})')
+    else:
+        good = 'no checkpoint of this run was saved before it'
+    return TrainingDiverged(f'training diverged at iteration {step}: {what}; {good}. A lower --lr (now {cfg.lr}) '
+                            f'or smaller --lambda_* loss weights usually help')
+
+
+def host_values(values):
+    """{name: float} of logged scalars (tensors or numbers), read from the device with one sync."""
+    names = [k for k, v in values.items() if torch.is_tensor(v)]
+    if not names:
+        return dict(values)
+    device = values[names[0]].device
+    read = torch.stack([values[k].detach().float().reshape(()).to(device) for k in names]).tolist()
+    return {**values, **dict(zip(names, read))}
+
+
+def check_losses(cfg, step, values, good_step):
+    """Stop the run at the first logged value that is NaN or infinite (same decision on every process:
+    the values are already averaged over them)."""
+    for name, value in values.items():
+        if not math.isfinite(value):
+            raise diverged(cfg, step, f'the loss term {name} is {value}', good_step)
+
+
+def save_checkpoint(run, cfg, step, writer, good_step):
+    """Save step `step` (rank 0 writes) unless some process finds NaN/inf in it; then every process stops.
+
+    Every process checks its own copy (they are equal) and one all_reduce of the
+    flags makes them decide together, so none is left waiting in a collective.
+    """
+    payloads = training_payloads(step, run.nets, run.nets_ema, run.optims, cfg)
+    bad = nonfinite_term(payloads)
+    flag = torch.tensor(float(bad is not None), device=run.rt.device)
+    if float(distributed.mean_over_processes({'bad': flag})['bad']) > 0:
+        raise diverged(cfg, step, f'the {bad or "state of another process"} holds NaN or infinite values; '
+                                  f'step {step} was not saved', good_step)
+    if writer:
+        write_training_state(cfg.checkpoint_dir, step, payloads)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,21 +399,24 @@ def _train(cfg, rt, hook):
     start = resolve_start_step(cfg)
     run = build_training(cfg, rt)
     if start > 0:
-        load_training_state(cfg.checkpoint_dir, start, run.nets, run.nets_ema, run.optims, cfg)
+        load_resume_state(run, cfg, start)
+    if start >= cfg.total_iters:   # checked (loaded) but left alone: not one file changes
+        if writer:
+            print(f'train: nothing to do: resuming at step {start} and --total_iters is {cfg.total_iters} '
+                  f'(raise --total_iters to train further)')
+        return start
     distributed.broadcast_modules(list(run.nets.values()) + list(run.nets_ema.values()))
     if writer:
         os.makedirs(cfg.checkpoint_dir, exist_ok=True)
-        atomic_write_text(os.path.join(cfg.checkpoint_dir, 'config.json'), cfg.to_json() + '\n')
+        write_run_config(cfg)
         print(f'train: {rt.world_size} process(es) on {device.type}, global batch {cfg.batch_size}, '
               f'precision {"fp32" if rt.amp_dtype is None else cfg.amp}')
         if device.type == 'cuda' and rt.amp_dtype is None and not cfg.tf32:
             print('train: tip: on a recent GPU, --amp bf16 --tf32 --channels_last (and --compile) train faster')
-    if start >= cfg.total_iters:
-        return start
     val = load_val_batch(cfg, device) if writer else None
     batches = make_train_iterator(cfg, start, device, rt.rank, rt.world_size)
     logger = RunLogger(cfg.checkpoint_dir, start, cfg.total_iters) if writer else None
-    saved = start
+    saved = start   # the newest checkpoint of this run: all of them are finite
     try:
         hook.start(run, device)
         for step in range(start, cfg.total_iters):
@@ -316,20 +427,20 @@ def _train(cfg, rt, hook):
             done = step + 1   # files and logs count completed iterations, as upstream
             if writer:
                 logger.advance()
-            if _every(done, cfg.print_every):   # every process joins the average; rank 0 writes it
-                values = distributed.mean_over_processes({**stats, **schedule_stats(cfg, step)})
+            if _every(done, cfg.print_every):   # every process joins the average and checks it; rank 0 writes it
+                values = host_values(distributed.mean_over_processes({**stats, **schedule_stats(cfg, step)}))
+                check_losses(cfg, done, values, saved)
                 if writer:
                     logger.log(done, values)
             if writer and _every(done, cfg.sample_every):
                 logger.images(done, debug_image(run.nets_ema, cfg, val, done, device))
             if _every(done, cfg.save_every):
-                if writer:
-                    save_training_state(cfg.checkpoint_dir, done, run.nets, run.nets_ema, run.optims, cfg)
+                save_checkpoint(run, cfg, done, writer, saved)
                 saved = done
             if _every(done, cfg.eval_every):
                 evaluate_during_training(run, cfg, done, device, logger)
-        if saved != cfg.total_iters and writer:
-            save_training_state(cfg.checkpoint_dir, cfg.total_iters, run.nets, run.nets_ema, run.optims, cfg)
+        if saved != cfg.total_iters:
+            save_checkpoint(run, cfg, cfg.total_iters, writer, saved)
         distributed.barrier()   # nobody leaves before the last checkpoint is written
     finally:
         batches.close()

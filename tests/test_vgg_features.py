@@ -157,7 +157,8 @@ def test_training_with_vgg_features_keeps_vgg_out_of_checkpoints(weights_present
                        '--sesim_features', 'vgg16', '--total_iters', '2', '--sample_every', '0')
     assert main(flags) == 0
     nets = safe_load(str(tmp_path / 'checkpoints' / '000002_nets.ckpt'))
-    assert set(nets) == {'generator', 'mapping_network', 'style_encoder', 'discriminator', 'lsesim', 'config'}
+    assert set(nets) == {'generator', 'mapping_network', 'style_encoder', 'discriminator', 'lsesim', 'config',
+                         'digest'}
     assert all(key.startswith('heads.') for key in nets['lsesim'])
     optims = safe_load(str(tmp_path / 'checkpoints' / '000002_optims.ckpt'))
     assert 'lsesim' in optims
