@@ -148,16 +148,16 @@ def payload_digest(payload):
     return 'sha256:' + digest.hexdigest()
 
 
-def _tensors(obj, prefix=''):
+def named_tensors(obj, prefix=''):
     """(name, tensor) of every tensor in nested dicts and lists; names join the keys with '/'."""
     if torch.is_tensor(obj):
         yield prefix, obj
     elif isinstance(obj, dict):
         for key, value in obj.items():
-            yield from _tensors(value, f'{prefix}/{key}' if prefix else str(key))
+            yield from named_tensors(value, f'{prefix}/{key}' if prefix else str(key))
     elif isinstance(obj, (list, tuple)):
         for i, value in enumerate(obj):
-            yield from _tensors(value, f'{prefix}/{i}' if prefix else str(i))
+            yield from named_tensors(value, f'{prefix}/{i}' if prefix else str(i))
 
 
 def first_nonfinite(payload):
@@ -165,7 +165,7 @@ def first_nonfinite(payload):
 
     One host sync per tensor: for saves and loads only, never on training steps.
     """
-    for name, tensor in _tensors(payload):
+    for name, tensor in named_tensors(payload):
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             return name
     return None

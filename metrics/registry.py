@@ -26,6 +26,8 @@ from typing import NamedTuple
 
 import torch
 
+from core.registry import registrar
+
 _METRICS = {}
 
 
@@ -100,16 +102,8 @@ class Metric:
         return {}
 
 
-def register_metric(name):
-    """Class decorator: make a Metric subclass selectable as --metrics `name`."""
-    def register(cls):
-        old = _METRICS.get(name)
-        if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
-            raise ValueError(f'metric {name!r} is already registered by {old.__module__}.{old.__qualname__}')
-        cls.name = name
-        _METRICS[name] = cls
-        return cls
-    return register
+# Class decorator: @register_metric('name') makes a Metric subclass selectable as --metrics name.
+register_metric = registrar(lambda: _METRICS, 'metric')
 
 
 def list_metrics():

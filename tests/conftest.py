@@ -35,3 +35,17 @@ def tiny_flags(data_root, run_dir, *extra):
             '--train_img_dir', str(data_root / 'train'), '--val_img_dir', str(data_root / 'val'),
             '--checkpoint_dir', str(run_dir / 'checkpoints'), '--sample_dir', str(run_dir / 'samples'),
             '--eval_dir', str(run_dir / 'eval'), '--result_dir', str(run_dir / 'results'), *extra]
+
+
+def interrupt_training(monkeypatch, at_step):
+    """Make training stop with Ctrl-C when it reaches iteration `at_step` (0-based), as a kill would;
+    returns a function that restores the real train_step."""
+    import core.trainer
+    real_step = core.trainer.train_step
+
+    def interrupted(run, cfg, batch, step, device):
+        if step == at_step:
+            raise KeyboardInterrupt
+        return real_step(run, cfg, batch, step, device)
+    monkeypatch.setattr(core.trainer, 'train_step', interrupted)
+    return lambda: monkeypatch.setattr(core.trainer, 'train_step', real_step)

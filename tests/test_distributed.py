@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from conftest import ROOT, tiny_flags
-from core.checkpoint import KINDS, ckpt_path
+from core.checkpoint import KINDS, ckpt_path, named_tensors
 from core.fileio import safe_load
 from main import main
 
@@ -49,17 +49,9 @@ def state(run, step):
     return {kind: safe_load(ckpt_path(str(run / 'checkpoints'), step, kind)) for kind in KINDS}
 
 
-def tensors(payload, prefix=''):
-    if torch.is_tensor(payload):
-        yield prefix, payload
-    elif isinstance(payload, dict):
-        for k, v in payload.items():
-            yield from tensors(v, f'{prefix}/{k}')
-
-
 def assert_bitwise_equal(a, b):
     for kind in KINDS:
-        ta, tb = dict(tensors(a[kind])), dict(tensors(b[kind]))
+        ta, tb = dict(named_tensors(a[kind])), dict(named_tensors(b[kind]))
         assert ta.keys() == tb.keys()
         for name in ta:
             assert torch.equal(ta[name], tb[name]), f'{kind}{name}'

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, tiny_flags
+from conftest import ROOT, interrupt_training, tiny_flags
 from core.checkpoint import DamagedCheckpoint, payload_digest, read_checkpoint
 from core.fileio import CheckpointError, atomic_save, safe_load
 from main import main
@@ -271,17 +271,10 @@ def _tensorboard_steps(run_dir, tag):
 def test_kill_and_resume_leave_one_record_per_step(seasons32, tmp_path, monkeypatch, capsys):
     """Killed in iteration 4 after logging 1-3 with the last save at 2: the resumed run drops the record of 3
     (and a line torn by the kill) and logs 3 and 4 again, in stats.jsonl and in TensorBoard."""
-    import core.trainer
     flags = tiny_flags(seasons32, tmp_path, '--sample_every', '0', '--print_every', '1')
-    real_step = core.trainer.train_step
-
-    def killed_in_4(run, cfg, batch, step, device):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real_step(run, cfg, batch, step, device)
-    monkeypatch.setattr(core.trainer, 'train_step', killed_in_4)
+    restore = interrupt_training(monkeypatch, 3)
     assert main(flags) == 130
-    monkeypatch.setattr(core.trainer, 'train_step', real_step)
+    restore()
     assert _logged_steps(tmp_path) == [1, 2, 3]
     with open(tmp_path / 'checkpoints' / 'stats.jsonl', 'a') as f:
         f.write('{"step": 4, "elapsed_s": 1.')   # torn by the kill

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from conftest import tiny_flags
-from core.checkpoint import ckpt_path, safe_load, stored_config
+from conftest import interrupt_training, tiny_flags
+from core.checkpoint import ckpt_path, named_tensors, safe_load, stored_config
 from core.config import Config, parse_config
 from core.trainer import with_domain_names
 from main import main
@@ -23,20 +23,9 @@ def _state(run_dir, step):
         payload = safe_load(ckpt_path(str(run_dir / 'checkpoints'), step, kind))
         for net, sd in payload.items():
             if isinstance(sd, dict):
-                for key, value in _flatten(sd):
+                for key, value in named_tensors(sd):
                     out[f'{kind}/{net}/{key}'] = value
     return out
-
-
-def _flatten(obj, prefix=''):
-    if isinstance(obj, torch.Tensor):
-        yield prefix, obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _flatten(v, f'{prefix}.{k}' if prefix else str(k))
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _flatten(v, f'{prefix}.{i}')
 
 
 def test_training_writes_checkpoints_samples_and_logs(seasons32, tmp_path):
@@ -66,21 +55,13 @@ def test_training_writes_checkpoints_samples_and_logs(seasons32, tmp_path):
 
 def test_resume_is_bit_exact(seasons32, tmp_path, monkeypatch):
     """A run killed after step 3 and resumed equals 6 uninterrupted steps, bit for bit."""
-    import core.trainer
     straight, split = tmp_path / 'straight', tmp_path / 'split'
     flags = ('--total_iters', '6', '--save_every', '3', '--sample_every', '0')
     _train(tiny_flags(seasons32, straight, *flags))
 
-    real_step = core.trainer.train_step
-
-    def killed_at_3(run, cfg, batch, step, device):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real_step(run, cfg, batch, step, device)
-
-    monkeypatch.setattr(core.trainer, 'train_step', killed_at_3)
+    restore = interrupt_training(monkeypatch, 3)
     assert main(tiny_flags(seasons32, split, *flags)) == 130
-    monkeypatch.setattr(core.trainer, 'train_step', real_step)
+    restore()
     assert not (split / 'checkpoints' / '000006_nets.ckpt').exists()
     _train(tiny_flags(seasons32, split, *flags, '--resume_iter', 'latest'))
 

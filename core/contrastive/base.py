@@ -20,18 +20,12 @@ from typing import ClassVar, Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from core.registry import registrar
+
 _REGISTRY: Dict[str, type] = {}
 
-
-def register(name):
-    """Class decorator: make a PatchLoss subclass available under `name`."""
-    def wrap(cls):
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f'patch loss {name!r} is registered twice')
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-    return wrap
+# Class decorator: @register('name') makes a PatchLoss subclass available under that name.
+register = registrar(lambda: _REGISTRY, 'patch loss')
 
 
 def registered():
