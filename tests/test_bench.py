@@ -1,0 +1,73 @@
+"""bench/train_step.py: its figures line, its FLOP count (R1's double backward included) and --nproc."""
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+from bench import train_step as bench
+from core.config import parse_config
+from core.trainer import build_training, train_step
+
+SCRIPT = os.path.join(ROOT, 'bench', 'train_step.py')
+TINY = ['--img_size', '32', '--base_dim', '8', '--max_conv_dim', '16', '--hidden_dim', '32', '--style_dim', '16',
+        '--latent_dim', '8', '--num_domains', '4', '--batch_size', '2', '--lambda_src', '0.1', '--lambda_dce', '1',
+        '--use_hard', '--n_patch', '16', '--patch_dim', '16', '--device', 'cpu']
+FIGURES = ('median_s_per_iter', 'encoder_passes_per_g_step', 'gflop_per_iter', 'utilisation')
+
+
+def run_bench(*extra):
+    """{figure: value} of the last line of a bench/train_step.py run on the tiny networks."""
+    out = subprocess.run([sys.executable, SCRIPT, *TINY, '--iters', '1', *extra], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = out.stdout.strip().splitlines()[-1]
+    pairs = dict(item.split('=') for item in last.split())
+    assert tuple(pairs) == FIGURES, last
+    return {k: float(v) for k, v in pairs.items()}
+
+
+def assert_sane(figures):
+    assert all(math.isfinite(v) and v > 0 for v in figures.values()), figures
+    assert figures['encoder_passes_per_g_step'] == 2
+
+
+@pytest.fixture(scope='module')
+def one_process():
+    return run_bench()
+
+
+def test_last_line_has_the_four_figures(one_process):
+    assert_sane(one_process)
+
+
+def test_two_processes_count_the_same_flops_as_one(one_process):
+    one, two = one_process, run_bench('--nproc', '2')
+    assert_sane(two)
+    # the global batch is split, not repeated: the sum over processes is one process's count
+    assert two['gflop_per_iter'] == one['gflop_per_iter']
+
+
+def test_flops_include_the_r1_double_backward():
+    def flops(*extra):
+        cfg = parse_config(['--mode', 'train', *TINY, *extra])
+        run = build_training(cfg, torch.device('cpu'))
+        batch = bench.random_batch(cfg, torch.device('cpu'))
+        return bench.count_flops(lambda: train_step(run, cfg, batch, 1, torch.device('cpu')))
+    every, lazy = flops(), flops('--r1_every', '4')   # step 1 runs D steps 2 and 3: R1 in both, or in neither
+    # two R1 penalties: the real pass again with create_graph and the backward through D's gradient
+    assert every - lazy > 0.05 * lazy > 0
+
+
+def test_uneven_split_names_the_flags(capsys):
+    assert bench.main([*TINY, '--batch_size', '3', '--nproc', '2']) == 1
+    err = capsys.readouterr().err
+    assert '--batch_size 3' in err and '--nproc 2' in err
+
+
+def test_impossible_precision_names_the_flag(capsys):
+    assert bench.main([*TINY, '--amp', 'fp16']) == 1
+    assert '--amp fp16' in capsys.readouterr().err
