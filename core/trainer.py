@@ -268,9 +268,10 @@ def draw_latents(cfg, step, device, part=slice(None)):
 def r1_this_step(cfg, step, phase):
     """Weight of the R1 penalty in D step `phase` (0 latent, 1 reference) of iteration `step`.
 
-    Lazy R1 (--r1_every K): the penalty on every K-th D step, scaled by K; None on the others (not computed).
+    Lazy R1 (--r1_every K): the penalty on every K-th D step, scaled by K; None on the others and with
+    --lambda_reg 0 (then the penalty and its double backward are not computed at all).
     """
-    if (2 * step + phase) % cfg.r1_every:
+    if cfg.lambda_reg == 0 or (2 * step + phase) % cfg.r1_every:
         return None
     return cfg.lambda_reg * cfg.r1_every
 

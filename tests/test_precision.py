@@ -79,6 +79,7 @@ def test_lazy_r1_penalises_every_kth_discriminator_step(seasons32, tmp_path):
         is None
     assert trainer.r1_this_step(parse_config(['--mode', 'train', '--r1_every', '3', '--lambda_reg', '0.5']), 1, 1) \
         == 1.5
+    assert trainer.r1_this_step(parse_config(['--mode', 'train', '--lambda_reg', '0']), 0, 0) is None   # not computed
 
 
 def test_fp16_scaler_skips_non_finite_steps_without_touching_adam(seasons32, tmp_path):
