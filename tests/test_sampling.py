@@ -307,3 +307,17 @@ def test_demo_ends_with_sample_outputs(tmp_path, capsys):
         'video_latent.mp4', 'video_ref.mp4']
     assert _size(tmp_path / 'results' / 'reference.jpg') == (5 * 64, 5 * 64)
     assert 'sampling took' in capsys.readouterr().out
+
+
+def test_workers_capped_at_the_cores_without_the_dataloader_warning(trained, seasons32, tmp_path, capsys,
+                                                                     monkeypatch):
+    import warnings
+    from core.device import default_threads, usable_cores
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')   # keep the suite's single thread
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')   # PyTorch's "will create N worker processes" would fail the run
+        assert main(_translate_flags(trained, tmp_path, '--src', str(seasons32 / 'val' / 'autumn'),
+                                     '--trg_domain', 'winter', '--num_workers', '64')) == 0
+    out = capsys.readouterr().out
+    assert f'{usable_cores()} data-loader workers (--num_workers 64 capped at the cores)' in out
+    assert default_threads(2) == 1 and default_threads(8) == 4 and default_threads(1) == 1
