@@ -8,6 +8,7 @@ import sys
 
 from core.checks import check_inputs
 from core.config import parse_config
+from core.device import host_settings
 from core.errors import run_cli
 from metrics.preflight import metric_weight_errors
 
@@ -54,7 +55,7 @@ def run(argv=None):
         print(cfg.to_json())
         return
     check_inputs(cfg, metric_weight_errors(cfg))   # input folders and the weight files of its metrics
-    MODES[cfg.mode](cfg)
+    MODES[cfg.mode](host_settings(cfg))            # CPU threads and data-loader workers, decided once
 
 
 def main(argv=None):

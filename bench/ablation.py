@@ -1,24 +1,27 @@
 """Ablation of the patch-wise losses: same data, same seed, same steps, one table.
 
-    python bench/ablation.py [--configs NAME,NAME,...] [--add NAME='FLAGS'] [--steps N]
+    python bench/ablation.py [--configs NAME,NAME,...] [--add NAME='FLAGS'] [--steps N] [--seeds K]
                              [--img_size S] [--batch_size B] [--out_dir DIR] [training flags of main.py]
 
 Renders the synthetic seasons data (--img_size, --num_train images per
-domain) once, then trains every selected configuration from scratch with CPU-
-sized networks for --steps iterations and the same --seed, so that runs differ
-only in their patch losses. Each configuration trains in its own process, so
+domain, drawn with --seed) once, then trains every selected configuration
+from scratch with CPU-sized networks for --steps iterations, once per
+training seed (--seeds K: --seed, --seed + 1, ..., so that runs differ only
+in their patch losses and their seed), and reports every figure as mean ± std
+over the seeds. Each configuration trains in its own process, so
 that its peak memory is its own. Afterwards every run's EMA networks are
 scored with the quality benchmark (metrics/quality.py: domain accuracy of
 latent- and reference-guided outputs and structure preservation). The table
-goes to OUT/ablation.md and OUT/ablation.csv:
+goes to OUT/ablation.md (mean ± std per configuration, then every run) and
+OUT/ablation.csv (every run):
 
-  config, patch losses, median s/iter (training step only, warm-up step excluded),
+  config, seed, patch losses, median s/iter (training step only, warm-up step excluded),
   peak RSS of the run's process, RSS growth during training (peak CUDA memory on
   GPU), plug-in parameters, finite (no NaN/inf in the last step's losses),
-  domain_acc_latent, domain_acc_reference, domain_acc, structure.
+  domain_acc_latent, domain_acc_reference, domain_acc, structure, identity_structure, diversity.
 
 Each configuration trains through core.trainer.train, with a StepTimer hook
-that times train_step. Each run keeps OUT/runs/<config>/: checkpoints of the
+that times train_step. Each run keeps OUT/runs/<config>/seed<seed>/: checkpoints of the
 last step (sample mode can load them), config.json, stats.jsonl, tensorboard/,
 train.log and result.json. Running
 again replaces those run folders. Extra flags after the runner's own are
@@ -63,9 +66,11 @@ CONFIGS = {
                           ['--lambda_src', '0.1', '--lambda_dce', '1', '--use_hard', '--use_curriculum',
                            '--patch_loss', 'patchgcl=0.5']),
 }
-QUALITY_KEYS = ('domain_acc_latent', 'domain_acc_reference', 'domain_acc', 'structure')
-COLUMNS = ('config', 'patch_losses', 'median_s_per_iter', 'peak_rss_mb', 'train_mem_mb', 'plugin_params',
+QUALITY_KEYS = ('domain_acc_latent', 'domain_acc_reference', 'domain_acc', 'structure', 'identity_structure',
+                'diversity')
+COLUMNS = ('config', 'seed', 'patch_losses', 'median_s_per_iter', 'peak_rss_mb', 'train_mem_mb', 'plugin_params',
            'finite') + QUALITY_KEYS + ('status',)
+SUMMARY_KEYS = ('median_s_per_iter', 'domain_acc', 'structure', 'diversity', 'identity_structure')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -91,8 +96,8 @@ def select_configs(names, added=()):
     return selected
 
 
-def base_flags(args, data_root, run_dir):
-    """Training flags shared by every configuration: CPU-sized networks, the same data and seed."""
+def base_flags(args, data_root, run_dir, seed=None):
+    """Training flags shared by every configuration: CPU-sized networks, the same data; seed (default --seed)."""
     steps = str(args.steps)
     return ['--mode', 'train', '--img_size', str(args.img_size), '--num_domains', '4', '--base_dim', '16',
             '--max_conv_dim', '64', '--hidden_dim', '64', '--style_dim', '16', '--latent_dim', '8',
@@ -100,7 +105,8 @@ def base_flags(args, data_root, run_dir):
             '--num_workers', '0', '--n_patch', '32', '--patch_dim', '64', '--lambda_ds', '1',
             # the demo's 10x learning rates: a few hundred CPU steps then separate the domains
             '--lr', '1e-3', '--f_lr', '1e-5',
-            '--ema_beta', '0.99', '--total_iters', steps, '--ds_iter', steps, '--seed', str(args.seed),
+            '--ema_beta', '0.99', '--total_iters', steps, '--ds_iter', steps,
+            '--seed', str(args.seed if seed is None else seed),
             '--device', args.device, '--print_every', str(max(1, args.steps // 10)), '--sample_every', '0',
             '--save_every', '0', '--eval_every', '0',
             '--train_img_dir', os.path.join(data_root, 'train'), '--val_img_dir', os.path.join(data_root, 'val'),
@@ -109,9 +115,14 @@ def base_flags(args, data_root, run_dir):
             '--eval_dir', os.path.join(run_dir, 'eval'), '--result_dir', os.path.join(run_dir, 'results')]
 
 
-def run_flags(args, data_root, run_dir, config_flags, extra):
+def run_flags(args, data_root, run_dir, config_flags, extra, seed=None):
     """Base flags, then the configuration's, then the user's extra flags (which win)."""
-    return base_flags(args, data_root, run_dir) + list(config_flags) + list(extra)
+    return base_flags(args, data_root, run_dir, seed) + list(config_flags) + list(extra)
+
+
+def training_seeds(args):
+    """The training seeds: --seed, --seed + 1, ... (--seeds of them)."""
+    return [args.seed + k for k in range(args.seeds)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,10 +280,39 @@ def table_csv(rows):
     return out.getvalue()
 
 
+def mean_std(values):
+    """'mean ± std' (sample std over the seeds) of the numbers among values; 'n/a' if none."""
+    values = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if not values:
+        return 'n/a'
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    digits = 3 if max(abs(v) for v in values) < 10 else 0
+    return f'{statistics.mean(values):.{digits}f} ± {std:.{digits}f}'
+
+
+def summary_rows(rows):
+    """One row per configuration, in order: seeds ok / run, and mean ± std of SUMMARY_KEYS over its runs."""
+    configs = list(dict.fromkeys(row['config'] for row in rows))
+    out = []
+    for name in configs:
+        runs = [row for row in rows if row['config'] == name]
+        ok = [row for row in runs if row.get('status') == 'ok']
+        summary = {'config': name, 'patch_losses': next((r.get('patch_losses') for r in ok), None),
+                   'seeds': f'{len(ok)}/{len(runs)}'}
+        summary.update({key: mean_std([row.get(key) for row in ok]) for key in SUMMARY_KEYS})
+        out.append(summary)
+    return out
+
+
 def table_markdown(rows, settings, notes):
-    """Markdown text: the settings, the table, then the notes."""
+    """Markdown text: the settings, mean ± std per configuration, every run, then the notes."""
+    head = ('config', 'patch_losses', 'seeds') + SUMMARY_KEYS
     lines = ['# Patch-loss ablation', '', ', '.join(f'{k}: {v}' for k, v in settings.items()), '',
-             '| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
+             '## Mean ± std over the seeds', '',
+             '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for row in summary_rows(rows):
+        lines.append('| ' + ' | '.join(_cell(row.get(k)) for k in head) + ' |')
+    lines += ['', '## Every run', '', '| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
     for row in rows:
         lines.append('| ' + ' | '.join(_cell(row.get(k)) for k in COLUMNS) + ' |')
     return '\n'.join(lines + [''] + [f'- {note}' for note in notes]) + '\n'
@@ -290,12 +330,14 @@ def parse_args(argv):
     p.add_argument('--add', action='append', default=[], metavar="NAME='FLAGS'",
                    help="an extra configuration, e.g. --add gcl-clean='--patch_loss patchgcl=0.5 "
                         "--gcl_self_loops clean' (repeatable)")
-    p.add_argument('--steps', type=int, default=150, help='training iterations of every configuration')
+    p.add_argument('--steps', type=int, default=600,
+                   help='training iterations of every run (150 left every configuration near chance)')
+    p.add_argument('--seeds', type=int, default=3, help='training seeds per configuration (--seed, --seed + 1, ...)')
     p.add_argument('--img_size', type=int, default=32, help='image size of the synthetic data and the networks')
     p.add_argument('--batch_size', type=int, default=4, help='training batch size')
     p.add_argument('--num_train', type=int, default=24, help='synthetic training images per domain')
     p.add_argument('--num_val', type=int, default=8, help='synthetic validation images per domain')
-    p.add_argument('--seed', type=int, default=777, help='the one seed of data and training')
+    p.add_argument('--seed', type=int, default=777, help='seed of the data and first training seed')
     p.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='cpu')
     p.add_argument('--out_dir', default='expr/ablation', help='data, runs and the tables')
     p.add_argument('--no_quality', action='store_true', help='time and memory only')
@@ -332,19 +374,21 @@ def prepare_data(args):
 def run_ablation(args, extra):
     """Train and score every selected configuration; write the tables; return the rows."""
     selected = select_configs(args.configs, args.add)
-    if args.steps < 1:
-        raise UserError('--steps must be at least 1')
+    if args.steps < 1 or args.seeds < 1:
+        raise UserError('--steps and --seeds must be at least 1')
     check_flags(selected, args, extra)
+    start = time.perf_counter()
     data_root = prepare_data(args)
     rows = []
-    for i, (name, description, flags) in enumerate(selected, 1):
-        run_dir = os.path.join(args.out_dir, 'runs', name)
-        result = launch(name, run_flags(args, data_root, run_dir, flags, extra), run_dir)
-        rows.append({'config': name, 'description': description, 'run_dir': run_dir, **result})
-        print(f'[{i}/{len(selected)}] {name}: {result["status"]}'
+    runs = [(name, description, flags, seed) for name, description, flags in selected for seed in training_seeds(args)]
+    for i, (name, description, flags, seed) in enumerate(runs, 1):
+        run_dir = os.path.join(args.out_dir, 'runs', name, f'seed{seed}')
+        result = launch(name, run_flags(args, data_root, run_dir, flags, extra, seed), run_dir)
+        rows.append({'config': name, 'seed': seed, 'description': description, 'run_dir': run_dir, **result})
+        print(f'[{i}/{len(runs)}] {name} seed {seed}: {result["status"]}'
               + (f', {result["median_s_per_iter"]:.3f} s/iter' if result['status'] == 'ok' else ''), flush=True)
     notes = add_quality(rows, args)
-    write_tables(rows, args, extra, notes)
+    write_tables(rows, args, extra, notes, time.perf_counter() - start)
     return rows
 
 
@@ -360,10 +404,12 @@ def add_quality(rows, args):
     return ['quality: metrics.quality.quality_scores on each run\'s EMA networks']
 
 
-def write_tables(rows, args, extra, notes):
+def write_tables(rows, args, extra, notes, wall_s=None):
     """OUT/ablation.md and OUT/ablation.csv, written atomically."""
     import torch
-    settings = {'steps': args.steps, 'img_size': args.img_size, 'batch_size': args.batch_size, 'seed': args.seed,
+    settings = {'command': 'python bench/ablation.py ' + ' '.join(shlex.quote(a) for a in sys.argv[1:]),
+                'wall time': 'n/a' if wall_s is None else f'{wall_s / 60:.1f} min','steps': args.steps, 'img_size': args.img_size, 'batch_size': args.batch_size,
+                'seeds': ', '.join(map(str, training_seeds(args))), 'data seed': args.seed,
                 'device': args.device, 'threads': torch.get_num_threads(),
                 'extra flags': ' '.join(extra) or '-'}
     notes = notes + ['median_s_per_iter: one full training iteration (D latent, D ref, G latent, G ref, EMA), '

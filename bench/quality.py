@@ -1,4 +1,4 @@
-"""Quality benchmark of a checkpoint on the synthetic data: domain accuracy and structure.
+"""Quality benchmark of a checkpoint on the synthetic data: domain accuracy, structure and diversity.
 
     python bench/quality.py                                   # the demo model (--preset demo --resume_iter latest)
     python bench/quality.py --preset demo --checkpoint expr/checkpoints_demo/000400_nets_ema.ckpt
@@ -8,9 +8,13 @@ Takes the checkpoint and data flags of main.py. A small domain classifier is
 trained on the real training images (cached in --fid_stats_dir, or the
 --classifier file) and labels latent- and reference-guided translations of
 the val images; structure is the edge agreement with the ground-truth
-rendering of the same layout in the target domain (metrics.quality). CPU-fast:
-seconds for the demo model. The last line is
-    domain_acc=<float> structure=<float>
+rendering of the same layout in the target domain; diversity is the spread
+of one source's outputs across styles of a domain relative to the real
+images' spread (metrics.quality). Each figure is printed next to its
+reference points: chance and the real images for domain_acc, the unchanged
+input and a perfect translation for structure, zero and the real data for
+diversity. CPU-fast: seconds for the demo model. The last line is
+    domain_acc=<float> structure=<float> diversity=<float> identity_structure=<float>
 """
 import argparse
 import os
@@ -26,6 +30,25 @@ from core.inference import load_model  # noqa: E402
 from metrics.quality import MAX_SOURCES_PER_DOMAIN, load_or_train_classifier, quality_scores  # noqa: E402
 
 DEFAULT_FLAGS = ['--preset', 'demo', '--resume_iter', 'latest']
+LAST_LINE = ('domain_acc', 'structure', 'diversity', 'identity_structure')
+
+
+def report(scores):
+    """A table: each figure per mode and overall, next to its reference points."""
+    gt = 'ground-truth rendering' if scores['structure_ground_truth'] else 'source image (no ground truth)'
+    rows = [
+        ('domain_acc', f'chance {scores["domain_acc_chance"]:.3f}, '
+                       f'real val images {scores["classifier_val_acc"]:.3f}'),
+        ('structure', f'input unchanged {scores["identity_structure"]:.3f}, perfect translation 1.000 '
+                      f'(edges vs the {gt})'),
+        ('diversity', f'one output per source 0.000, real data 1.000 (raw spread {scores["real_spread"]:.3f})'),
+    ]
+    lines = [f'{"":12s} {"latent":>8s} {"reference":>10s} {"mean":>8s}   reference points']
+    for key, refs in rows:
+        lines.append(f'{key:12s} {scores[key + "_latent"]:8.3f} {scores[key + "_reference"]:10.3f} '
+                     f'{scores[key]:8.3f}   {refs}')
+    lines.append(f'({int(scores["num_translations"])} translations for domain_acc and structure)')
+    return '\n'.join(lines)
 
 
 def parse(argv):
@@ -51,10 +74,9 @@ def main(argv=None):
         classifier = load_or_train_classifier(cfg, device, args.classifier)
         print(f'domain classifier {classifier.path}: accuracy on the real val images {classifier.val_acc:.3f}')
         scores = quality_scores(nets, cfg, device, classifier, args.max_sources)
-        for key, value in scores.items():
-            print(f'{key}: {value:.4f}')
         print(f'({time.perf_counter() - start:.1f} s)')
-        print(f'domain_acc={scores["domain_acc"]:.4f} structure={scores["structure"]:.4f}')
+        print(report(scores))
+        print(' '.join(f'{key}={scores[key]:.4f}' for key in LAST_LINE))
     return run_cli(run)
 
 

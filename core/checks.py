@@ -146,7 +146,9 @@ INPUT_CHECKS = {
     'train': _train_errors,
     'demo': _training_errors,
     'eval': lambda cfg: _folder_errors(cfg, 'train_img_dir', 'val_img_dir'),
-    'sample': lambda cfg: _folder_errors(cfg, 'src_dir', 'ref_dir'),
+    # Folders not given as flags may come from the checkpoint's run (core.sampling.follow_run); sample checks those.
+    'sample': lambda cfg: _folder_errors(cfg, *[f for f in ('src_dir', 'ref_dir')
+                                                if f in cfg.get('explicit_flags', ('src_dir', 'ref_dir'))]),
     'translate': _translate_errors,
     'prepare': _prepare_errors,
 }

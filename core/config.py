@@ -298,6 +298,9 @@ def _add_sampling_flags(p):
                    help='frames per second of the videos (12.5 plays at the pace of upstream)')
     g.add_argument('--video_frames', type=int, default=31,
                    help='frames per style transition in the videos (31 as upstream; fewer = shorter video)')
+    g.add_argument('--labels', action=argparse.BooleanOptionalAction, default=True,
+                   help='label the grids (domain names of rows and columns, psi) in margins around the images; '
+                        '--no-labels writes upstream\'s unlabelled images')
 
 
 def _add_eval_flags(p):
@@ -551,6 +554,7 @@ def resolve(ns):
         fields['nce_layers'] = tuple(default_taps(fields['arch'], fields['img_size'], fields['w_hpf']))
     del fields['patch_loss']
     fields['domain_names'] = None   # filled from the training folders (train) or the checkpoint
+    fields['explicit_flags'] = ()   # filled by parse_config: the flags given on the command line
     return Config(**_tuples(fields))
 
 
@@ -564,11 +568,23 @@ def parse_config(argv=None):
     preset = _preset_name(argv)
     if preset in PRESETS:
         parser.set_defaults(**PRESETS[preset], preset=preset)
-    cfg = resolve(parser.parse_args(argv))
+    cfg = resolve(parser.parse_args(argv)).replace(explicit_flags=_explicit_flags(argv))
     errs = _errors(cfg)
     if errs:
         raise ConfigError('\n'.join(errs))
     return cfg
+
+
+def _explicit_flags(argv):
+    """Names (dests) of the flags given in argv, sorted: what the command line sets, not a default or preset.
+
+    Modes that adopt a run's stored settings (sample, translate) keep these.
+    """
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+        action.required = False
+    return tuple(sorted(vars(parser.parse_args(argv))))
 
 
 def _preset_name(argv):

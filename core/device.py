@@ -1,4 +1,22 @@
-"""Where computation runs: decided once, here, and passed down as a torch.device."""
+"""Where computation runs: decided once, here, and passed down as a torch.device.
+
+CPU threads and data-loader workers are decided here too (host_settings,
+called once by main.py for every mode):
+
+threads  torch's intra-op threads default to half the usable cores (at least
+         one) unless OMP_NUM_THREADS is set. Measured on a 2-core machine
+         shared with other jobs (load average about 7): the demo's training
+         step took 3.0 s with 1 thread and more than 30 s with 2 (OpenMP
+         threads spin-waiting for a core another process holds): a 10x
+         collapse. Half the cores costs at most about 2x on an idle machine
+         and never collapses; set OMP_NUM_THREADS to the core count on a
+         machine you have to yourself.
+workers  --num_workers is capped at the usable cores (inference modes too),
+         so PyTorch's "this DataLoader will create N worker processes"
+         warning does not appear.
+"""
+import os
+
 import torch
 
 from core.errors import UserError
@@ -25,3 +43,30 @@ def synchronize(device):
     """Wait for the device's queued work (benchmarks only: timing a CUDA step, not its launch)."""
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
+
+
+def usable_cores():
+    """Cores this process may run on (its CPU affinity where the OS tells, else the CPU count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_threads(cores=None):
+    """Intra-op threads when OMP_NUM_THREADS is not set: half the usable cores, at least 1 (see the module doc)."""
+    return max(1, (cores or usable_cores()) // 2)
+
+
+def host_settings(cfg, verbose=True):
+    """Set torch's CPU threads and cap --num_workers at the usable cores; returns the (new) config."""
+    cores = usable_cores()
+    if not os.environ.get('OMP_NUM_THREADS'):
+        torch.set_num_threads(default_threads(cores))
+    workers = min(cfg.num_workers, cores)
+    if verbose and cfg.get('mode') in ('train', 'demo', 'sample', 'translate', 'eval'):
+        source = 'OMP_NUM_THREADS' if os.environ.get('OMP_NUM_THREADS') else 'half the cores; set OMP_NUM_THREADS to change'
+        capped = f' (--num_workers {cfg.num_workers} capped at the cores)' if workers != cfg.num_workers else ''
+        print(f'host: {cores} usable cores, {torch.get_num_threads()} CPU threads ({source}), '
+              f'{workers} data-loader workers{capped}')
+    return cfg.replace(num_workers=workers) if workers != cfg.num_workers else cfg

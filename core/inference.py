@@ -75,6 +75,7 @@ class LoadedModel(NamedTuple):
     cfg: Config            # the run's config with the checkpoint's architecture and domain names
     path: str              # the file the weights came from
     step: Optional[int]    # its training step (None for a file whose name carries none)
+    stored: Optional[Config] = None   # the run's config stored in the file (None for official files)
 
 
 def ema_checkpoint_path(cfg):
@@ -124,4 +125,4 @@ def load_model(cfg, device, verbose=True):
     if verbose:
         names = ', '.join(cfg.domain_names) if cfg.domain_names else 'not stored (official layout)'
         print(f'Loaded {path} ({cfg.arch}, {cfg.img_size} px, {cfg.num_domains} domains: {names})')
-    return LoadedModel(Munch(nets_ema), cfg, path, step)
+    return LoadedModel(Munch(nets_ema), cfg, path, step, stored)

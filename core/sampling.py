@@ -6,6 +6,12 @@ architecture and domain names; for an official StarGAN v2 or Hneg_SRC
 checkpoint the architecture flags (--arch, --img_size, --num_domains, ...)
 describe it.
 
+A checkpoint written here also carries its run's config, and its sampling
+settings are used unless given on the command line (RUN_SETTINGS): sources
+and references per grid (--val_batch_size), styles per domain
+(--num_outs_per_domain), and --src_dir/--ref_dir when those folders exist.
+The first line printed says which values came from where.
+
 sample writes into --result_dir:
   reference.jpg                 a blank corner and the sources on top; then per reference a row:
                                 the reference, then every source translated with its style
@@ -44,13 +50,19 @@ from core.images import DataError, check_images, domain_tree
 from core.inference import (all_domain_styles, average_styles, load_model, style_codes, translate_styles,
                             truncate)
 from core.seeding import STREAM_SAMPLE, step_generator
-from core.video import (max_video_sources, num_video_frames, slide_margin, style_path_frames,
+from core.video import (max_video_sources, max_video_styles, num_video_frames, slide_margin, style_path_frames,
                         write_video)
-from core.visualize import PSIS, latent_grid, reference_grid, save_grid, save_image
+from core.visualize import (PSIS, domain_names, label_grid, latent_grid, latent_labels, reference_grid,
+                            reference_labels, save_grid, save_image)
 
 # Purposes within STREAM_SAMPLE: each draws from its own generator.
 PURPOSE_Z = 0           # z of the latent grids, video_latent and translate (style k = k-th draw)
 PURPOSE_AVERAGE = 1     # z averaged into the truncation centres
+
+
+# Settings of sample/translate taken from the run stored in the checkpoint unless given as flags.
+RUN_SETTINGS = ('val_batch_size', 'num_outs_per_domain')
+RUN_FOLDERS = ('src_dir', 'ref_dir')   # taken only if the folder exists here
 
 
 class DomainError(UserError):
@@ -79,6 +91,32 @@ def domain_averages(nets, cfg, device):
     """Truncation centres: the mean style of every domain, (num_domains, style_dim)."""
     gen = step_generator(cfg.seed, PURPOSE_AVERAGE, STREAM_SAMPLE)
     return average_styles(nets.mapping_network, cfg.latent_dim, generator=gen, device=device)
+
+
+def follow_run(cfg, stored, mode):
+    """cfg with the run's sampling settings (RUN_SETTINGS, RUN_FOLDERS) where no flag gave them.
+
+    stored: the config saved in the checkpoint, or None (official files: the
+    flags and their defaults stand). Prints which values were used and where
+    they came from; returns the new config.
+    """
+    if stored is None:
+        print(f'{mode}: the checkpoint stores no run config; settings from the flags and defaults')
+        return cfg
+    given = set(cfg.get('explicit_flags', ()))
+    changes, kept = {}, []
+    for key in RUN_SETTINGS + RUN_FOLDERS:
+        value = stored.get(key)
+        if key in given:
+            kept.append(key)
+        elif value is not None and (key not in RUN_FOLDERS or os.path.isdir(value)):
+            changes[key] = value
+    cfg = cfg.replace(**changes)
+    used = ', '.join(f'{k}={cfg[k]}' for k in RUN_SETTINGS + RUN_FOLDERS)
+    source = (('from the run: ' + ', '.join(changes)) if changes else 'none from the run') + \
+        ('; from flags: ' + ', '.join(kept) if kept else '')
+    print(f'{mode}: {used} ({source})')
+    return cfg
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,6 +158,15 @@ def latent_path_styles(nets, z_list, s_avg, psi):
     return s_all.reshape(-1, s_all.size(-1))                                        # (D * num_z, style_dim)
 
 
+def video_styles(styles, num_frames, what):
+    """The first styles (K, style_dim) that fit in a video of at most MAX_VIDEO_FRAMES frames (a note when cut)."""
+    num = max_video_styles(num_frames)
+    if styles.size(0) > num:
+        print(f'note: the {what} video walks through the first {num} of {styles.size(0)} styles '
+              f'(longer videos take too long to render; lower --video_frames for more)')
+    return styles[:num]
+
+
 def video_sources(x_src, img_size, ref_column):
     """The sources that fit in a browser-playable frame width (a note when some are left out)."""
     num = max_video_sources(img_size, ref_column)
@@ -130,16 +177,24 @@ def video_sources(x_src, img_size, ref_column):
 
 
 def write_grids(nets, cfg, src, ref, z_list, s_avg):
-    """latent_psi_*.jpg and reference.jpg, with one progress bar over all translated rows."""
+    """latent_psi_*.jpg and reference.jpg (labelled unless --no-labels), with one progress bar over all rows."""
     rows = len(PSIS) * cfg.num_domains * z_list.size(0) + ref.x.size(0)
+    cell, src_names = cfg.img_size, domain_names(cfg, src.y)
     paths = []
     with tqdm(total=rows, desc='grids', unit='row', disable=None, leave=False) as bar:
         for psi in PSIS:
             path = os.path.join(cfg.result_dir, f'latent_psi_{psi}.jpg')
-            save_grid(latent_grid(nets, src.x, z_list, s_avg, psi, cfg.num_domains, bar.update), path)
+            grid = latent_grid(nets, src.x, z_list, s_avg, psi, cfg.num_domains, bar.update)
+            if cfg.labels:
+                labels = latent_labels(src_names, domain_names(cfg, range(cfg.num_domains)), z_list.size(0), psi)
+                grid = label_grid(grid, cell, *labels)
+            save_grid(grid, path)
             paths.append(path)
         path = os.path.join(cfg.result_dir, 'reference.jpg')
-        save_grid(reference_grid(nets, src.x, ref.x, ref.y, bar.update), path)
+        grid = reference_grid(nets, src.x, ref.x, ref.y, bar.update)
+        if cfg.labels:
+            grid = label_grid(grid, cell, *reference_labels(src_names, domain_names(cfg, ref.y)))
+        save_grid(grid, path)
         paths.append(path)
     return paths
 
@@ -148,13 +203,13 @@ def write_videos(nets, cfg, src, ref, z_list, s_avg):
     """video_ref.mp4 and video_latent.mp4, streamed."""
     G, T = nets.generator, cfg.video_frames
     path_ref = os.path.join(cfg.result_dir, 'video_ref.mp4')
-    s_ref = nets.style_encoder(ref.x, ref.y)   # (R, style_dim)
+    s_ref = video_styles(nets.style_encoder(ref.x, ref.y), T, 'reference')   # (R, style_dim)
     frames = style_path_frames(G, video_sources(src.x, cfg.img_size, True), s_ref, T, x_ref=ref.x,
                                margin=slide_margin(cfg.img_size))
     write_video(path_ref, frames, num_video_frames(s_ref.size(0), T), cfg.fps)
 
     path_latent = os.path.join(cfg.result_dir, 'video_latent.mp4')
-    styles = latent_path_styles(nets, z_list, s_avg, cfg.psi)
+    styles = video_styles(latent_path_styles(nets, z_list, s_avg, cfg.psi), T, 'latent')
     frames = style_path_frames(G, video_sources(src.x, cfg.img_size, False), styles, T)
     write_video(path_latent, frames, num_video_frames(styles.size(0), T), cfg.fps)
     return [path_ref, path_latent]
@@ -164,7 +219,8 @@ def write_videos(nets, cfg, src, ref, z_list, s_avg):
 def sample(cfg):
     """--mode sample: reference.jpg, latent_psi_*.jpg, video_ref.mp4 and video_latent.mp4."""
     device = resolve_device(cfg.device)
-    nets, cfg = load_model(cfg, device)[:2]
+    model = load_model(cfg, device)
+    nets, cfg = model.nets, follow_run(model.cfg, model.stored, 'sample')
     src = load_domain_batch(cfg, 'src_dir', device)
     ref = load_domain_batch(cfg, 'ref_dir', device)
     z_list = draw_z(cfg, cfg.num_outs_per_domain, device)   # (num_outs, 1, latent_dim)
@@ -255,7 +311,8 @@ def reference_styles(nets, cfg, y, device):
 def translate(cfg):
     """--mode translate: every --src image to the target domain, once per style."""
     device = resolve_device(cfg.device)
-    nets, cfg = load_model(cfg, device)[:2]
+    model = load_model(cfg, device)
+    nets, cfg = model.nets, follow_run(model.cfg, model.stored, 'translate')
     y = resolve_domain(cfg, cfg.trg_domain if cfg.trg_domain is not None else _domain_of_refs(cfg))
     sources = image_dataset(cfg.src, cfg.img_size, cfg.skip_bad_images)
     styles, tags = (reference_styles if cfg.ref else latent_styles)(nets, cfg, y, device)

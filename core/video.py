@@ -15,8 +15,13 @@ Differences from upstream, all deliberate:
   * consecutive references are interpolated whatever their domains, so any
     reference set gives a video (upstream crashes when no two consecutive
     references share a domain);
-  * pixel values are rounded, not truncated, to uint8, and frames are padded
-    to even dimensions (H.264 with yuv420p, which browsers play, needs them);
+  * pixel values are rounded half up to uint8 as torchvision's save_image does
+    (upstream's video truncates), and frames are padded to even dimensions
+    (H.264 with yuv420p, which browsers play, needs them);
+  * the size is bounded whatever the folders hold: at most MAX_VIDEO_WIDTH
+    pixels wide (max_video_sources) and MAX_VIDEO_FRAMES frames long
+    (max_video_styles), so a large --val_batch_size cannot make a video that
+    takes hours to render;
   * --fps is the rate of distinct frames (upstream encodes at 30 fps and
     halves the speed of a 25 fps stream, i.e. 12.5 distinct frames per second).
 """
@@ -36,6 +41,7 @@ from core.visualize import to_uint8
 HOLD_FRACTION = 10 / 31    # upstream: 31 frames per transition, the last 10 hold the next style
 SIGMOID_RANGE = 5.0        # upstream's ramp runs sigmoid(-5) ... sigmoid(4.5)
 MAX_VIDEO_WIDTH = 4096     # widest frame that common browser H.264 decoders accept
+MAX_VIDEO_FRAMES = 1000    # longest video (80 s at 12.5 fps; upstream's 32 references need 971 frames)
 MAX_STDERR_CHARS = 2000    # tail of ffmpeg's error output quoted in messages
 
 
@@ -88,6 +94,11 @@ def max_video_sources(img_size, ref_column):
     """How many source columns fit in MAX_VIDEO_WIDTH (beside the reference column if ref_column)."""
     extra = img_size + slide_margin(img_size) if ref_column else 0
     return max(1, (MAX_VIDEO_WIDTH - extra) // img_size)
+
+
+def max_video_styles(num_frames):
+    """How many styles a video may walk through with `num_frames` per transition (at least 2)."""
+    return max(2, (MAX_VIDEO_FRAMES - hold_frames(num_frames)) // num_frames + 1)
 
 
 def slide_margin(img_size):

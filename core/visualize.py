@@ -2,14 +2,22 @@
 
 File names follow upstream: {step:06d}_cycle_consistency.jpg,
 {step:06d}_latent_psi_{0.5,0.7,1.0}.jpg and {step:06d}_reference.jpg.
+
+Pixels are written as torchvision's save_image writes them (x * 255 + 0.5,
+clamped, then truncated: half up), so an unlabelled grid is byte-identical to
+upstream's. With labels (--labels, the default) the grid gets a white margin
+on the left (row labels) and on top (column labels, and the grid's title such
+as the psi), drawn with PIL's built-in font; the images themselves are the
+same pixels.
 """
 import io
 import os
 
+import numpy as np
 import torch
 import torchvision.utils as vutils
 
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from core.fileio import atomic_write_bytes
 from core.inference import average_styles, translate_styles, truncate
@@ -23,9 +31,14 @@ def denormalize(x):
     return ((x + 1) / 2).clamp_(0, 1)
 
 
+def quantize(x):
+    """[0, 1] -> uint8 as torchvision.utils.save_image does: x * 255 + 0.5, clamped, truncated (half up)."""
+    return x.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
+
+
 def to_uint8(x):
-    """(..., 3, H, W) in [-1, 1] -> uint8 with rounding (upstream truncates)."""
-    return (denormalize(x.detach().float()) * 255).round_().to(torch.uint8)
+    """(..., 3, H, W) in [-1, 1] -> uint8, rounded half up as save_image (video frames)."""
+    return quantize(denormalize(x.detach().float()))
 
 
 def make_grid(x, ncol):
@@ -35,7 +48,7 @@ def make_grid(x, ncol):
 
 def save_grid(grid, path):
     """Write a [0, 1] grid atomically; the format follows the extension (.jpg/.png)."""
-    array = (grid.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
+    array = quantize(grid.detach().float().cpu()).permute(1, 2, 0).numpy()
     buffer = io.BytesIO()
     fmt = 'JPEG' if path.lower().endswith(('.jpg', '.jpeg')) else 'PNG'
     Image.fromarray(array).save(buffer, format=fmt, **({'quality': 95} if fmt == 'JPEG' else {}))
@@ -45,6 +58,68 @@ def save_grid(grid, path):
 def save_image(x, ncol, path):
     """Save a batch (N, 3, H, W) in [-1, 1] as one grid image with `ncol` columns."""
     save_grid(make_grid(x, ncol), path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Labels
+# ----------------------------------------------------------------------------------------------
+
+LABEL_PAD = 3       # pixels around a label
+LABEL_INK = (0, 0, 0)
+LABEL_ALIGN = 16    # margins are multiples of JPEG's 16-pixel blocks, so the images compress as unlabelled
+
+
+def _align(pixels):
+    """pixels rounded up to a multiple of LABEL_ALIGN."""
+    return -(-pixels // LABEL_ALIGN) * LABEL_ALIGN
+
+
+def _fit(draw, font, text, width):
+    """text, shortened with '..' until it fits in `width` pixels."""
+    while text and draw.textlength(text, font=font) > width:
+        text = text[:-3] + '..' if len(text) > 3 else text[:-1]
+    return text
+
+
+def label_grid(grid, cell, row_labels=(), col_labels=(), corner=''):
+    """A [0, 1] grid (3, H, W) of `cell`-pixel tiles with labels in white margins: (3, H + top, W + left).
+
+    row_labels name the tile rows (drawn left of them, vertically centred),
+    col_labels the tile columns (drawn above them), corner goes top left
+    (e.g. the grid's title). Empty labels draw nothing.
+    """
+    font = ImageFont.load_default()
+    probe = ImageDraw.Draw(Image.new('RGB', (1, 1)))
+    line = probe.textbbox((0, 0), 'Ag', font=font)[3] + 2 * LABEL_PAD
+    left = max([probe.textlength(t, font=font) for t in (*row_labels, corner)] + [0])
+    left = _align(int(min(left, 2 * cell)) + 2 * LABEL_PAD)
+    top = _align(line) if (col_labels or corner) else 0
+    height, width = grid.shape[1:]
+    canvas = Image.new('RGB', (width + left, height + top), (255, 255, 255))
+    canvas.paste(Image.fromarray(quantize(grid.detach().float().cpu()).permute(1, 2, 0).numpy()), (left, top))
+    draw = ImageDraw.Draw(canvas)
+    if corner:
+        draw.text((LABEL_PAD, LABEL_PAD), _fit(draw, font, corner, left + cell - LABEL_PAD), fill=LABEL_INK, font=font)
+    for c, text in enumerate(col_labels):
+        if text:
+            draw.text((left + c * cell + LABEL_PAD, LABEL_PAD), _fit(draw, font, text, cell - 2 * LABEL_PAD),
+                      fill=LABEL_INK, font=font)
+    for r, text in enumerate(row_labels):
+        if text:
+            y = top + r * cell + (cell - line) // 2 + LABEL_PAD
+            draw.text((LABEL_PAD, y), _fit(draw, font, text, left - 2 * LABEL_PAD), fill=LABEL_INK, font=font)
+    return torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).float() / 255
+
+
+def latent_labels(src_names, domain_names, num_z, psi):
+    """(row labels, column labels, corner) of a latent grid: the sources' domains on top, one row per (domain, z)."""
+    rows = ['input'] + [f'{name} z{k}' for name in domain_names for k in range(num_z)]
+    return rows, list(src_names), f'psi {psi}'
+
+
+def reference_labels(src_names, ref_names):
+    """(row labels, column labels, corner) of a reference grid: the references' domains down the side."""
+    return ['input'] + [f'ref {name}' for name in ref_names], [''] + list(src_names), 'reference'
 
 
 # ----------------------------------------------------------------------------------------------
@@ -98,6 +173,26 @@ def reference_grid(nets, x_src, x_ref, y_ref, on_row=None):
     return make_grid(torch.cat(rows), x_src.size(0) + 1)
 
 
+def domain_names(cfg, ys):
+    """Names of the domain ids ys (a tensor or list), 'domain<y>' when the config stores none."""
+    names = cfg.get('domain_names') or [f'domain{y}' for y in range(cfg.num_domains)]
+    return [names[y] for y in (ys.tolist() if torch.is_tensor(ys) else ys)]
+
+
+def debug_labels(grids, cfg, val, num_domains):
+    """The debug grids with their labels (see label_grid)."""
+    cell = val.x_src.size(-1)
+    src, ref = domain_names(cfg, val.y_src), domain_names(cfg, val.y_ref)
+    out = {'cycle_consistency': label_grid(grids['cycle_consistency'], cell,
+                                           ['input', 'reference', 'output', 'cycle'], src, 'cycle')}
+    for psi in PSIS:
+        key = f'latent_psi_{psi}'
+        out[key] = label_grid(grids[key], cell, *latent_labels(src, domain_names(cfg, range(num_domains)),
+                                                               cfg.num_outs_per_domain, psi))
+    out['reference'] = label_grid(grids['reference'], cell, *reference_labels(src, ref))
+    return out
+
+
 @torch.no_grad()
 def debug_image(nets_ema, cfg, val, step, device):
     """Write the five upstream debug images for `step`; returns {name: grid} for TensorBoard."""
@@ -109,6 +204,8 @@ def debug_image(nets_ema, cfg, val, step, device):
     for psi in PSIS:
         grids[f'latent_psi_{psi}'] = latent_grid(nets_ema, val.x_src, z_list, s_avg, psi, num_domains)
     grids['reference'] = reference_grid(nets_ema, val.x_src, val.x_ref, val.y_ref)
+    if cfg.get('labels', True):
+        grids = debug_labels(grids, cfg, val, num_domains)
     for name, grid in grids.items():
         save_grid(grid, os.path.join(cfg.sample_dir, f'{step:06d}_{name}.jpg'))
     return grids

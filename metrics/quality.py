@@ -14,9 +14,26 @@ structure   Is the scene kept? The Pearson correlation between the edge maps
             the ground truth: core.synthetic renders the same layout in the
             target domain, so the correct translation is known. Without such
             a dataset the source image stands in (the key 'structure_ground_truth' says which).
+diversity   Do the styles of one domain differ? Each source is translated
+            into a target domain with DIVERSITY_STYLES styles; the mean
+            pairwise distance of those outputs in a fixed feature space
+            (channel means and standard deviations of a seeded random conv
+            net: appearance statistics) is divided by the mean pairwise
+            distance of the real images of that domain. 0: every style gives
+            the same image; 1: the outputs of one source spread as much as
+            the real images of the domain (whose layouts differ as well, so a
+            translation that keeps the layout stays below 1).
 
-quality_scores(nets_ema, cfg, device) returns both (and per mode); bench/quality.py
-is the command line. The classifier is cached per training-folder content.
+Each figure comes with its reference points, so it can be read alone:
+domain_acc   chance (1 / num_domains) and the real val images (classifier_val_acc)
+structure    returning the input unchanged (identity_structure) and a perfect
+             translation (1.0: the ground truth agrees with itself)
+diversity    0 (one output per source) and the real data (1.0 by construction;
+             its raw spread is real_spread)
+
+quality_scores(nets_ema, cfg, device) returns all of them (and per mode);
+bench/quality.py is the command line. The classifier is cached per
+training-folder content.
 """
 import json
 import os
@@ -42,6 +59,9 @@ CLASSIFIER_VERSION = 1      # bump when the classifier or its training changes
 CLASSIFIER_STEPS = 200
 CLASSIFIER_BATCH = 64
 MAX_SOURCES_PER_DOMAIN = 32
+DIVERSITY_STYLES = 4        # styles per (source, target domain) for the diversity figure
+DIVERSITY_SOURCES = 8       # sources per source domain for the diversity figure
+FEATURE_SEED = 1234         # the random feature net of the diversity figure is fixed by this seed
 LUMA = (0.299, 0.587, 0.114)
 
 
@@ -188,6 +208,100 @@ def structure_targets(params, paths, src_names, trg, x_src, img_size):
 
 
 # ----------------------------------------------------------------------------------------------
+# Diversity
+# ----------------------------------------------------------------------------------------------
+
+class StyleFeatures(nn.Module):
+    """A fixed random conv net: images in [-1, 1] -> channel means and stds of its layers (appearance statistics).
+
+    The weights come from FEATURE_SEED alone, so distances are comparable across runs and machines.
+    """
+
+    def __init__(self, width=16):
+        super().__init__()
+        gen = torch.Generator().manual_seed(FEATURE_SEED)
+        self.convs = nn.ModuleList([nn.Conv2d(3, width, 3, padding=1),
+                                    nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+                                    nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1)])
+        for conv in self.convs:
+            fan_in = conv.weight[0].numel()
+            with torch.no_grad():
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * (2 / fan_in) ** 0.5)
+                conv.bias.zero_()
+        self.eval().requires_grad_(False)
+
+    def forward(self, x):
+        h = F.interpolate(x, size=(CLASSIFIER_SIZE, CLASSIFIER_SIZE), mode='area')   # (N, 3, 32, 32)
+        stats = [h.mean((2, 3)), h.std((2, 3))]                                       # colour statistics
+        for conv in self.convs:
+            h = F.relu(conv(h))
+            stats += [h.mean((2, 3)), h.std((2, 3))]
+        return torch.cat(stats, dim=1)                                                # (N, d)
+
+
+def mean_pairwise_distance(feats):
+    """Mean Euclidean distance over the unordered pairs of the first axis: (K, ..., d) -> (...); 0 if K < 2."""
+    k = feats.size(0)
+    if k < 2:
+        return feats.new_zeros(feats.shape[1:-1])
+    i, j = torch.triu_indices(k, k, offset=1)
+    return (feats[i] - feats[j]).norm(dim=-1).mean(0)
+
+
+def real_spread(features, x_val, y_val, num_domains):
+    """Mean pairwise feature distance of the real images of each domain: (num_domains,)."""
+    return torch.stack([mean_pairwise_distance(features(x_val[y_val == y]).unsqueeze(1))[0]
+                        for y in range(num_domains)])
+
+
+def _diversity_styles(nets, mode, x_val, y_val, y, gen, device, latent_dim):
+    """Up to DIVERSITY_STYLES style codes of domain y, (K, style_dim): random z, or distinct val references."""
+    if mode == 'latent':
+        z = torch.randn(DIVERSITY_STYLES, latent_dim, generator=gen).to(device)
+        return nets.mapping_network(z, torch.full((len(z),), y, dtype=torch.long, device=device))
+    members = torch.nonzero(y_val == y).flatten()
+    members = members[torch.randperm(len(members), generator=gen)[:DIVERSITY_STYLES]]
+    return nets.style_encoder(x_val[members].to(device), torch.full((len(members),), y, dtype=torch.long,
+                                                                    device=device))
+
+
+def _sources_per_domain(y_val, limit):
+    """Indices of the first `limit` images of every domain: (M,)."""
+    keep = [torch.nonzero(y_val == y).flatten()[:limit] for y in range(int(y_val.max()) + 1)]
+    return torch.cat(keep)
+
+
+@torch.no_grad()
+def diversity_scores(nets_ema, cfg, device, x_val, y_val, features=None):
+    """Diversity of latent- and reference-guided outputs relative to the real within-domain spread.
+
+    For every target domain y, DIVERSITY_SOURCES sources of every other domain
+    are each translated with the same K styles of y; the mean pairwise feature
+    distance over the K outputs of a source, averaged over sources, is divided
+    by real_spread of y, then averaged over targets. Returns {diversity_latent,
+    diversity_reference, diversity, real_spread (raw, mean over domains)}.
+    """
+    features = features or StyleFeatures().to(device)
+    num_domains = int(y_val.max()) + 1
+    spread = real_spread(features, x_val.to(device), y_val.to(device), num_domains)   # (D,)
+    pool = _sources_per_domain(y_val, DIVERSITY_SOURCES)
+    scores = {}
+    for mode in ('latent', 'reference'):
+        gen = step_generator(cfg.seed, 2 if mode == 'latent' else 3, STREAM_QUALITY)
+        ratios = []
+        for y in range(num_domains):
+            x_src = x_val[pool[y_val[pool] != y]].to(device)                               # (n, 3, S, S)
+            styles = _diversity_styles(nets_ema, mode, x_val, y_val, y, gen, device, cfg.latent_dim)
+            outs = [features(nets_ema.generator(x_src, s.expand(len(x_src), -1))) for s in styles]
+            raw = mean_pairwise_distance(torch.stack(outs)).mean()                         # over sources
+            ratios.append(float(raw / spread[y].clamp_min(1e-8)))
+        scores[f'diversity_{mode}'] = sum(ratios) / len(ratios)
+    scores['diversity'] = (scores['diversity_latent'] + scores['diversity_reference']) / 2
+    scores['real_spread'] = float(spread.mean())
+    return scores
+
+
+# ----------------------------------------------------------------------------------------------
 # The benchmark
 # ----------------------------------------------------------------------------------------------
 
@@ -203,24 +317,28 @@ def _styles(nets, mode, x_val, y_val, y, num, gen, device, latent_dim):
 
 @torch.no_grad()
 def quality_scores(nets_ema, cfg, device, classifier=None, max_sources=MAX_SOURCES_PER_DOMAIN):
-    """Domain accuracy and structure preservation of latent- and reference-guided translations.
+    """Domain accuracy, structure preservation and diversity of latent- and reference-guided translations.
 
     Every val image (up to max_sources per domain) is translated into every
     other domain once per mode. Returns a dict of floats: domain_acc_latent,
     domain_acc_reference, domain_acc (their mean), structure_latent,
-    structure_reference, structure (their mean), structure_ground_truth (1.0 if
-    structure was measured against ground-truth renderings, 0.0 if against the
-    sources), classifier_val_acc and num_translations.
+    structure_reference, structure (their mean), identity_structure (the
+    structure of returning every source unchanged), structure_ground_truth (1.0
+    if structure was measured against ground-truth renderings, 0.0 if against
+    the sources), diversity_latent, diversity_reference, diversity, real_spread
+    (see diversity_scores), the reference points domain_acc_chance and
+    classifier_val_acc (the real images' domain accuracy), and num_translations.
     classifier: a Munch from load_or_train_classifier (trained or loaded when None).
     """
     classifier = classifier or load_or_train_classifier(cfg, device)
     names = list_domains(cfg.val_img_dir)
     x_val, y_val, paths = _load_tree(cfg.val_img_dir, cfg.img_size, limit=max_sources)
     params = synthetic_params(cfg.val_img_dir)
-    scores, used_gt, total = {}, True, 0
+    scores, used_gt, total, identity = {}, True, 0, 0.0
     for mode in ('latent', 'reference'):
         gen = step_generator(cfg.seed, 0 if mode == 'latent' else 1, STREAM_QUALITY)
         hits = agreement = total = 0
+        identity = 0.0
         for y in range(len(names)):
             src = torch.nonzero(y_val != y).flatten()                    # sources: every other domain
             x_src = x_val[src].to(device)                                # (n, 3, S, S)
@@ -231,12 +349,16 @@ def quality_scores(nets_ema, cfg, device, classifier=None, max_sources=MAX_SOURC
             used_gt &= is_gt
             hits += accuracy(classifier.model, x_fake, torch.full((len(src),), y)) * len(src)
             agreement += edge_agreement(x_fake, target).sum().item()
+            identity += edge_agreement(x_src, target).sum().item()
             total += len(src)
         scores[f'domain_acc_{mode}'] = hits / total
         scores[f'structure_{mode}'] = agreement / total
     scores['domain_acc'] = (scores['domain_acc_latent'] + scores['domain_acc_reference']) / 2
     scores['structure'] = (scores['structure_latent'] + scores['structure_reference']) / 2
+    scores['identity_structure'] = identity / total
     scores['structure_ground_truth'] = float(used_gt)
+    scores.update(diversity_scores(nets_ema, cfg, device, x_val, y_val))
+    scores['domain_acc_chance'] = 1 / len(names)
     scores['classifier_val_acc'] = classifier.val_acc
     scores['num_translations'] = float(2 * total)
     return scores

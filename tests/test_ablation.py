@@ -36,16 +36,28 @@ def test_every_builtin_configuration_is_a_valid_run():
 
 
 def test_tables_render_missing_values():
-    rows = [{'config': 'a', 'patch_losses': 'put=1', 'median_s_per_iter': 0.25, 'peak_rss_mb': 700.5,
+    rows = [{'config': 'a', 'seed': 7, 'patch_losses': 'put=1', 'median_s_per_iter': 0.25, 'peak_rss_mb': 700.5,
              'train_mem_mb': None, 'plugin_params': 0, 'finite': True, 'domain_acc': 0.5, 'status': 'ok'},
-            {'config': 'b', 'status': 'failed: error: x'}]
+            {'config': 'b', 'seed': 7, 'status': 'failed: error: x'}]
     parsed = list(csv.DictReader(io.StringIO(ablation.table_csv(rows))))
     assert list(parsed[0]) == list(ablation.COLUMNS)
     assert parsed[0]['median_s_per_iter'] == '0.25' and parsed[0]['train_mem_mb'] == ''
     assert parsed[1]['status'] == 'failed: error: x' and parsed[1]['median_s_per_iter'] == ''
     md = ablation.table_markdown(rows, {'steps': 3}, ['a note'])
-    assert '| a | put=1 | 0.2500 | 700 | n/a | 0 | yes | n/a | n/a | 0.5000 | n/a | ok |' in md
-    assert md.count('\n|') == 4 and md.rstrip().endswith('- a note')
+    assert '| a | 7 | put=1 | 0.2500 | 700 | n/a | 0 | yes | n/a | n/a | 0.5000 | n/a | n/a | n/a | ok |' in md
+    assert '| a | put=1 | 1/1 | 0.250 ± 0.000 | 0.500 ± 0.000 | n/a | n/a | n/a |' in md
+    assert '| b | n/a | 0/1 | n/a |' in md
+    assert md.count('\n|') == 8 and md.rstrip().endswith('- a note')
+
+
+def test_mean_and_std_over_seeds():
+    rows = [{'config': 'x', 'status': 'ok', 'domain_acc': v, 'structure': 0.5} for v in (0.5, 0.7, 0.9)]
+    rows.append({'config': 'x', 'status': 'failed: error: y'})
+    summary = ablation.summary_rows(rows)[0]
+    assert summary['seeds'] == '3/4' and summary['domain_acc'] == '0.700 ± 0.200'
+    assert summary['structure'] == '0.500 ± 0.000' and summary['diversity'] == 'n/a'
+    args, _ = ablation.parse_args(['--seed', '5', '--seeds', '3'])
+    assert ablation.training_seeds(args) == [5, 6, 7] and args.steps == 600
 
 
 def test_tiny_ablation_end_to_end(tmp_path, monkeypatch, capsys):
@@ -62,22 +74,26 @@ def test_tiny_ablation_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, 'metrics.quality', types.SimpleNamespace(quality_scores=quality_scores))
     out = tmp_path / 'abl'
     argv = ['--configs', 'put', '--add', f"broken=--val_img_dir {tmp_path / 'missing'}", '--steps', '3',
-            '--num_train', '2', '--num_val', '2', '--batch_size', '2', '--out_dir', str(out), '--n_patch', '8']
+            '--num_train', '2', '--num_val', '2', '--batch_size', '2', '--out_dir', str(out), '--n_patch', '8',
+            '--seeds', '2']
     assert ablation.main(argv) == 0
     rows = list(csv.DictReader(io.StringIO((out / 'ablation.csv').read_text())))
-    assert [r['config'] for r in rows] == ['put', 'broken']
-    put, broken = rows
+    assert [(r['config'], r['seed']) for r in rows] == [('put', '777'), ('put', '778'), ('broken', '777'),
+                                                        ('broken', '778')]
+    put, put2, broken = rows[:3]
+    assert put2['status'] == 'ok' and put2['finite'] == 'True'
     assert put['status'] == 'ok' and put['finite'] == 'True' and put['patch_losses'] == 'put=1'
     assert float(put['median_s_per_iter']) > 0 and float(put['peak_rss_mb']) > 0
     assert put['domain_acc'] == '0.375' and float(put['structure']) > 1000
     assert broken['status'].startswith('failed: error: --val_img_dir') and broken['domain_acc'] == ''
-    assert calls == [(('put', 1.0),)]                       # only finished runs are scored
-    assert (out / 'runs' / 'put' / 'checkpoints' / '000003_nets_ema.ckpt').is_file()
-    stats_jsonl = (out / 'runs' / 'put' / 'checkpoints' / 'stats.jsonl').read_text()
+    assert calls == [(('put', 1.0),)] * 2                   # only finished runs are scored
+    assert (out / 'runs' / 'put' / 'seed778' / 'checkpoints' / '000003_nets_ema.ckpt').is_file()
+    stats_jsonl = (out / 'runs' / 'put' / 'seed777' / 'checkpoints' / 'stats.jsonl').read_text()
     assert stats_jsonl.count('\n') == 3 and '"lambda_ds"' in stats_jsonl   # logged by core.trainer.train
     md = (out / 'ablation.md').read_text()
-    assert '| put | put=1 |' in md and 'extra flags: --n_patch 8' in md
-    assert '[1/2] put: ok' in capsys.readouterr().out
+    assert '| put | put=1 | 2/2 |' in md and '| broken | n/a | 0/2 |' in md and 'extra flags: --n_patch 8' in md
+    assert 'wall time: ' in md and 'seeds: 777, 778' in md
+    assert '[1/4] put seed 777: ok' in capsys.readouterr().out
 
 
 def test_bad_flags_stop_before_any_training(tmp_path, capsys):

@@ -87,8 +87,48 @@ def test_scores_of_known_translators(qcfg, classifier):
     assert oracle['structure'] == pytest.approx(1.0) and oracle['domain_acc'] >= 0.9
     assert identity['domain_acc'] <= 0.1                   # it stays in the source domain
     assert 0.3 < identity['structure'] < oracle['structure']
+    # returning the input scores exactly the identity baseline printed beside every structure figure
+    assert identity['structure'] == pytest.approx(identity['identity_structure'], abs=1e-9)
+    assert oracle['identity_structure'] == pytest.approx(identity['identity_structure'], abs=1e-9)
+    assert identity['diversity'] == 0.0 and oracle['diversity'] == 0.0   # one output whatever the style
+    assert oracle['domain_acc_chance'] == 0.25
     assert set(oracle) >= {'domain_acc_latent', 'domain_acc_reference', 'domain_acc', 'structure'}
     assert all(isinstance(v, float) for v in oracle.values())
+
+
+def real_target_nets(x_val, y_val, img_size):
+    """Outputs are real val images of the target domain: the reference image itself (reference
+    mode) or one picked by z (latent mode); the source is ignored."""
+    def generator(x, s):
+        return s.view(-1, 3, img_size, img_size).expand(len(x), -1, -1, -1)
+
+    def mapping_network(z, y):
+        members = [torch.nonzero(y_val == t).flatten() for t in y.tolist()]
+        pick = [m[int(abs(v) * 1000) % len(m)] for m, v in zip(members, z[:, 0].tolist())]
+        return x_val[torch.stack(pick)].flatten(1)
+    return Munch(generator=generator, mapping_network=mapping_network,
+                 style_encoder=lambda x, y: x.flatten(1))
+
+
+def test_real_target_images_score_the_real_data_reference_points(qcfg, classifier):
+    x_val, y_val, _ = Q._load_tree(qcfg.val_img_dir, qcfg.img_size)
+    scores = Q.quality_scores(real_target_nets(x_val, y_val, qcfg.img_size), qcfg, 'cpu', classifier)
+    assert classifier.val_acc == 1.0   # so every real image of the target domain is a hit
+    assert scores['domain_acc'] == scores['classifier_val_acc'] == 1.0
+    # 3 val images per domain, fewer than DIVERSITY_STYLES: the references are all of them, so the
+    # outputs of one source spread exactly as the real images of the domain do
+    assert scores['diversity_reference'] == pytest.approx(1.0, abs=1e-6)
+    assert 0.3 < scores['diversity_latent'] <= 1.5 and scores['real_spread'] > 0
+
+
+def test_diversity_measures():
+    x = torch.rand(6, 3, 32, 32) * 2 - 1
+    features = Q.StyleFeatures()
+    assert torch.equal(features(x), Q.StyleFeatures()(x))   # fixed by its seed
+    constant = features(x[:1]).expand(5, -1).unsqueeze(1)    # (K, 1, d): one source, five equal outputs
+    assert Q.mean_pairwise_distance(constant).item() == 0.0
+    pair = torch.tensor([[[0., 0.]], [[3., 4.]]])            # (2, 1, 2)
+    assert Q.mean_pairwise_distance(pair).item() == 5.0
 
 
 def test_scores_train_the_classifier_when_none_is_given(qcfg, tmp_path):
@@ -106,9 +146,13 @@ def test_benchmark_command_line_on_a_trained_checkpoint(seasons32, tmp_path, cap
     spec.loader.exec_module(bench)
     flags = tiny_flags(seasons32, tmp_path)[2:] + ['--resume_iter', 'latest', '--classifier', classifier.path]
     assert bench.main(flags) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    acc, structure = (float(part.split('=')[1]) for part in last.split())
-    assert last.startswith('domain_acc=') and 0 <= acc <= 1 and -1 <= structure <= 1
+    out = capsys.readouterr().out
+    last = out.strip().splitlines()[-1]
+    values = dict(part.split('=') for part in last.split())
+    assert list(values) == ['domain_acc', 'structure', 'diversity', 'identity_structure']
+    acc, structure, diversity, identity = (float(v) for v in values.values())
+    assert 0 <= acc <= 1 and -1 <= structure <= 1 and diversity >= 0 and -1 <= identity <= 1
+    assert 'chance 0.250' in out and 'input unchanged' in out and 'real data 1.000' in out
     assert bench.main(flags + ['--val_img_dir', str(tmp_path / 'nowhere')]) == 1
 
 

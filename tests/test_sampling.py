@@ -28,9 +28,10 @@ def _with_mode(flags, mode, *extra):
 
 @pytest.fixture(scope='module')
 def trained(seasons32, tmp_path_factory):
-    """A tiny model trained for 2 steps; returns the flags that trained it."""
+    """A tiny model trained for 2 steps; returns the flags that trained it (the run's sample folders: val)."""
     run = tmp_path_factory.mktemp('run')
-    flags = tiny_flags(seasons32, run, '--total_iters', '2', '--sample_every', '0')
+    flags = tiny_flags(seasons32, run, '--total_iters', '2', '--sample_every', '0',
+                       '--src_dir', str(seasons32 / 'val'), '--ref_dir', str(seasons32 / 'val'))
     assert main(flags) == 0
     return flags
 
@@ -64,7 +65,7 @@ def test_sample_writes_grids_and_videos(trained, seasons32, tmp_path):
     n_src, n_ref, n_out, T = 5, 4, 2, 4
     assert main(_sample_flags(trained, out, '--src_dir', str(seasons32 / 'val'), '--ref_dir', str(refs),
                               '--val_batch_size', str(n_src), '--num_outs_per_domain', str(n_out),
-                              '--video_frames', str(T))) == 0
+                              '--video_frames', str(T), '--no-labels')) == 0
     assert sorted(os.listdir(out)) == ['latent_psi_0.5.jpg', 'latent_psi_0.7.jpg', 'latent_psi_1.0.jpg',
                                        'reference.jpg', 'video_latent.mp4', 'video_ref.mp4']
     # reference.jpg: a header row, then one row per reference starting with that reference.
@@ -86,6 +87,60 @@ def test_sample_writes_grids_and_videos(trained, seasons32, tmp_path):
     assert meta['size'] == (S + S // 8 + n_src * S, 2 * S) and meta['codec'] == 'h264'
     frames, meta = read_video(out / 'video_latent.mp4')
     assert len(frames) == (4 * n_out - 1) * T + 1 and meta['size'] == (n_src * S, 2 * S)
+
+
+def test_sample_follows_the_run_unless_flags_say_otherwise(trained, tmp_path, capsys):
+    """Only --checkpoint: sources per grid, styles per domain and the image folders are the run's."""
+    ckpt = os.path.join(trained[trained.index('--checkpoint_dir') + 1], '000002_nets_ema.ckpt')
+    base = ['--mode', 'sample', '--checkpoint', ckpt, '--num_workers', '0', '--video_frames', '2', '--no-labels']
+    assert main(base + ['--result_dir', str(tmp_path / 'run')]) == 0
+    out = capsys.readouterr().out
+    assert 'val_batch_size=3, num_outs_per_domain=1' in out
+    assert 'from the run: val_batch_size, num_outs_per_domain, src_dir, ref_dir' in out
+    # 3 sources (the run's --val_batch_size), 1 + 4 domains x 1 style (its --num_outs_per_domain)
+    assert _size(tmp_path / 'run' / 'latent_psi_1.0.jpg') == (3 * S, 5 * S)
+    assert main(base + ['--result_dir', str(tmp_path / 'flag'), '--val_batch_size', '2']) == 0
+    out = capsys.readouterr().out
+    assert 'val_batch_size=2' in out and 'from flags: val_batch_size' in out
+    assert _size(tmp_path / 'flag' / 'latent_psi_1.0.jpg') == (2 * S, 5 * S)
+
+
+def test_labelled_grids_add_margins_and_keep_the_images(trained, tmp_path):
+    for name, flag in (('plain', '--no-labels'), ('labelled', '--labels')):
+        assert main(_sample_flags(trained, tmp_path / name, '--video_frames', '2', flag)) == 0
+    for file in ('latent_psi_0.5.jpg', 'reference.jpg'):
+        plain = np.asarray(Image.open(tmp_path / 'plain' / file), dtype=np.float32)
+        labelled = np.asarray(Image.open(tmp_path / 'labelled' / file), dtype=np.float32)
+        top, left = labelled.shape[0] - plain.shape[0], labelled.shape[1] - plain.shape[1]
+        assert top > 0 and left > 0
+        assert np.abs(labelled[top:, left:] - plain).mean() < 4   # the same images (JPEG noise aside)
+        assert labelled[:top].min() < 100 and labelled[top:, :left].min() < 100   # text in both margins
+
+
+def test_label_grid_draws_only_in_the_margins():
+    from core.visualize import label_grid, quantize
+    grid = torch.rand(3, 2 * S, 3 * S)
+    labelled = label_grid(grid, S, ['input', 'winter z0'], ['autumn', 'spring', 'summer'], 'psi 0.5')
+    top, left = labelled.shape[1] - grid.shape[1], labelled.shape[2] - grid.shape[2]
+    assert torch.equal(quantize(labelled[:, top:, left:]), quantize(grid.clone()))
+    assert labelled[:, :top].min() < 0.5 and labelled[:, top:, :left].min() < 0.5   # text drawn
+    blank = label_grid(grid, S, ['', ''], ['', '', ''], '')
+    top, left = blank.shape[1] - grid.shape[1], blank.shape[2] - grid.shape[2]
+    assert top % 16 == 0 and left % 16 == 0 and left > 0
+    assert blank[:, :top].min() == 1 and blank[:, :, :left].min() == 1   # white margins, nothing drawn
+
+
+def test_saved_pixels_round_half_up_as_torchvision_save_image(tmp_path):
+    import torchvision.utils as vutils
+    from core.visualize import save_grid
+    levels = torch.arange(0, 511, dtype=torch.float32) / 2        # 0, 0.5, 1, ..., 255: every half level
+    grid = (levels / 255).view(1, 1, -1).expand(3, 2, -1).contiguous()
+    assert (grid.mul(255)[0, 0, 5]).item() == 2.5                 # a value exactly at .5 after scaling
+    save_grid(grid.clone(), str(tmp_path / 'ours.png'))
+    vutils.save_image(grid.clone(), str(tmp_path / 'torchvision.png'))
+    ours = np.asarray(Image.open(tmp_path / 'ours.png'))
+    assert np.array_equal(ours, np.asarray(Image.open(tmp_path / 'torchvision.png')))
+    assert ours[0, 5, 0] == 3                                     # half up (half to even would give 2)
 
 
 def test_sample_is_deterministic_per_seed(trained, seasons32, tmp_path):
@@ -243,7 +298,7 @@ def test_demo_ends_with_sample_outputs(tmp_path, capsys):
     argv = ['--mode', 'demo', '--total_iters', '2', '--ds_iter', '2', '--sample_every', '0', '--save_every', '2',
             '--print_every', '0', '--num_outs_per_domain', '1', '--val_batch_size', '4', '--video_frames', '2',
             '--train_img_dir', str(data / 'train'), '--val_img_dir', str(data / 'val'),
-            '--src_dir', str(data / 'val'), '--ref_dir', str(data / 'val'),
+            '--src_dir', str(data / 'val'), '--ref_dir', str(data / 'val'), '--no-labels',
             '--checkpoint_dir', str(tmp_path / 'ckpt'), '--sample_dir', str(tmp_path / 'samples'),
             '--result_dir', str(tmp_path / 'results')]
     assert main(argv) == 0
@@ -252,3 +307,17 @@ def test_demo_ends_with_sample_outputs(tmp_path, capsys):
         'video_latent.mp4', 'video_ref.mp4']
     assert _size(tmp_path / 'results' / 'reference.jpg') == (5 * 64, 5 * 64)
     assert 'sampling took' in capsys.readouterr().out
+
+
+def test_workers_capped_at_the_cores_without_the_dataloader_warning(trained, seasons32, tmp_path, capsys,
+                                                                     monkeypatch):
+    import warnings
+    from core.device import default_threads, usable_cores
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')   # keep the suite's single thread
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')   # PyTorch's "will create N worker processes" would fail the run
+        assert main(_translate_flags(trained, tmp_path, '--src', str(seasons32 / 'val' / 'autumn'),
+                                     '--trg_domain', 'winter', '--num_workers', '64')) == 0
+    out = capsys.readouterr().out
+    assert f'{usable_cores()} data-loader workers (--num_workers 64 capped at the cores)' in out
+    assert default_threads(2) == 1 and default_threads(8) == 4 and default_threads(1) == 1
