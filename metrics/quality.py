@@ -45,10 +45,9 @@ import torch.nn.functional as F
 from munch import Munch
 
 from core import distributed
-from core.data_loader import EvalTransform
+from core.data_loader import stack_images
 from core.fileio import atomic_save, safe_load
-from core.images import list_domains, list_images, load_rgb
-from core.errors import UserError
+from core.images import check_images, domain_tree, list_domains
 from core.manifest import content_digest, file_records, relative_images
 from core.seeding import STREAM_QUALITY, step_generator
 from core.synthetic import MARKER, layout_seed, render_scene
@@ -82,17 +81,12 @@ class DomainClassifier(nn.Module):
 
 
 def _load_tree(root, img_size, limit=None):
-    """(images (N, 3, S, S) in [-1, 1], domain ids (N,), paths) of a domain tree."""
-    transform = EvalTransform(img_size)
-    images, labels, paths = [], [], []
-    for y, name in enumerate(list_domains(root)):
-        for path in list_images(os.path.join(root, name))[:limit]:
-            images.append(transform(load_rgb(path)))
-            labels.append(y)
-            paths.append(path)
-    if not images:
-        raise UserError(f'{root} has no images')
-    return torch.stack(images), torch.tensor(labels), paths
+    """(images (N, 3, S, S) in [-1, 1], domain ids (N,), paths) of a domain tree (the first `limit` of
+    each domain), read and checked as every mode reads one (core.images.domain_tree, check_images)."""
+    tree = domain_tree(root)
+    picked = [(path, y) for y, found in enumerate(tree.paths_by_domain) for path in found[:limit]]
+    paths = check_images([path for path, _ in picked])
+    return stack_images(paths, img_size), torch.tensor([y for _, y in picked]), paths
 
 
 def train_domain_classifier(train_dir, img_size, device, seed=0, steps=CLASSIFIER_STEPS):
