@@ -1,9 +1,11 @@
 """--mode demo: the whole pipeline on a laptop CPU in a few minutes.
 
 Synthetic seasons data -> a small model trained with SRC + hDCE -> sample
-mode on the synthetic val set (reference.jpg, latent_psi_*.jpg, video_ref.mp4,
-video_latent.mp4 in the preset's result_dir), all under expr/. Running it
-again reuses the data and the finished training run.
+mode on the representative images in assets/ (reference.jpg,
+latent_psi_*.jpg, video_ref.mp4, video_latent.mp4 in the preset's
+result_dir) -> the quality benchmark's figures with their reference points.
+Everything is written under data/ and expr/; running it again reuses the data
+and the finished training run.
 """
 import os
 import time
@@ -12,6 +14,7 @@ from core.errors import UserError
 from core.sampling import sample
 from core.synthetic import make_dataset
 from core.trainer import train, with_domain_names
+from core.device import resolve_device
 
 DEMO_TRAIN_PER_DOMAIN = 60
 DEMO_VAL_PER_DOMAIN = 8
@@ -26,6 +29,33 @@ def _synthetic_root(cfg):
     return root
 
 
+def sample_folders(cfg):
+    """cfg whose --src_dir/--ref_dir exist: the preset's assets/ folders, else the synthetic val set."""
+    missing = [flag for flag in ('src_dir', 'ref_dir') if not os.path.isdir(getattr(cfg, flag))]
+    if missing:
+        print(f'demo: {", ".join(getattr(cfg, f) for f in missing)} not found (run from the repository root '
+              f'for the representative images); sampling from {cfg.val_img_dir}')
+        cfg = cfg.replace(**{flag: cfg.val_img_dir for flag in missing})
+    return cfg
+
+
+def report_quality(cfg):
+    """Print the quality benchmark's figures (metrics.quality) next to their reference points."""
+    from metrics.quality import quality_scores
+    from core.inference import load_model
+    start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    model = load_model(cfg, device, verbose=False)
+    scores = quality_scores(model.nets, model.cfg, device)
+    print(f'demo: quality ({time.perf_counter() - start:.0f} s; python bench/quality.py prints the details):\n'
+          f'  domain_acc {scores["domain_acc"]:.3f}  (chance {scores["domain_acc_chance"]:.2f}, '
+          f'real images {scores["classifier_val_acc"]:.2f})\n'
+          f'  structure  {scores["structure"]:.3f}  (input unchanged {scores["identity_structure"]:.3f}, '
+          f'perfect 1)\n'
+          f'  diversity  {scores["diversity"]:.3f}  (one output per source 0, real data 1)')
+    return scores
+
+
 def run_demo(cfg):
     """Make the synthetic data if needed, train (or resume) the demo model, then sample from it."""
     root = _synthetic_root(cfg)
@@ -37,8 +67,9 @@ def run_demo(cfg):
     train_cfg = with_domain_names(cfg.replace(mode='train', resume_iter='latest'))
     train(train_cfg)
     start = time.perf_counter()
-    sample(train_cfg.replace(mode='sample', checkpoint=None))
+    sample(sample_folders(train_cfg.replace(mode='sample', checkpoint=None)))
     print(f'demo: sampling took {time.perf_counter() - start:.0f} s')
+    report_quality(train_cfg.replace(mode='sample', checkpoint=None))
     print(f'demo: checkpoints in {cfg.checkpoint_dir}, training samples in {cfg.sample_dir}, '
           f'results (grids and videos) in {cfg.result_dir}')
     return train_cfg

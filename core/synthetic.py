@@ -7,9 +7,11 @@ Every image is a *layout* (horizon, mountain ridges, meadow, maybe a lake,
 trees, sun, clouds) drawn from a seeded RNG, rendered with a *domain look*
 (palette, snow, haze, rain, ...). Layouts are resolution independent: all
 geometry lives in [0, 1] coordinates, so one layout renders at any size and in
-any domain. The domains of a dataset differ in colour statistics while the
-structure of a layout carries over, which is what a translation model has to
-learn. Within a dataset every image has its own layout seed, so the domains
+any domain. Each image also draws its own *style* within its domain (light,
+colour temperature, vegetation hue, sky palette, dusk), so a domain holds
+many appearances for a multi-modal model to learn. The domains of a dataset
+differ in colour statistics while the structure of a layout carries over,
+which is what a translation model has to learn. Within a dataset every image has its own layout seed, so the domains
 are unpaired; render_scene gives paired renderings for structure checks.
 
 Output layout read by the training code:
@@ -20,6 +22,7 @@ Command line:
         [--num_val M] [--img_size S] [--seed K] [--overwrite]
 """
 import argparse
+import colorsys
 import json
 import os
 import shutil
@@ -44,7 +47,7 @@ DATASETS = {
 MARKER = 'synthetic.json'
 # Bump when the renderer changes, so datasets drawn by an older renderer are
 # not silently reused as if they matched.
-VERSION = 1
+VERSION = 2
 MIN_SIZE, MAX_SIZE = 16, 512
 SPLITS = ('train', 'val')
 # Index bits of a layout seed (see layout_seed): up to 2**26 images per folder.
@@ -53,6 +56,7 @@ _INDEX_BITS = 26
 # Independent random streams derived from one layout seed.
 _STREAM_LAYOUT = 0      # geometry: shared by every domain rendering of a layout
 _STREAM_APPEARANCE = 1  # per-domain jitter, rain and snow: differs by domain
+_STREAM_STYLE = 2       # per-image style within a domain: light, palette, time of day
 
 
 # ---------------------------------------------------------------------------
@@ -73,7 +77,17 @@ _BASE_LOOK = {
     'haze_colour': None, 'haze': 0.35, 'haze_falloff': 2.0,
     'rain': 0, 'snowfall': 0,
     'saturation': 1.0, 'contrast': 1.0, 'brightness': 1.0, 'jitter': 0.05,
+    # Within-domain style (see _vary_look): ranges of the per-image draws.
+    'hue_range': 14.0,      # degrees: vegetation hue shifted by up to this much either way
+    'dusk': 0.55,           # at most this much of the dusk sky palette blended into the sky
+    'tint': 0.10,           # warm/cool colour temperature of the light, either way
+    'light': 0.12,          # brightness of the light, either way (relative)
+    'sky_variants': (),     # alternative (sky_top, sky_horizon) pairs, one picked per image (or the look's own)
 }
+
+# The colours a style varies: vegetation hues rotate, skies blend toward dusk.
+_VEGETATION = ('ground_far', 'ground_near', 'near_ridge', 'crowns', 'cone')
+_DUSK = {'sky_top': (70, 60, 125), 'sky_horizon': (250, 160, 105), 'sun_colour': (255, 190, 120)}
 
 _LOOKS = {
     'seasons': {
@@ -82,14 +96,16 @@ _LOOKS = {
             'far_ridge': (150, 170, 200), 'near_ridge': (110, 160, 100), 'snowcap': 0.12,
             'ground_far': (175, 215, 115), 'ground_near': (125, 190, 75),
             'crowns': ((150, 205, 90), (170, 215, 110), (240, 185, 205)), 'cone': (70, 130, 65),
-            'blossom': 1.0, 'water': (90, 150, 200),
+            'blossom': 1.0, 'water': (90, 150, 200), 'hue_range': 12.0,
+            'sky_variants': (((150, 185, 235), (235, 230, 245)), ((100, 160, 225), (205, 235, 235))),
         },
         'summer': {
             'sky_top': (25, 95, 215), 'sky_horizon': (115, 175, 238), 'clouds': (0, 2),
             'far_ridge': (95, 120, 165), 'near_ridge': (45, 95, 50),
             'ground_far': (65, 145, 35), 'ground_near': (30, 100, 20),
             'crowns': ((25, 95, 25), (40, 115, 30)), 'cone': (20, 70, 30),
-            'water': (30, 80, 150), 'saturation': 1.15, 'contrast': 1.1,
+            'water': (30, 80, 150), 'saturation': 1.15, 'contrast': 1.1, 'hue_range': 16.0,
+            'sky_variants': (((10, 70, 190), (90, 150, 235)), ((50, 130, 230), (175, 215, 245))),
         },
         'autumn': {
             'sky_top': (95, 140, 195), 'sky_horizon': (230, 210, 170), 'clouds': (1, 4),
@@ -97,7 +113,8 @@ _LOOKS = {
             'far_ridge': (165, 140, 145), 'near_ridge': (155, 95, 50),
             'ground_far': (205, 170, 80), 'ground_near': (165, 110, 45),
             'crowns': ((220, 100, 30), (190, 50, 30), (230, 165, 40), (150, 80, 40)),
-            'cone': (75, 85, 40), 'water': (70, 90, 110),
+            'cone': (75, 85, 40), 'water': (70, 90, 110), 'hue_range': 18.0,
+            'sky_variants': (((120, 125, 140), (200, 190, 175)), ((70, 130, 210), (240, 205, 150))),
         },
         'winter': {
             'sky_top': (145, 160, 182), 'sky_horizon': (205, 212, 222), 'clouds': (2, 5),
@@ -107,7 +124,8 @@ _LOOKS = {
             'ground_far': (222, 228, 238), 'ground_near': (240, 243, 248), 'ground_texture': 0.08,
             'crowns': ((125, 110, 100), (105, 95, 90)), 'cone': (45, 65, 55), 'trunk': (80, 70, 65),
             'crown_snow': 0.55, 'water': (200, 215, 232), 'water_reflect': 0.1,
-            'saturation': 0.8,
+            'saturation': 0.8, 'hue_range': 10.0, 'tint': 0.14,
+            'sky_variants': (((95, 140, 210), (200, 220, 240)), ((150, 145, 165), (225, 205, 210))),
         },
     },
     'weather': {
@@ -122,7 +140,7 @@ _LOOKS = {
             'cloud_shade': (150, 154, 165),
             'far_ridge': (135, 145, 160), 'near_ridge': (95, 115, 95),
             'ground_far': (125, 150, 95), 'ground_near': (80, 110, 60),
-            'saturation': 0.55, 'contrast': 0.85,
+            'saturation': 0.55, 'contrast': 0.85, 'dusk': 0.2, 'light': 0.07, 'tint': 0.05,
         },
         'rainy': {
             'sky_top': (70, 75, 86), 'sky_horizon': (118, 122, 130), 'sun': 0.0,
@@ -132,13 +150,13 @@ _LOOKS = {
             'ground_far': (70, 95, 55), 'ground_near': (40, 62, 32), 'water': (55, 65, 75),
             'crowns': ((35, 70, 35), (45, 80, 40)), 'cone': (25, 50, 30),
             'haze_colour': (110, 114, 122), 'haze': 0.5,
-            'rain': 200, 'saturation': 0.6, 'contrast': 0.9,
+            'rain': 200, 'saturation': 0.6, 'contrast': 0.9, 'dusk': 0.15, 'light': 0.08,
         },
         'foggy': {
             'sky_top': (208, 210, 204), 'sky_horizon': (218, 219, 212), 'sun': 0.15,
             'sun_colour': (235, 235, 225), 'clouds': (0, 1),
             'haze_colour': (214, 215, 208), 'haze': 0.9, 'haze_falloff': 4.0,
-            'saturation': 0.5, 'contrast': 0.8,
+            'saturation': 0.5, 'contrast': 0.8, 'dusk': 0.15, 'tint': 0.05, 'light': 0.07,
         },
         'snowy': {
             'sky_top': (150, 156, 170), 'sky_horizon': (196, 200, 210), 'sun': 0.0,
@@ -157,6 +175,38 @@ def _look(dataset, domain):
     """The full parameter set of a domain: the base look with its overrides."""
     look = dict(_BASE_LOOK)
     look.update(_LOOKS[dataset][domain])
+    return look
+
+
+def _rotate_hue(colour, degrees):
+    """A 0-255 RGB colour with its hue turned by `degrees` (lightness and saturation kept)."""
+    h, l, sat = colorsys.rgb_to_hls(*(c / 255.0 for c in colour))
+    r, g, b = colorsys.hls_to_rgb((h + degrees / 360.0) % 1.0, l, sat)
+    return tuple(int(round(255 * c)) for c in (r, g, b))
+
+
+def _vary_look(look, rng):
+    """One image's style within its domain: the domain look with its own light, palette and sky.
+
+    Drawn per image, so that a domain holds many styles for a model to learn
+    (StarGAN v2's diversity); the ranges are per domain and small enough that
+    the domains stay apart. Adds 'tint' and 'light' as the drawn values.
+    """
+    look = dict(look)
+    turn = rng.uniform(-1, 1) * look['hue_range']
+    for key in _VEGETATION:
+        value = look[key]
+        look[key] = (tuple(_rotate_hue(c, turn) for c in value) if isinstance(value[0], tuple)
+                     else _rotate_hue(value, turn))
+    variants = look['sky_variants']
+    pick = int(rng.integers(len(variants) + 1))
+    if pick < len(variants):
+        look['sky_top'], look['sky_horizon'] = variants[pick]
+    dusk = rng.uniform(0, 1) ** 2 * look['dusk']
+    for key, colour in _DUSK.items():
+        look[key] = tuple((1 - dusk) * a + dusk * b for a, b in zip(look[key], colour))
+    look['tint'] = rng.uniform(-1, 1) * look['tint'] + 0.5 * dusk * look['tint']
+    look['light'] = 1.0 + rng.uniform(-1, 1) * look['light'] - 0.3 * dusk * look['light']
     return look
 
 
@@ -557,7 +607,8 @@ def _finish(img, look, rng):
     img = lum[:, :, None] + look['saturation'] * (img - lum[:, :, None])
     img = 0.5 + look['contrast'] * (img - 0.5)
     j = look['jitter']
-    img = img * look['brightness'] * rng.uniform(1 - j, 1 + j) + rng.uniform(-j, j, 3) * 0.4
+    warm = np.array([1.0 + look['tint'], 1.0, 1.0 - look['tint']])   # colour temperature of the light
+    img = img * warm * look['light'] * look['brightness'] * rng.uniform(1 - j, 1 + j) + rng.uniform(-j, j, 3) * 0.4
     return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
@@ -583,7 +634,9 @@ def render_scene(layout_seed, dataset, domain, size=64):
     if not isinstance(layout_seed, (int, np.integer)) or layout_seed < 0:
         raise ValueError(f'layout_seed must be a non-negative integer, got {layout_seed!r}')
     layout_seed = int(layout_seed)
-    look = _look(dataset, domain)
+    style_rng = np.random.default_rng(np.random.SeedSequence(
+        [layout_seed, _STREAM_STYLE, zlib.crc32(dataset.encode()), zlib.crc32(domain.encode())]))
+    look = _vary_look(_look(dataset, domain), style_rng)
     layout = _draw_layout(layout_seed)
     rng = np.random.default_rng(np.random.SeedSequence(
         [layout_seed, _STREAM_APPEARANCE, zlib.crc32(dataset.encode()), zlib.crc32(domain.encode())]))
