@@ -7,7 +7,7 @@ gradient is zero (biases right before an instance norm) receive rounding noise
 that Adam normalises into full-size steps (beta1 = 0: each update is about
 lr * sign(noise)), so those parameters drift by up to lr per optimizer step and nudge
 later gradients by about 1e-2 relative; they are compared against that bound,
-and every other parameter to a tenth of lr per iteration, its Adam moments to 5e-2 of
+and every other parameter to a tenth of lr per iteration, its Adam moments to 6e-2 of
 the tensor's scale (a gradient that is not averaged, or summed instead, is off
 by 50-100 %).
 """
