@@ -48,12 +48,6 @@ class Runtime(NamedTuple):
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def full_precision(self):
-        """fp32 inside an autocast region: the R1 penalty, the patch losses."""
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, enabled=False)
-
     def images(self, x):
         """An image batch in the networks' memory format."""
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

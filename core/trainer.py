@@ -41,10 +41,8 @@ from core.visualize import debug_image
 def build_training(cfg, rt):
     """Networks, EMA copies, patch objective, optimizers and gradient scalers, built eagerly on rt.device.
 
-    rt is the core.distributed.Runtime of this process (a torch.device is taken as one process, fp32).
+    rt is the core.distributed.Runtime of this process.
     """
-    if isinstance(rt, torch.device):
-        rt = distributed.Runtime(0, 1, 0, rt)
     device = rt.device
     torch.manual_seed(cfg.seed)   # network initialisation, equal in every process
     nets, nets_ema = build_nets(cfg)

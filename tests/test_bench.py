@@ -10,6 +10,7 @@ import torch
 from conftest import ROOT
 from bench import train_step as bench
 from core.config import parse_config
+from core.distributed import Runtime
 from core.trainer import build_training, train_step
 
 SCRIPT = os.path.join(ROOT, 'bench', 'train_step.py')
@@ -54,7 +55,7 @@ def test_two_processes_count_the_same_flops_as_one(one_process):
 def test_flops_include_the_r1_double_backward():
     def flops(*extra):
         cfg = parse_config(['--mode', 'train', *TINY, *extra])
-        run = build_training(cfg, torch.device('cpu'))
+        run = build_training(cfg, Runtime(0, 1, 0, torch.device('cpu')))
         batch = bench.random_batch(cfg, torch.device('cpu'))
         return bench.count_flops(lambda: train_step(run, cfg, batch, 1, torch.device('cpu')))
     every, lazy = flops(), flops('--r1_every', '4')   # step 1 runs D steps 2 and 3: R1 in both, or in neither

@@ -9,6 +9,7 @@ from conftest import tiny_flags
 from core.checkpoint import (CheckpointError, atomic_save, ckpt_path, latest_step, safe_load,
                              save_training_state)
 from core.config import parse_config
+from core.distributed import Runtime
 from core.contrastive.objective import build_objective
 from core.losses import _semantic_loss
 from core.model import HSRCGenerator
@@ -37,7 +38,7 @@ def _batch(cfg, seed=0):
 def test_encoder_runs_twice_per_g_step(extra):
     """x_real once and x_fake once per G step; the D steps reuse the latent step's encoding."""
     cfg = _cfg(*extra)
-    run = build_training(cfg, torch.device('cpu'))
+    run = build_training(cfg, Runtime(0, 1, 0, torch.device('cpu')))
     calls = []
     original = run.nets.generator.run_encoder
     run.nets.generator.run_encoder = lambda x, taps=(): calls.append(x) or original(x, taps)
@@ -48,7 +49,7 @@ def test_encoder_runs_twice_per_g_step(extra):
 
 def test_train_step_updates_the_right_networks():
     cfg = _cfg()
-    run = build_training(cfg, torch.device('cpu'))
+    run = build_training(cfg, Runtime(0, 1, 0, torch.device('cpu')))
     before = {name: [p.detach().clone() for p in net.parameters()] for name, net in run.nets.items()}
     ema_before = [p.clone() for p in run.nets_ema.generator.parameters()]
     train_step(run, cfg, _batch(cfg), 0, torch.device('cpu'))
@@ -93,7 +94,7 @@ def test_gamma_schedule():
 
 def test_ema_update_formula():
     cfg = _cfg()
-    run = build_training(cfg, torch.device('cpu'))
+    run = build_training(cfg, Runtime(0, 1, 0, torch.device('cpu')))
     for p in run.nets.generator.parameters():
         p.data.add_(1.0)
     old = [p.clone() for p in run.nets_ema.generator.parameters()]
@@ -134,7 +135,7 @@ def test_interrupted_save_keeps_the_previous_file(tmp_path, monkeypatch):
 
 def test_latest_step_ignores_incomplete_saves(tmp_path):
     cfg = _cfg('--checkpoint_dir', str(tmp_path))
-    run = build_training(cfg, torch.device('cpu'))
+    run = build_training(cfg, Runtime(0, 1, 0, torch.device('cpu')))
     save_training_state(str(tmp_path), 4, run.nets, run.nets_ema, run.optims, cfg)
     atomic_save({'generator': {}}, ckpt_path(str(tmp_path), 8, 'nets'))   # a save killed after the first file
     assert latest_step(str(tmp_path)) == 4
