@@ -1,7 +1,7 @@
 """Ablation of the patch-wise losses: same data, same seed, same steps, one table.
 
     python bench/ablation.py [--configs NAME,NAME,...] [--add NAME='FLAGS'] [--steps N] [--seeds K]
-                             [--img_size S] [--batch_size B] [--out_dir DIR] [training flags of main.py]
+                             [--img_size S] [--batch_size B] [--out_dir DIR] [--reuse] [training flags of main.py]
 
 Renders the synthetic seasons data (--img_size, --num_train images per
 domain, drawn with --seed) once, then trains every selected configuration
@@ -24,7 +24,8 @@ Each configuration trains through core.trainer.train, with a StepTimer hook
 that times train_step. Each run keeps OUT/runs/<config>/seed<seed>/: checkpoints of the
 last step (sample mode can load them), config.json, stats.jsonl, tensorboard/,
 train.log and result.json. Running
-again replaces those run folders. Extra flags after the runner's own are
+again replaces those run folders, except with --reuse, which keeps every
+finished run whose flags are exactly the new ones (and scores it again). Extra flags after the runner's own are
 passed to every configuration (e.g. --arch hsrc, --n_patch 64). Timings are
 wall-clock on whatever else the machine is doing: compare them within one table.
 """
@@ -56,6 +57,7 @@ CONFIGS = {
     'patchnce': ('PatchNCE (CUT)', ['--patch_loss', 'patchnce=1']),
     'dce': ('decoupled InfoNCE', ['--patch_loss', 'dce=1']),
     'src': ('SRC', ['--lambda_src', '0.1']),
+    'hdce': ('hard-negative DCE alone', ['--lambda_dce', '1', '--use_hard', '--use_curriculum']),
     'src+hdce': ('SRC + hDCE (Jung et al. 2022)',
                  ['--lambda_src', '0.1', '--lambda_dce', '1', '--use_hard', '--use_curriculum']),
     'fsesim': ('FSeSim (fixed features)', ['--patch_loss', 'fsesim=10']),
@@ -203,8 +205,27 @@ def worker_main(spec_path):
     return run_cli(run)
 
 
-def launch(name, flags, run_dir):
-    """Train one configuration in a child process; returns its result dict, or a failure status."""
+def earlier_result(flags, run_dir):
+    """The result dict of a finished earlier run of exactly these flags in run_dir, else None."""
+    try:
+        with open(os.path.join(run_dir, 'spec.json')) as f:
+            if json.load(f)['flags'] != flags:
+                return None
+        with open(os.path.join(run_dir, 'result.json')) as f:
+            return {**json.load(f), 'status': 'ok', 'reused': True}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def launch(name, flags, run_dir, reuse=False):
+    """Train one configuration in a child process; returns its result dict, or a failure status.
+
+    reuse: keep a finished run of the same flags in run_dir instead of training it again.
+    """
+    if reuse:
+        result = earlier_result(flags, run_dir)
+        if result is not None:
+            return result
     if os.path.isdir(run_dir):
         shutil.rmtree(run_dir)   # a run folder of an earlier ablation (see --out_dir)
     os.makedirs(run_dir)
@@ -341,6 +362,9 @@ def parse_args(argv):
     p.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='cpu')
     p.add_argument('--out_dir', default='expr/ablation', help='data, runs and the tables')
     p.add_argument('--no_quality', action='store_true', help='time and memory only')
+    p.add_argument('--reuse', action='store_true',
+                   help='keep the finished runs of an earlier ablation in --out_dir whose flags are the same '
+                        '(continue an interrupted one, or add configurations or seeds to a table)')
     p.add_argument('--list', action='store_true', help='print the configurations and exit')
     p.add_argument('--_worker', help=argparse.SUPPRESS)
     return p.parse_known_args(argv)
@@ -383,10 +407,11 @@ def run_ablation(args, extra):
     runs = [(name, description, flags, seed) for name, description, flags in selected for seed in training_seeds(args)]
     for i, (name, description, flags, seed) in enumerate(runs, 1):
         run_dir = os.path.join(args.out_dir, 'runs', name, f'seed{seed}')
-        result = launch(name, run_flags(args, data_root, run_dir, flags, extra, seed), run_dir)
+        result = launch(name, run_flags(args, data_root, run_dir, flags, extra, seed), run_dir, args.reuse)
         rows.append({'config': name, 'seed': seed, 'description': description, 'run_dir': run_dir, **result})
         print(f'[{i}/{len(runs)}] {name} seed {seed}: {result["status"]}'
-              + (f', {result["median_s_per_iter"]:.3f} s/iter' if result['status'] == 'ok' else ''), flush=True)
+              + (f', {result["median_s_per_iter"]:.3f} s/iter' if result['status'] == 'ok' else '')
+              + (' (finished earlier, reused)' if result.get('reused') else ''), flush=True)
     notes = add_quality(rows, args)
     write_tables(rows, args, extra, notes, time.perf_counter() - start)
     return rows
@@ -408,7 +433,9 @@ def write_tables(rows, args, extra, notes, wall_s=None):
     """OUT/ablation.md and OUT/ablation.csv, written atomically."""
     import torch
     settings = {'command': 'python bench/ablation.py ' + ' '.join(shlex.quote(a) for a in sys.argv[1:]),
-                'wall time': 'n/a' if wall_s is None else f'{wall_s / 60:.1f} min','steps': args.steps, 'img_size': args.img_size, 'batch_size': args.batch_size,
+                'wall time': 'n/a' if wall_s is None else f'{wall_s / 60:.1f} min',
+                'training time of all runs': f'{sum(r.get("total_train_s") or 0 for r in rows) / 60:.1f} min',
+                'steps': args.steps, 'img_size': args.img_size, 'batch_size': args.batch_size,
                 'seeds': ', '.join(map(str, training_seeds(args))), 'data seed': args.seed,
                 'device': args.device, 'threads': torch.get_num_threads(),
                 'extra flags': ' '.join(extra) or '-'}

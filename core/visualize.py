@@ -93,17 +93,27 @@ def label_grid(grid, cell, row_labels=(), col_labels=(), corner=''):
     line = probe.textbbox((0, 0), 'Ag', font=font)[3] + 2 * LABEL_PAD
     left = max([probe.textlength(t, font=font) for t in (*row_labels, corner)] + [0])
     left = _align(int(min(left, 2 * cell)) + 2 * LABEL_PAD)
-    top = _align(line) if (col_labels or corner) else 0
+    # Column names wider than a small tile ('winter' over 32 px) go on two staggered lines, so each
+    # has two tiles of room instead of being cut to 'wi..'.
+    stagger = any(probe.textlength(t, font=font) > cell - 2 * LABEL_PAD for t in col_labels)
+    top = _align((2 if stagger else 1) * line) if (col_labels or corner) else 0
     height, width = grid.shape[1:]
     canvas = Image.new('RGB', (width + left, height + top), (255, 255, 255))
     canvas.paste(Image.fromarray(quantize(grid.detach().float().cpu()).permute(1, 2, 0).numpy()), (left, top))
     draw = ImageDraw.Draw(canvas)
     if corner:
         draw.text((LABEL_PAD, LABEL_PAD), _fit(draw, font, corner, left + cell - LABEL_PAD), fill=LABEL_INK, font=font)
+    ends = [0, 0]   # where the last label drawn on each line ends
     for c, text in enumerate(col_labels):
         if text:
-            draw.text((left + c * cell + LABEL_PAD, LABEL_PAD), _fit(draw, font, text, cell - 2 * LABEL_PAD),
-                      fill=LABEL_INK, font=font)
+            row = c % 2 if stagger else 0
+            x = left + c * cell + LABEL_PAD
+            # a label that would run off the right edge moves left, up to its neighbour on that line
+            room = left + width - LABEL_PAD - ends[row] - LABEL_PAD
+            text = _fit(draw, font, text, min((2 if stagger else 1) * cell - 2 * LABEL_PAD, room))
+            x = max(ends[row] + LABEL_PAD, min(x, left + width - LABEL_PAD - int(draw.textlength(text, font=font))))
+            draw.text((x, LABEL_PAD + row * line), text, fill=LABEL_INK, font=font)
+            ends[row] = x + int(draw.textlength(text, font=font)) + LABEL_PAD
     for r, text in enumerate(row_labels):
         if text:
             y = top + r * cell + (cell - line) // 2 + LABEL_PAD

@@ -95,6 +95,19 @@ def test_tiny_ablation_end_to_end(tmp_path, monkeypatch, capsys):
     assert 'wall time: ' in md and 'seeds: 777, 778' in md
     assert '[1/4] put seed 777: ok' in capsys.readouterr().out
 
+    # --reuse keeps the finished runs of the same flags, retries the failed ones, retrains changed ones
+    ckpt = out / 'runs' / 'put' / 'seed777' / 'checkpoints' / '000003_nets_ema.ckpt'
+    before = ckpt.stat().st_mtime_ns
+    assert ablation.main(argv + ['--reuse']) == 0
+    printed = capsys.readouterr().out
+    assert '[1/4] put seed 777: ok' in printed and printed.count('(finished earlier, reused)') == 2
+    assert ckpt.stat().st_mtime_ns == before and calls == [(('put', 1.0),)] * 4   # kept, but scored again
+    rows = list(csv.DictReader(io.StringIO((out / 'ablation.csv').read_text())))
+    assert rows[0]['median_s_per_iter'] == put['median_s_per_iter'] and rows[2]['status'].startswith('failed')
+    changed = [a if a != '8' else '4' for a in argv[:argv.index('--seeds')]] + ['--seeds', '1', '--reuse']
+    assert ablation.main(changed) == 0                     # --n_patch 4: not the same run, trained again
+    assert 'reused' not in capsys.readouterr().out and ckpt.stat().st_mtime_ns != before
+
 
 def test_bad_flags_stop_before_any_training(tmp_path, capsys):
     assert ablation.main(['--configs', 'put', '--put_negatives', '0', '--out_dir', str(tmp_path / 'abl')]) == 1

@@ -130,6 +130,25 @@ def test_label_grid_draws_only_in_the_margins():
     assert blank[:, :top].min() == 1 and blank[:, :, :left].min() == 1   # white margins, nothing drawn
 
 
+def test_column_labels_wider_than_a_tile_go_on_two_staggered_lines():
+    from core.visualize import label_grid, quantize
+    names = ['winter', 'summer', 'autumn', 'spring', 'winter']
+    wide = label_grid(torch.rand(3, 64, 5 * 64), 64, ['input', 'z0'], names, 'psi 1.0')
+    narrow_grid = torch.rand(3, 64, 5 * 32)
+    narrow = label_grid(narrow_grid, 32, ['input', 'z0'], names, 'psi 1.0')
+    wide_top, top = wide.shape[1] - 64, narrow.shape[1] - 64
+    left = narrow.shape[2] - narrow_grid.shape[2]
+    assert top > wide_top                                    # a second line of column labels
+    assert torch.equal(quantize(narrow[:, top:, left:]), quantize(narrow_grid.clone()))
+    first, second = narrow[:, :top // 2, left:], narrow[:, top // 2:top, left:]
+    ink = lambda band: (band.min(0).values < 0.5).any(0)     # columns of pixels with text
+    assert ink(first)[:32].any() and not ink(second)[:32].any()        # column 0's label on line 1
+    assert ink(second)[32:64].any()                                    # column 1's label on line 2
+    assert ink(first).nonzero().max() < narrow_grid.shape[2]           # nothing runs off the right edge
+    # every label is whole (none cut to 'wi..'): the staggered labels hold as much ink as unstaggered wide ones
+    assert abs(int(ink(first).sum() + ink(second).sum()) - int(ink(wide[:, :wide_top, -5 * 64:]).sum())) <= 6
+
+
 def test_saved_pixels_round_half_up_as_torchvision_save_image(tmp_path):
     import torchvision.utils as vutils
     from core.visualize import save_grid
