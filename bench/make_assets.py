@@ -14,6 +14,7 @@ Writes
   assets/demo_latent.jpg      the latent grid at psi 1.0 (labelled)
   assets/demo_video.gif       a preview of video_latent.mp4: a few sources whose
                               style walks through random styles of every domain
+                              (enlarged to GIF_MIN_WIDTH pixels wide)
 The figures come from the model's EMA networks with --seed, so the same
 checkpoint gives the same files. The folder stays well under 2 MB.
 """
@@ -36,7 +37,8 @@ from core.synthetic import DATASETS, layout_seed, render_scene  # noqa: E402
 ASSETS = os.path.join(REPO, 'assets')
 REPRESENTATIVE_START = 10000   # val indices of the representative layouts (generated folders use 0, 1, ...)
 PER_DOMAIN = 2                 # images per domain in src/ and in ref/
-IMG_SIZE = 64                  # the demo's resolution
+IMG_SIZE = 64                  # of the representative images (sample mode resizes them to the model's img_size)
+GIF_MIN_WIDTH = 256            # the GIF is enlarged (whole pixels, no smoothing) to at least this width
 GIF_SOURCES = 4                # sources shown in the GIF
 GIF_FRAMES = 6                 # frames per style transition in the GIF
 GIF_STYLES_PER_DOMAIN = 2
@@ -87,7 +89,9 @@ def write_figures(cfg):
         shutil.copy(os.path.join(tmp, 'latent_psi_1.0.jpg'), os.path.join(ASSETS, 'demo_latent.jpg'))
     model = load_model(cfg, device, verbose=False)
     frames = gif_frames(model.nets, follow_run(model.cfg, model.stored, 'gif'), device)
-    images = [Image.fromarray(np.ascontiguousarray(f)) for f in frames]
+    scale = max(1, -(-GIF_MIN_WIDTH // frames[0].shape[1]))   # the demo's 32 px frames would be thumbnails
+    images = [Image.fromarray(np.ascontiguousarray(f)).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST)
+              for f in frames]
     images[0].save(os.path.join(ASSETS, 'demo_video.gif'), save_all=True, append_images=images[1:],
                    duration=100, loop=0, optimize=True)
 

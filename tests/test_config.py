@@ -69,7 +69,7 @@ def test_presets_set_defaults_and_explicit_flags_win():
     combined = _cfg('--preset', 'seasons-combined', '--patch_loss', 'patchgcl=0.2')
     assert combined.patch_losses == (('src', 0.1), ('hdce', 1.0), ('patchgcl', 0.2))
     demo = parse_config(['--mode', 'demo'])
-    assert demo.preset == 'demo' and demo.img_size == 64
+    assert demo.preset == 'demo' and demo.img_size == 32 and demo.total_iters == 1200
 
 
 @pytest.mark.parametrize('argv,flag', [

@@ -324,7 +324,7 @@ def test_demo_ends_with_sample_outputs(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path / 'results')) == [
         'latent_psi_0.5.jpg', 'latent_psi_0.7.jpg', 'latent_psi_1.0.jpg', 'reference.jpg',
         'video_latent.mp4', 'video_ref.mp4']
-    assert _size(tmp_path / 'results' / 'reference.jpg') == (5 * 64, 5 * 64)
+    assert _size(tmp_path / 'results' / 'reference.jpg') == (5 * 32, 5 * 32)   # the demo preset is 32 px
     assert 'sampling took' in capsys.readouterr().out
 
 
