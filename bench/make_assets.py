@@ -45,9 +45,9 @@ GIF_STYLES_PER_DOMAIN = 2
 DEFAULT_FLAGS = ['--preset', 'demo', '--resume_iter', 'latest']
 
 
-def write_representative(root=ASSETS, size=IMG_SIZE):
-    """Render the representative images; returns the number written."""
-    count = 0
+def write_representative(root):
+    """Render the representative images under root/representative; returns the number written."""
+    count, size = 0, IMG_SIZE
     for dataset, domains in DATASETS.items():
         for part, offset in (('src', 0), ('ref', PER_DOMAIN)):
             for domain in domains:
@@ -77,42 +77,43 @@ def gif_frames(nets, cfg, device):
                 for f in style_path_frames(nets.generator, src.x[picks], styles, GIF_FRAMES)]
 
 
-def write_figures(cfg):
-    """Sample from the model into a temporary folder, keep two grids, and write the GIF."""
+def write_figures(cfg, root):
+    """Sample from the model into a temporary folder, keep two grids in root, and write the GIF there."""
     from core.device import resolve_device
     from core.inference import load_model
     from core.sampling import follow_run, sample
     device = resolve_device(cfg.device)
     with tempfile.TemporaryDirectory() as tmp:
         sample(cfg.replace(result_dir=tmp, video_frames=2, labels=True))
-        shutil.copy(os.path.join(tmp, 'reference.jpg'), os.path.join(ASSETS, 'demo_reference.jpg'))
-        shutil.copy(os.path.join(tmp, 'latent_psi_1.0.jpg'), os.path.join(ASSETS, 'demo_latent.jpg'))
+        shutil.copy(os.path.join(tmp, 'reference.jpg'), os.path.join(root, 'demo_reference.jpg'))
+        shutil.copy(os.path.join(tmp, 'latent_psi_1.0.jpg'), os.path.join(root, 'demo_latent.jpg'))
     model = load_model(cfg, device, verbose=False)
     frames = gif_frames(model.nets, follow_run(model.cfg, model.stored, 'gif'), device)
     scale = max(1, -(-GIF_MIN_WIDTH // frames[0].shape[1]))   # the demo's 32 px frames would be thumbnails
     images = [Image.fromarray(np.ascontiguousarray(f)).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST)
               for f in frames]
-    images[0].save(os.path.join(ASSETS, 'demo_video.gif'), save_all=True, append_images=images[1:],
+    images[0].save(os.path.join(root, 'demo_video.gif'), save_all=True, append_images=images[1:],
                    duration=100, loop=0, optimize=True)
 
 
-def folder_size(root=ASSETS):
+def folder_size(root):
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(root) for f in files)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--images_only', action='store_true', help='only the representative images')
+    parser.add_argument('--out', default=ASSETS, help='the folder to write (default: the repository\'s assets/)')
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
 
     def run():
-        print(f'{write_representative()} representative images in {os.path.join(ASSETS, "representative")}')
+        print(f'{write_representative(args.out)} representative images in {os.path.join(args.out, "representative")}')
         if not args.images_only:
             from core.config import parse_config
             from core.device import host_settings
-            write_figures(host_settings(parse_config(['--mode', 'sample'] + (rest or DEFAULT_FLAGS))))
-            print(f'figures: {", ".join(n for n in sorted(os.listdir(ASSETS)) if n.startswith("demo_"))}')
-        print(f'assets/: {folder_size() / 1e6:.2f} MB')
+            write_figures(host_settings(parse_config(['--mode', 'sample'] + (rest or DEFAULT_FLAGS))), args.out)
+            print(f'figures: {", ".join(n for n in sorted(os.listdir(args.out)) if n.startswith("demo_"))}')
+        print(f'{args.out}: {folder_size(args.out) / 1e6:.2f} MB')
     return run_cli(run)
 
 

@@ -340,3 +340,25 @@ def test_workers_capped_at_the_cores_without_the_dataloader_warning(trained, sea
     out = capsys.readouterr().out
     assert f'{usable_cores()} data-loader workers (--num_workers 64 capped at the cores)' in out
     assert default_threads(2) == 1 and default_threads(8) == 4 and default_threads(1) == 1
+
+
+def test_make_assets_writes_the_readme_figures_from_a_checkpoint(trained, tmp_path, monkeypatch):
+    """bench/make_assets.py: representative images, two labelled grids and an enlarged GIF, from one command."""
+    from bench import make_assets
+    monkeypatch.setattr(make_assets, 'PER_DOMAIN', 1)
+    monkeypatch.setattr(make_assets, 'IMG_SIZE', S)
+    monkeypatch.setattr(make_assets, 'GIF_FRAMES', 2)
+    ckpt = trained[trained.index('--checkpoint_dir') + 1]
+    flags = [a for a in _sample_flags(trained, tmp_path / 'unused') if a != 'sample' and a != '--mode']
+    assets = tmp_path / 'assets'
+    assert make_assets.main(['--out', str(assets)] + flags) == 0
+    assert sorted(p.name for p in assets.iterdir()) == ['demo_latent.jpg', 'demo_reference.jpg', 'demo_video.gif',
+                                                        'representative']
+    assert len(list_images(str(assets / 'representative' / 'synthetic-weather' / 'ref' / 'snowy'))) == 1
+    ref_w, ref_h = _size(assets / 'demo_reference.jpg')
+    assert ref_w > 5 * S and ref_h > 5 * S          # 4 val sources + the reference column, plus label margins
+    with Image.open(assets / 'demo_video.gif') as gif:
+        assert gif.size[0] >= make_assets.GIF_MIN_WIDTH and gif.n_frames > 2
+        assert gif.size[0] % S == 0 and gif.size[1] % S == 0   # tiles of S pixels, enlarged by whole pixels
+    assert make_assets.folder_size(str(assets)) < 2e6
+    assert os.path.isfile(os.path.join(ckpt, '000002_nets_ema.ckpt'))
