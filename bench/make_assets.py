@@ -42,7 +42,6 @@ GIF_MIN_WIDTH = 256            # the GIF is enlarged (whole pixels, no smoothing
 GIF_SOURCES = 4                # sources shown in the GIF
 GIF_FRAMES = 6                 # frames per style transition in the GIF
 GIF_STYLES_PER_DOMAIN = 2
-DEFAULT_FLAGS = ['--preset', 'demo', '--resume_iter', 'latest']
 
 
 def write_representative(root):
@@ -110,8 +109,9 @@ def main(argv=None):
         print(f'{write_representative(args.out)} representative images in {os.path.join(args.out, "representative")}')
         if not args.images_only:
             from core.config import parse_config
+            from core.demo import demo_model_flags
             from core.device import host_settings
-            write_figures(host_settings(parse_config(['--mode', 'sample'] + (rest or DEFAULT_FLAGS))), args.out)
+            write_figures(host_settings(parse_config(['--mode', 'sample'] + demo_model_flags(rest))), args.out)
             print(f'figures: {", ".join(n for n in sorted(os.listdir(args.out)) if n.startswith("demo_"))}')
         print(f'{args.out}: {folder_size(args.out) / 1e6:.2f} MB')
     return run_cli(run)

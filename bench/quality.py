@@ -1,7 +1,8 @@
 """Quality benchmark of a checkpoint on the synthetic data: domain accuracy, structure and diversity.
 
     python bench/quality.py                                   # the demo model (--preset demo --resume_iter latest)
-    python bench/quality.py --preset demo --checkpoint expr/checkpoints_demo/000400_nets_ema.ckpt
+    python bench/quality.py --resume_iter 600                 # the demo run's step 600
+    python bench/quality.py --preset demo --checkpoint expr/checkpoints_demo/001200_nets_ema.ckpt
     python bench/quality.py [main.py flags] [--classifier FILE] [--max_sources N]
 
 Takes the checkpoint and data flags of main.py. A small domain classifier is
@@ -24,12 +25,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from core.config import parse_config  # noqa: E402
+from core.demo import demo_model_flags  # noqa: E402
 from core.device import resolve_device  # noqa: E402
 from core.errors import UserError, run_cli  # noqa: E402
 from core.inference import load_model  # noqa: E402
 from metrics.quality import MAX_SOURCES_PER_DOMAIN, load_or_train_classifier, quality_scores  # noqa: E402
 
-DEFAULT_FLAGS = ['--preset', 'demo', '--resume_iter', 'latest']
 LAST_LINE = ('domain_acc', 'structure', 'diversity', 'identity_structure')
 
 
@@ -57,7 +58,7 @@ def parse(argv):
     parser.add_argument('--max_sources', type=int, default=MAX_SOURCES_PER_DOMAIN,
                         help='val images per domain to translate')
     args, rest = parser.parse_known_args(argv)
-    cfg = parse_config(['--mode', 'sample'] + (rest or DEFAULT_FLAGS))   # inference flags only
+    cfg = parse_config(['--mode', 'sample'] + demo_model_flags(rest))   # inference flags only
     for flag in ('train_img_dir', 'val_img_dir'):
         if not os.path.isdir(getattr(cfg, flag)):
             raise UserError(f'--{flag} {getattr(cfg, flag)} is not a folder; for the demo model run '

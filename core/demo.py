@@ -39,6 +39,22 @@ def sample_folders(cfg):
     return cfg
 
 
+def demo_model_flags(flags):
+    """main.py flags of the bench scripts that read a model: the demo model's unless they name another.
+
+    --preset demo is added when no --preset, --checkpoint or --checkpoint_dir is given, and
+    --resume_iter latest when neither a step nor a --checkpoint file is, so
+    `bench/quality.py --resume_iter 300` still scores the demo run.
+    """
+    flags = list(flags)
+    named = {flag.split('=')[0] for flag in flags if flag.startswith('--')}
+    if not named & {'--preset', '--checkpoint', '--checkpoint_dir'}:
+        flags = ['--preset', 'demo'] + flags
+    if not named & {'--resume_iter', '--checkpoint'}:
+        flags += ['--resume_iter', 'latest']
+    return flags
+
+
 def report_quality(cfg):
     """Print the quality benchmark's figures (metrics.quality) next to their reference points."""
     from metrics.quality import quality_scores

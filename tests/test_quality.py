@@ -172,3 +172,15 @@ def test_domain_acc_and_structure_as_eval_metrics_score_the_shared_outputs(qcfg,
     assert body['ground_truth'] is True   # the synthetic data renders every layout in every domain
     acc = read_json(os.path.join(cfg.eval_dir, 'domain_acc_00003_latent.json'))
     assert acc['classifier_val_acc'] == classifier.val_acc and acc['classifier'] == os.path.basename(classifier.path)
+
+
+def test_bench_scripts_read_the_demo_model_unless_told_otherwise():
+    from core.config import parse_config
+    from core.demo import demo_model_flags
+    assert demo_model_flags([]) == ['--preset', 'demo', '--resume_iter', 'latest']
+    step = parse_config(['--mode', 'sample'] + demo_model_flags(['--resume_iter', '300']))
+    assert step.preset == 'demo' and step.resume_iter == 300 and step.img_size == 32   # the demo run, step 300
+    assert demo_model_flags(['--checkpoint', 'x.ckpt']) == ['--checkpoint', 'x.ckpt']
+    assert demo_model_flags(['--preset=seasons']) == ['--preset=seasons', '--resume_iter', 'latest']
+    assert demo_model_flags(['--checkpoint_dir', 'ck', '--resume_iter', '5']) == ['--checkpoint_dir', 'ck',
+                                                                                 '--resume_iter', '5']
