@@ -103,7 +103,7 @@ def label_grid(grid, cell, row_labels=(), col_labels=(), corner=''):
     draw = ImageDraw.Draw(canvas)
     if corner:
         draw.text((LABEL_PAD, LABEL_PAD), _fit(draw, font, corner, left + cell - LABEL_PAD), fill=LABEL_INK, font=font)
-    ends = [0, 0]   # where the last label drawn on each line ends
+    ends = [left, left]   # where the last label drawn on each line ends (none left of the tiles)
     for c, text in enumerate(col_labels):
         if text:
             row = c % 2 if stagger else 0
@@ -129,7 +129,7 @@ def latent_labels(src_names, domain_names, num_z, psi):
 
 def reference_labels(src_names, ref_names):
     """(row labels, column labels, corner) of a reference grid: the references' domains down the side."""
-    return ['input'] + [f'ref {name}' for name in ref_names], [''] + list(src_names), 'reference'
+    return ['input'] + [f'ref: {name}' for name in ref_names], [''] + list(src_names), 'reference'
 
 
 # ----------------------------------------------------------------------------------------------
