@@ -98,7 +98,7 @@ def test_combined_presets_and_command_line_weights():
     assert more.patch_losses == (('src', 0.1), ('hdce', 1.0), ('patchgcl', 0.5), ('put', 2.0))
     assert PRESETS['seasons-combined']['patch_loss'] == [('patchgcl', 0.5)]   # the preset was not mutated
     demo = parse_config(['--mode', 'demo', '--preset', 'demo-combined'])
-    assert demo.img_size == 64 and ('patchgcl', 0.5) in demo.patch_losses
+    assert demo.img_size == 32 and ('patchgcl', 0.5) in demo.patch_losses   # the demo preset's size
     by_flags = parse_config(['--mode', 'train', '--lambda_src', '0.1', '--lambda_dce', '1', '--use_hard',
                              '--patch_loss', 'patchgcl=0.5'])
     assert by_flags.patch_losses == cfg.patch_losses
