@@ -433,7 +433,7 @@ def write_tables(rows, args, extra, notes, wall_s=None):
     """OUT/ablation.md and OUT/ablation.csv, written atomically."""
     import torch
     settings = {'command': 'python bench/ablation.py ' + ' '.join(shlex.quote(a) for a in sys.argv[1:]),
-                'wall time': 'n/a' if wall_s is None else f'{wall_s / 60:.1f} min',
+                'wall time of this invocation': 'n/a' if wall_s is None else f'{wall_s / 60:.1f} min',
                 'training time of all runs': f'{sum(r.get("total_train_s") or 0 for r in rows) / 60:.1f} min',
                 'steps': args.steps, 'img_size': args.img_size, 'batch_size': args.batch_size,
                 'seeds': ', '.join(map(str, training_seeds(args))), 'data seed': args.seed,

@@ -92,7 +92,7 @@ def test_tiny_ablation_end_to_end(tmp_path, monkeypatch, capsys):
     assert stats_jsonl.count('\n') == 3 and '"lambda_ds"' in stats_jsonl   # logged by core.trainer.train
     md = (out / 'ablation.md').read_text()
     assert '| put | put=1 | 2/2 |' in md and '| broken | n/a | 0/2 |' in md and 'extra flags: --n_patch 8' in md
-    assert 'wall time: ' in md and 'seeds: 777, 778' in md
+    assert 'wall time of this invocation: ' in md and 'training time of all runs: ' in md and 'seeds: 777, 778' in md
     assert '[1/4] put seed 777: ok' in capsys.readouterr().out
 
     # --reuse keeps the finished runs of the same flags, retries the failed ones, retrains changed ones
