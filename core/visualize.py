@@ -111,9 +111,10 @@ def label_grid(grid, cell, row_labels=(), col_labels=(), corner=''):
             # a label that would run off the right edge moves left, up to its neighbour on that line
             room = left + width - LABEL_PAD - ends[row] - LABEL_PAD
             text = _fit(draw, font, text, min((2 if stagger else 1) * cell - 2 * LABEL_PAD, room))
-            x = max(ends[row] + LABEL_PAD, min(x, left + width - LABEL_PAD - int(draw.textlength(text, font=font))))
+            text_width = int(draw.textlength(text, font=font))
+            x = max(ends[row] + LABEL_PAD, min(x, left + width - LABEL_PAD - text_width))
             draw.text((x, LABEL_PAD + row * line), text, fill=LABEL_INK, font=font)
-            ends[row] = x + int(draw.textlength(text, font=font)) + LABEL_PAD
+            ends[row] = x + text_width + LABEL_PAD
     for r, text in enumerate(row_labels):
         if text:
             y = top + r * cell + (cell - line) // 2 + LABEL_PAD
