@@ -49,7 +49,7 @@ fetch() {
     mv "$out.part" "$out"
 }
 
-sha256() { "$PYTHON" -c 'import sys; from core.manifest import sha256_file; print(sha256_file(sys.argv[1]))' "$1"; }
+sha256() { "$PYTHON" -c 'import sys; from core.data.manifest import sha256_file; print(sha256_file(sys.argv[1]))' "$1"; }
 
 unpack() {  # unpack ZIP DEST (Python's zipfile: no unzip binary needed)
     mkdir -p "$2"
@@ -59,16 +59,16 @@ unpack() {  # unpack ZIP DEST (Python's zipfile: no unzip binary needed)
 is_html() { head -c 512 "$1" | grep -qi '<html\|<!doctype html'; }
 
 # --------------------------------------------------------------------------------------------
-# Metric weights: the file list lives in core/weights.py (one place for code and script).
+# Metric weights: the file list lives in core/utils/weights.py (one place for code and script).
 # --------------------------------------------------------------------------------------------
 weights() {
     local target=$1 dir name url
-    dir=$("$PYTHON" -m core.weights dir)
-    "$PYTHON" -m core.weights files "$target" >/dev/null || exit 1
+    dir=$("$PYTHON" -m core.utils.weights dir)
+    "$PYTHON" -m core.utils.weights files "$target" >/dev/null || exit 1
     while read -r name url; do
         fetch "$url" "$dir/$name"
-    done < <("$PYTHON" -m core.weights files "$target")
-    "$PYTHON" -m core.weights verify "$target" || fail "a file did not match its SHA-256 (see above); it was kept for inspection: delete it and run bash download.sh $target again"
+    done < <("$PYTHON" -m core.utils.weights files "$target")
+    "$PYTHON" -m core.utils.weights verify "$target" || fail "a file did not match its SHA-256 (see above); it was kept for inspection: delete it and run bash download.sh $target again"
 }
 
 # --------------------------------------------------------------------------------------------
@@ -176,8 +176,8 @@ case "$target" in
     metric-weights|vgg16) weights "$target" ;;
     seasons) seasons ;;
     weather) weather "$@" ;;
-    synthetic-seasons) "$PYTHON" -m core.synthetic seasons --out data/synthetic-seasons ;;
-    synthetic-weather) "$PYTHON" -m core.synthetic weather --out data/synthetic-weather ;;
+    synthetic-seasons) "$PYTHON" -m core.data.synthetic seasons --out data/synthetic-seasons ;;
+    synthetic-weather) "$PYTHON" -m core.data.synthetic weather --out data/synthetic-weather ;;
     pretrained-stargan-v2-celeba-hq|pretrained-network-celeba-hq)
         fail "$target is not offered: the official CelebA-HQ network needs --w_hpf 1 (FAN face masks and the high-pass skips), which this code does not implement" ;;
     pretrained-stargan-v2-afhq|pretrained-network-afhq)

@@ -8,8 +8,8 @@ import sys
 
 from core.checks import check_inputs
 from core.config import parse_config
-from core.device import host_settings
-from core.errors import run_cli
+from core.utils.device import host_settings
+from core.utils.errors import run_cli
 from metrics.preflight import metric_weight_errors
 
 
@@ -36,7 +36,7 @@ def _eval(cfg):
 
 
 def _prepare(cfg):
-    from core.prepare import prepare
+    from core.data.prepare import prepare
     prepare(cfg)
 
 

@@ -47,8 +47,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from core.fileio import atomic_write_text  # noqa: E402
-from core.errors import UserError, run_cli  # noqa: E402
+from core.utils.fileio import atomic_write_text  # noqa: E402
+from core.utils.errors import UserError, run_cli  # noqa: E402
 
 # name -> (what it is, its flags). Weights: the SRC paper's Seasons values for SRC/hDCE, the released
 # single-domain values for FSeSim/LSeSim (10) and PUT (1), our choice for PatchGCL (0.5, no published one).
@@ -151,7 +151,7 @@ class StepTimer:
 
     def start(self, run, device):
         import torch
-        from core.device import synchronize
+        from core.utils.device import synchronize
         self.run, self.device, self._sync = run, device, synchronize
         self.rss_before = peak_rss_mb()
         if device.type == 'cuda':
@@ -266,7 +266,7 @@ def score_run(scorer, run_dir, steps, device_name):
     """Quality figures of one run's EMA networks (loaded from its last checkpoint)."""
     from core.checkpoint import ckpt_path
     from core.config import Config
-    from core.device import resolve_device
+    from core.utils.device import resolve_device
     from core.inference import load_model
     with open(os.path.join(run_dir, 'checkpoints', 'config.json')) as f:
         cfg = Config.from_json(f.read())
@@ -385,7 +385,7 @@ def check_flags(selected, args, extra):
 
 def prepare_data(args):
     """The synthetic seasons dataset under OUT/data (reused when it matches)."""
-    from core.synthetic import make_dataset
+    from core.data.synthetic import make_dataset
     root = os.path.join(args.out_dir, 'data')
     try:
         make_dataset('seasons', root, num_train=args.num_train, num_val=args.num_val, img_size=args.img_size,

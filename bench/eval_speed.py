@@ -32,10 +32,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 
-from core import weights as W  # noqa: E402
+from core.utils import weights as W  # noqa: E402
 from core.config import parse_config  # noqa: E402
 from core.model import EMA_NETS, build_nets  # noqa: E402
-from core.synthetic import make_dataset  # noqa: E402
+from core.data.synthetic import make_dataset  # noqa: E402
 from metrics.eval import evaluate_nets  # noqa: E402
 from metrics.fid import FID, fid_given_paths  # noqa: E402
 from metrics.inception import random_init  # noqa: E402

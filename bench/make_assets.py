@@ -6,7 +6,7 @@
 
 Writes
   assets/representative/synthetic-{seasons,weather}/{src,ref}/<domain>/NN.png
-      a few images per domain, rendered by core.synthetic from layouts that are
+      a few images per domain, rendered by core.data.synthetic from layouts that are
       in no generated train or val folder (val indices from REPRESENTATIVE_START);
       the demo's sample step reads its seasons images (--src_dir/--ref_dir), as
       upstream's sample mode reads assets/representative/<dataset>/.
@@ -31,8 +31,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from core.errors import run_cli  # noqa: E402
-from core.synthetic import DATASETS, layout_seed, render_scene  # noqa: E402
+from core.utils.errors import run_cli  # noqa: E402
+from core.data.synthetic import DATASETS, layout_seed, render_scene  # noqa: E402
 
 ASSETS = os.path.join(REPO, 'assets')
 REPRESENTATIVE_START = 10000   # val indices of the representative layouts (generated folders use 0, 1, ...)
@@ -78,7 +78,7 @@ def gif_frames(nets, cfg, device):
 
 def write_figures(cfg, root):
     """Sample from the model into a temporary folder, keep two grids in root, and write the GIF there."""
-    from core.device import resolve_device
+    from core.utils.device import resolve_device
     from core.inference import load_model
     from core.sampling import follow_run, sample
     device = resolve_device(cfg.device)
@@ -110,7 +110,7 @@ def main(argv=None):
         if not args.images_only:
             from core.config import parse_config
             from core.demo import demo_model_flags
-            from core.device import host_settings
+            from core.utils.device import host_settings
             write_figures(host_settings(parse_config(['--mode', 'sample'] + demo_model_flags(rest))), args.out)
             print(f'figures: {", ".join(n for n in sorted(os.listdir(args.out)) if n.startswith("demo_"))}')
         print(f'{args.out}: {folder_size(args.out) / 1e6:.2f} MB')

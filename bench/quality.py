@@ -26,8 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from core.config import parse_config  # noqa: E402
 from core.demo import demo_model_flags  # noqa: E402
-from core.device import resolve_device  # noqa: E402
-from core.errors import UserError, run_cli  # noqa: E402
+from core.utils.device import resolve_device  # noqa: E402
+from core.utils.errors import UserError, run_cli  # noqa: E402
 from core.inference import load_model  # noqa: E402
 from metrics.quality import MAX_SOURCES_PER_DOMAIN, load_or_train_classifier, quality_scores  # noqa: E402
 

@@ -4,7 +4,7 @@
 
 Builds the training from the same flags as main.py (--mode train is implied;
 --amp, --channels_last, --compile, --tf32 and --r1_every included) on the
-Runtime that core.distributed.setup gives a training process, runs one warm-up
+Runtime that core.utils.distributed.setup gives a training process, runs one warm-up
 and N timed iterations of the real train_step (D latent, D reference, G latent,
 G reference, EMA), then:
   * counts the FLOPs of one more iteration with torch.utils.flop_counter, forward,
@@ -40,11 +40,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from core import contrastive, distributed  # noqa: E402
+from core import contrastive
+from core.utils import distributed  # noqa: E402
 from core.checks import speed_errors  # noqa: E402
 from core.config import ConfigError, parse_config  # noqa: E402
-from core.device import synchronize  # noqa: E402
-from core.errors import run_cli  # noqa: E402
+from core.utils.device import synchronize  # noqa: E402
+from core.utils.errors import run_cli  # noqa: E402
 from core.trainer import build_training, train_step  # noqa: E402
 
 PEAK_SHAPE = (8, 256, 64, 64)   # (N, C, H, W) of the peak convolutions: C in = C out = 256, 3x3, padding 1

@@ -25,7 +25,7 @@ import re
 import torch
 
 from core.config import ARCH_FIELDS, NET_FIELDS, Config, arch_differences
-from core.fileio import CheckpointError, atomic_save, safe_load, state_dict_mismatch
+from core.utils.fileio import CheckpointError, atomic_save, safe_load, state_dict_mismatch
 
 KINDS = ('nets', 'nets_ema', 'optims')
 KIND_LABELS = {'nets': 'weight', 'nets_ema': 'EMA weight', 'optims': 'optimizer state'}

@@ -17,8 +17,8 @@ import torch
 
 from core import contrastive
 from core.config import ConfigError, evaluates
-from core.distributed import env_world_size
-from core.fileio import remove_stale_temp_files
+from core.utils.distributed import env_world_size
+from core.utils.fileio import remove_stale_temp_files
 
 TEMP_DEPTH = 2   # output sub-folders searched for stale temporary files (eval_dir/<mode>/<src>2<trg>/)
 

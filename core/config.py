@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping
 
 from core import contrastive
-from core.errors import UserError
+from core.utils.errors import UserError
 from core.model import ARCHS, default_base_dim, default_taps, num_encoder_blocks
 
 MODES = ('train', 'sample', 'eval', 'translate', 'prepare', 'demo')   # main.py runs one function per mode
@@ -408,7 +408,7 @@ def _power_of_two(n):
     return n > 0 and n & (n - 1) == 0
 
 
-SEED_RANGE = (0, 2 ** 32 - 1)   # core.seeding keeps 32 bits of the seed: larger seeds would repeat smaller ones
+SEED_RANGE = (0, 2 ** 32 - 1)   # core.utils.seeding keeps 32 bits of the seed: larger seeds would repeat smaller ones
 
 
 def _floats(value):

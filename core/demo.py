@@ -10,11 +10,11 @@ and the finished training run.
 import os
 import time
 
-from core.errors import UserError
+from core.utils.errors import UserError
 from core.sampling import sample
-from core.synthetic import make_dataset
+from core.data.synthetic import make_dataset
 from core.trainer import train, with_domain_names
-from core.device import resolve_device
+from core.utils.device import resolve_device
 
 DEMO_TRAIN_PER_DOMAIN = 60
 DEMO_VAL_PER_DOMAIN = 8

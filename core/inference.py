@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from core.checkpoint import (DamagedCheckpoint, arch_hint, ckpt_path, latest_step, load_modules, read_checkpoint,
                              resume_advice, stored_config)
 from core.config import Config, NET_FIELDS
-from core.fileio import CheckpointError
+from core.utils.fileio import CheckpointError
 from core.model import EMA_NETS, build_nets
 
 

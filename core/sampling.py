@@ -43,13 +43,13 @@ from munch import Munch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from core.data_loader import EvalDataset, folder_dataset, stack_images
-from core.device import resolve_device
-from core.errors import UserError
-from core.images import DataError, check_images, domain_tree
+from core.data.loader import EvalDataset, folder_dataset, stack_images
+from core.utils.device import resolve_device
+from core.utils.errors import UserError
+from core.data.images import DataError, check_images, domain_tree
 from core.inference import (all_domain_styles, average_styles, load_model, style_codes, translate_styles,
                             truncate)
-from core.seeding import STREAM_SAMPLE, step_generator
+from core.utils.seeding import STREAM_SAMPLE, step_generator
 from core.video import (max_video_sources, max_video_styles, num_video_frames, slide_margin, style_path_frames,
                         write_video)
 from core.visualize import (PSIS, domain_names, label_grid, latent_grid, latent_labels, reference_grid,

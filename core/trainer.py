@@ -17,20 +17,20 @@ import os
 import torch
 from munch import Munch
 
-from core import distributed
+from core.utils import distributed
 from core.checkpoint import (CheckpointError, DamagedCheckpoint, latest_step, load_training_state, nonfinite_term,
                              resume_advice, training_payloads, write_training_state)
 from core.config import Config
-from core.errors import UserError
+from core.utils.errors import UserError
 from core.contrastive.objective import build_objective, tapped_layers
-from core.data_loader import load_val_batch, make_train_iterator, process_part
-from core.fileio import atomic_write_text
-from core.images import domain_tree
-from core.logger import RunLogger
+from core.data.loader import load_val_batch, make_train_iterator, process_part
+from core.utils.fileio import atomic_write_text
+from core.data.images import domain_tree
+from core.utils.logger import RunLogger
 from core.losses import GInputs, compute_d_loss, compute_g_loss
 from core.model import EMA_NETS, build_nets
 from core.schedules import lambda_ds_at
-from core.seeding import STREAM_LATENT, STREAM_PATCHES, step_generator
+from core.utils.seeding import STREAM_LATENT, STREAM_PATCHES, step_generator
 from core.visualize import debug_image
 
 
@@ -41,7 +41,7 @@ from core.visualize import debug_image
 def build_training(cfg, rt):
     """Networks, EMA copies, patch objective, optimizers and gradient scalers, built eagerly on rt.device.
 
-    rt is the core.distributed.Runtime of this process.
+    rt is the core.utils.distributed.Runtime of this process.
     """
     device = rt.device
     torch.manual_seed(cfg.seed)   # network initialisation, equal in every process

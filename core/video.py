@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F_nn
 from tqdm import tqdm
 
-from core.errors import UserError
-from core.fileio import file_mode
+from core.utils.errors import UserError
+from core.utils.fileio import file_mode
 from core.visualize import to_uint8
 
 HOLD_FRACTION = 10 / 31    # upstream: 31 frames per transition, the last 10 hold the next style

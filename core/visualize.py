@@ -19,9 +19,9 @@ import torchvision.utils as vutils
 
 from PIL import Image, ImageDraw, ImageFont
 
-from core.fileio import atomic_write_bytes
+from core.utils.fileio import atomic_write_bytes
 from core.inference import average_styles, translate_styles, truncate
-from core.seeding import STREAM_VAL, step_generator
+from core.utils.seeding import STREAM_VAL, step_generator
 
 PSIS = (0.5, 0.7, 1.0)
 

@@ -28,13 +28,13 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from core import distributed
-from core.data_loader import EvalDataset
-from core.fileio import atomic_write_text
-from core.images import DataError, check_images, domain_tree, list_images
+from core.utils import distributed
+from core.data.loader import EvalDataset
+from core.utils.fileio import atomic_write_text
+from core.data.images import DataError, check_images, domain_tree, list_images
 from core.inference import load_model, style_codes, translate_styles
-from core.manifest import verify_manifest
-from core.seeding import STREAM_EVAL, step_generator
+from core.data.manifest import verify_manifest
+from core.utils.seeding import STREAM_EVAL, step_generator
 from metrics.fid import quantize
 from metrics.registry import Batch, Task, build_metrics
 from metrics.sharding import batch_shard, gather_row_dict, num_rounds

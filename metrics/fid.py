@@ -24,17 +24,17 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from core import distributed
-from core.images import check_images, list_images
-from core.errors import run_cli
-from core.weights import WEIGHTS
+from core.utils import distributed
+from core.data.images import check_images, list_images
+from core.utils.errors import run_cli
+from core.utils.weights import WEIGHTS
 from metrics.inception import StarGANInception, TFInception
 from metrics.registry import Metric, Series, register_metric
 from metrics.resize import pil_bilinear_resize, tf1_bilinear_resize
 from metrics.stats_cache import extract_features, feature_stats, real_statistics
 
 PROTOCOLS = ('stargan-v2', 'standard')   # --fid_protocol: one of these or 'both'
-# The Inception weight file (core.weights name) of each protocol.
+# The Inception weight file (core.utils.weights name) of each protocol.
 FID_WEIGHTS = {'stargan-v2': 'inception_v3_torchvision', 'standard': 'inception_tf_fid'}
 INCEPTION_SIZE = (299, 299)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -203,7 +203,7 @@ def main(argv=None):
     parser.add_argument('--fid_protocol', choices=list(PROTOCOLS), default='stargan-v2')
     parser.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto')
     args = parser.parse_args(argv)
-    from core.device import resolve_device
+    from core.utils.device import resolve_device
 
     def run():
         value = fid_given_paths(args.paths, args.img_size, args.batch_size, args.fid_protocol,

@@ -10,14 +10,14 @@ TFInception: the TensorFlow "2015-12-05" Inception graph used by the standard
 
 Both take preprocessed float images (N, 3, 299, 299) and return (N, 2048).
 With pretrained=False the weights are random (tests); otherwise they come from
-the weight cache (core.weights), never from the network.
+the weight cache (core.utils.weights), never from the network.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.inception import Inception3, InceptionA, InceptionC, InceptionE
 
-from core.weights import load_weights
+from core.utils.weights import load_weights
 
 FEATURE_DIM = 2048
 

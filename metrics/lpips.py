@@ -3,7 +3,7 @@
 The network is the `lpips` package's LPIPS v0.1 with an AlexNet trunk. Its
 linear heads ship inside the wheel and are bit-identical to StarGAN v2's
 metrics/lpips_weights.ckpt; the AlexNet trunk comes from the weight cache
-(core.weights), never from the network. (StarGAN v2 normalises features with
+(core.utils.weights), never from the network. (StarGAN v2 normalises features with
 x * rsqrt(sum x^2 + 1e-10), lpips with x / (sqrt(sum x^2) + 1e-10): equal to
 about 1e-7.)
 
@@ -15,11 +15,11 @@ import warnings
 import torch
 import torchvision
 
-from core.weights import load_weights
+from core.utils.weights import load_weights
 from metrics.registry import Metric, Series, register_metric
 
 LPIPS_NAME = 'lpips-alex-v0.1'
-LPIPS_WEIGHTS = 'alexnet'   # the trunk's weight file (core.weights name); the heads ship with lpips
+LPIPS_WEIGHTS = 'alexnet'   # the trunk's weight file (core.utils.weights name); the heads ship with lpips
 # Features of this many images are held at once (about 2.5 MB each at 256 px).
 LPIPS_CHUNK_IMAGES = 96
 

@@ -6,13 +6,13 @@ download command, not hours later at its first evaluation. Each metric
 declares its weight files (Metric.weight_files); main.py calls this for every run.
 """
 from core.config import evaluates
-from core.errors import UserError
-from core.weights import require_weight
+from core.utils.errors import UserError
+from core.utils.weights import require_weight
 from metrics.registry import metric_weight_files, selection_errors
 
 
 def weight_errors(names, hint=''):
-    """One message per missing or corrupt weight file among `names` (core.weights names)."""
+    """One message per missing or corrupt weight file among `names` (core.utils.weights names)."""
     errs = []
     for name in names:
         try:

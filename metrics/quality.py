@@ -11,7 +11,7 @@ domain_acc  Does the translation land in the target domain? A small domain
             domain; the score is its accuracy (chance = 1 / num_domains).
 structure   Is the scene kept? The Pearson correlation between the edge maps
             (Sobel gradient magnitude of the luminance) of the output and of
-            the ground truth: core.synthetic renders the same layout in the
+            the ground truth: core.data.synthetic renders the same layout in the
             target domain, so the correct translation is known. Without such
             a dataset the source image stands in (the key 'structure_ground_truth' says which).
 diversity   Do the styles of one domain differ? Each source is translated
@@ -44,13 +44,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from munch import Munch
 
-from core import distributed
-from core.data_loader import stack_images
-from core.fileio import atomic_save, safe_load
-from core.images import check_images, domain_tree, list_domains
-from core.manifest import content_digest, file_records, relative_images
-from core.seeding import STREAM_QUALITY, step_generator
-from core.synthetic import MARKER, layout_seed, render_scene
+from core.utils import distributed
+from core.data.loader import stack_images
+from core.utils.fileio import atomic_save, safe_load
+from core.data.images import check_images, domain_tree, list_domains
+from core.data.manifest import content_digest, file_records, relative_images
+from core.utils.seeding import STREAM_QUALITY, step_generator
+from core.data.synthetic import MARKER, layout_seed, render_scene
 from metrics.registry import Metric, Series, register_metric
 
 CLASSIFIER_SIZE = 32        # the classifier sees images at 32 x 32: colour and layout suffice
@@ -82,7 +82,7 @@ class DomainClassifier(nn.Module):
 
 def _load_tree(root, img_size, limit=None):
     """(images (N, 3, S, S) in [-1, 1], domain ids (N,), paths) of a domain tree (the first `limit` of
-    each domain), read and checked as every mode reads one (core.images.domain_tree, check_images)."""
+    each domain), read and checked as every mode reads one (core.data.images.domain_tree, check_images)."""
     tree = domain_tree(root)
     picked = [(path, y) for y, found in enumerate(tree.paths_by_domain) for path in found[:limit]]
     paths = check_images([path for path, _ in picked])
@@ -170,13 +170,13 @@ def edge_agreement(x, target):
 
 
 def synthetic_params(val_dir):
-    """The parameters of the core.synthetic dataset that holds val_dir, or None for other data."""
+    """The parameters of the core.data.synthetic dataset that holds val_dir, or None for other data."""
     try:
         with open(os.path.join(os.path.dirname(os.path.abspath(val_dir)), MARKER), encoding='utf-8') as f:
             params = json.load(f)
     except (OSError, ValueError):
         return None
-    return params if params.get('generator') == 'core.synthetic' else None
+    return params if params.get('generator') == 'core.data.synthetic' else None
 
 
 def ground_truth(params, path, src, trg, img_size):
@@ -391,7 +391,7 @@ class DomainAccuracy(Metric):
 
 @register_metric('structure')
 class Structure(Metric):
-    """Per task: the mean edge agreement of the outputs with the ground truth (core.synthetic data) or the sources."""
+    """Per task: the mean edge agreement of the outputs with the ground truth (core.data.synthetic data) or the sources."""
     series = (Series('structure'),)
 
     @classmethod

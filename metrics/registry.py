@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import torch
 
-from core.registry import registrar
+from core.utils.registry import registrar
 
 _METRICS = {}
 
@@ -78,7 +78,7 @@ class Metric:
 
     @staticmethod
     def weight_files(cfg):
-        """Names of the core.weights files this metric needs under `cfg` (checked before any work)."""
+        """Names of the core.utils.weights files this metric needs under `cfg` (checked before any work)."""
         return []
 
     @classmethod

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from core import distributed
+from core.utils import distributed
 
 
 def batch_shard(num, batch_size):

@@ -11,7 +11,7 @@ protocol, image size, feature network):
   <protocol>_<size>px_<folder name>_<key>.json   the folder's file records (path, size, mtime, sha256)
 An entry is used only if the folder's content digest (every path and SHA-256)
 still equals the stored one; files whose size and mtime are unchanged are not
-re-hashed (core.manifest.file_records), so a hit costs a directory scan.
+re-hashed (core.data.manifest.file_records), so a hit costs a directory scan.
 Under torchrun the processes split a miss's images (metrics.sharding) and
 gather the features; rank 0 alone writes the entry.
 """
@@ -26,12 +26,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from core import distributed
-from core.data_loader import read_image, squash
-from core.errors import UserError
-from core.fileio import atomic_write_bytes, atomic_write_text
-from core.images import check_images
-from core.manifest import content_digest, file_records, records_from_json, records_to_json, relative_images
+from core.utils import distributed
+from core.data.loader import read_image, squash
+from core.utils.errors import UserError
+from core.utils.fileio import atomic_write_bytes, atomic_write_text
+from core.data.images import check_images
+from core.data.manifest import content_digest, file_records, records_from_json, records_to_json, relative_images
 from metrics.sharding import batch_shard, gather_row_dict
 
 class FeatureStats(NamedTuple):

@@ -9,7 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from core.synthetic import make_dataset  # noqa: E402
+from core.data.synthetic import make_dataset  # noqa: E402
 
 # Tiny tensors gain nothing from threads, and a second busy process makes OpenMP
 # spin-waiting very slow: one thread keeps the suite fast and steady.

@@ -7,7 +7,7 @@ import types
 import pytest
 
 from bench import ablation
-from core.errors import UserError
+from core.utils.errors import UserError
 
 
 def test_select_configs_and_additions():

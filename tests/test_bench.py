@@ -10,7 +10,7 @@ import torch
 from conftest import ROOT
 from bench import train_step as bench
 from core.config import parse_config
-from core.distributed import Runtime
+from core.utils.distributed import Runtime
 from core.trainer import build_training, train_step
 
 SCRIPT = os.path.join(ROOT, 'bench', 'train_step.py')

@@ -110,7 +110,7 @@ def test_dry_run_prints_the_resolved_config(capsys):
 
 
 def test_cli_wrapper_turns_user_errors_and_ctrl_c_into_exit_codes(capsys):
-    from core.errors import UserError, run_cli
+    from core.utils.errors import UserError, run_cli
 
     def fail():
         raise UserError('the flag --x is wrong')

@@ -15,7 +15,7 @@ from core.contrastive import functional as LF
 from core.config import ConfigError, parse_config
 from core.contrastive.base import PatchInputs
 from core.contrastive.objective import PatchObjective
-from core.weights import ENV_VAR
+from core.utils.weights import ENV_VAR
 from main import main
 from plugin_helpers import assert_images_are_independent, feature_inputs, plugin_config
 

@@ -22,7 +22,7 @@ import torch
 
 from conftest import ROOT, tiny_flags
 from core.checkpoint import KINDS, ckpt_path, named_tensors
-from core.fileio import safe_load
+from core.utils.fileio import safe_load
 from main import main
 
 LR = 1e-4

@@ -13,7 +13,7 @@ import metrics.registry as registry
 import metrics.stats_cache as stats_cache
 from conftest import tiny_flags
 from core.config import build_parser, parse_config
-from core.device import resolve_device
+from core.utils.device import resolve_device
 from core.inference import load_model
 from core.trainer import train
 from main import main

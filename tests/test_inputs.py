@@ -22,9 +22,9 @@ from conftest import ROOT, tiny_flags
 from core import checks
 from core.checks import check_inputs, output_folders, writable_problem
 from core.config import parse_config
-from core.data_loader import UnreadableImageError, load_val_batch, make_train_iterator
-from core.fileio import STALE_TEMP_SECONDS, WriteError, atomic_save, remove_stale_temp_files
-from core.images import DataError, check_images, domain_tree, list_images, load_rgb
+from core.data.loader import UnreadableImageError, load_val_batch, make_train_iterator
+from core.utils.fileio import STALE_TEMP_SECONDS, WriteError, atomic_save, remove_stale_temp_files
+from core.data.images import DataError, check_images, domain_tree, list_images, load_rgb
 from main import main
 
 LISTING_TIMEOUT = 60   # seconds; a hang on a FIFO would never end
@@ -115,7 +115,7 @@ def test_a_file_linked_twice_in_one_domain_is_listed_once_by_its_own_path(tmp_pa
 
 LIST_AND_CHECK = '''
 import sys, warnings
-from core.images import DataError, check_images, domain_tree
+from core.data.images import DataError, check_images, domain_tree
 warnings.simplefilter('ignore')
 try:
     check_images(domain_tree(sys.argv[1]).paths)

@@ -11,7 +11,7 @@ import torch
 
 from conftest import ROOT, interrupt_training, tiny_flags
 from core.checkpoint import DamagedCheckpoint, payload_digest, read_checkpoint
-from core.fileio import CheckpointError, atomic_save, safe_load
+from core.utils.fileio import CheckpointError, atomic_save, safe_load
 from main import main
 
 

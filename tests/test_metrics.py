@@ -10,8 +10,8 @@ from PIL import Image
 from scipy import linalg
 from torchvision import transforms
 
-from core import weights as W
-from core.errors import UserError
+from core.utils import weights as W
+from core.utils.errors import UserError
 from metrics.fid import FIDExtractor, feature_stats, frechet_distance, quantize
 from metrics.inception import StarGANInception, TFInception
 from metrics.lpips import build_lpips, copy_alexnet_trunk, lpips_diversity, lpips_features

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from conftest import tiny_flags
-from core import checks, distributed, trainer
+from core import checks, trainer
+from core.utils import distributed
 from core.config import ConfigError, parse_config
-from core.data_loader import make_train_iterator
+from core.data.loader import make_train_iterator
 from core.checkpoint import ckpt_path
-from core.fileio import safe_load
+from core.utils.fileio import safe_load
 from main import main
 
 

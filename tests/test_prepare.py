@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from core.config import parse_config
-from core.data_loader import domain_tree_dataset, make_train_iterator
-from core.manifest import ManifestError, verify_manifest
-from core.prepare import prepare, split_domain
+from core.data.loader import domain_tree_dataset, make_train_iterator
+from core.data.manifest import ManifestError, verify_manifest
+from core.data.prepare import prepare, split_domain
 from main import main
 
 
@@ -102,7 +102,7 @@ def test_touched_but_unchanged_files_pass_and_are_not_hashed_again(raw, tmp_path
     os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10 ** 9))
     verify_manifest(out / 'train')   # re-hashes the touched file: same bytes, passes
 
-    import core.manifest as M
+    import core.data.manifest as M
     monkeypatch.setattr(M, 'sha256_file', lambda path: pytest.fail(f'{path} was hashed again'))
     verify_manifest(out / 'train')
     verify_manifest(out / 'val')

@@ -10,7 +10,7 @@ from munch import Munch
 import metrics.quality as Q
 from conftest import ROOT, tiny_flags
 from core.config import parse_config
-from core.images import list_domains
+from core.data.images import list_domains
 from core.trainer import train
 from metrics.eval import evaluate_nets
 from metrics.registry import build_metrics
@@ -42,7 +42,7 @@ def test_classifier_learns_the_domains_and_is_cached(qcfg, classifier, monkeypat
 
 
 def test_edge_agreement_tracks_the_layout_not_the_colours():
-    from core.synthetic import layout_seed, render_scene
+    from core.data.synthetic import layout_seed, render_scene
 
     def image(index, domain):
         pixels = render_scene(layout_seed('seasons', 'summer', 'val', index), 'seasons', domain, 64)

@@ -10,8 +10,8 @@ from PIL import Image
 import core.video
 from conftest import tiny_flags
 from core.config import parse_config
-from core.data_loader import EvalTransform
-from core.images import list_images, load_rgb
+from core.data.loader import EvalTransform
+from core.data.images import list_images, load_rgb
 from core.model import build_nets
 from core.sampling import draw_z
 from main import main
@@ -331,7 +331,7 @@ def test_demo_ends_with_sample_outputs(tmp_path, capsys):
 def test_workers_capped_at_the_cores_without_the_dataloader_warning(trained, seasons32, tmp_path, capsys,
                                                                      monkeypatch):
     import warnings
-    from core.device import default_threads, usable_cores
+    from core.utils.device import default_threads, usable_cores
     monkeypatch.setenv('OMP_NUM_THREADS', '1')   # keep the suite's single thread
     with warnings.catch_warnings():
         warnings.simplefilter('error')   # PyTorch's "will create N worker processes" would fail the run

@@ -29,10 +29,41 @@ def test_an_import_inside_a_function_closes_a_cycle(tmp_path):
     assert 'cycle: core.a <-> core.b' in report(str(tmp_path))
 
 
+def _imports_outside(graph, package, allowed):
+    """{module of `package`: project modules it imports that lie outside `allowed` packages}."""
+    inside = lambda m, pkg: m == pkg or m.startswith(pkg + '.')
+    return {m: [i for i in imports if not any(inside(i, a) for a in allowed)]
+            for m, imports in graph.items() if inside(m, package)}
+
+
+def test_core_utils_imports_nothing_of_the_project_outside_itself():
+    graph = import_graph()
+    found = _imports_outside(graph, 'core.utils', ['core.utils'])
+    assert len(found) >= 8 and all(v == [] for v in found.values()), found
+
+
+def test_core_data_imports_only_itself_and_core_utils():
+    graph = import_graph()
+    found = _imports_outside(graph, 'core.data', ['core.data', 'core.utils'])
+    assert len(found) >= 5 and all(v == [] for v in found.values()), found
+
+
+def test_the_layering_check_catches_an_upward_import(tmp_path):
+    _write(tmp_path / 'main.py', '')
+    for pkg in ('core', 'core/utils', 'core/data'):
+        _write(tmp_path / pkg / '__init__.py', '')
+    _write(tmp_path / 'core' / 'config.py', '')
+    _write(tmp_path / 'core' / 'utils' / 'fileio.py', 'def f():\n    from core import config\n')
+    _write(tmp_path / 'core' / 'data' / 'images.py', 'from core.utils import fileio\n')
+    graph = import_graph(str(tmp_path))
+    assert _imports_outside(graph, 'core.utils', ['core.utils'])['core.utils.fileio'] == ['core.config']
+    assert _imports_outside(graph, 'core.data', ['core.data', 'core.utils'])['core.data.images'] == []
+
+
 def test_leaf_modules_import_no_project_module_but_errors():
     graph = import_graph()
-    for leaf in ('core.fileio', 'core.images', 'core.errors', 'core.seeding', 'core.schedules'):
-        assert set(graph[leaf]) <= {'core.errors'}, leaf
+    for leaf in ('core.utils.fileio', 'core.data.images', 'core.utils.errors', 'core.utils.seeding', 'core.schedules'):
+        assert set(graph[leaf]) <= {'core.utils.errors'}, leaf
 
 
 def test_importing_the_config_loads_no_metrics_module():

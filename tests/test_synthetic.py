@@ -1,4 +1,4 @@
-"""Tests of the procedural seasons/weather landscape datasets (core/synthetic.py)."""
+"""Tests of the procedural seasons/weather landscape datasets (core/data/synthetic.py)."""
 import itertools
 import json
 import signal
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import synthetic
-from core.synthetic import DATASETS, layout_seed, make_dataset, render_scene
+from core.data import synthetic
+from core.data.synthetic import DATASETS, layout_seed, make_dataset, render_scene
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(num_train=3, num_val=2, img_size=24)
@@ -40,7 +40,7 @@ def _corr(a, b):
 
 
 def _cli(*args, **kwargs):
-    return subprocess.run([sys.executable, '-m', 'core.synthetic', *args], cwd=REPO,
+    return subprocess.run([sys.executable, '-m', 'core.data.synthetic', *args], cwd=REPO,
                           capture_output=True, text=True, timeout=60, **kwargs)
 
 
@@ -199,7 +199,7 @@ def test_failed_generation_leaves_nothing(tmp_path, monkeypatch):
 def test_killed_generation_leaves_no_marker(tmp_path):
     out = tmp_path / 'd'
     # Large enough to take many seconds, so the kill lands mid-way.
-    proc = subprocess.Popen([sys.executable, '-m', 'core.synthetic', 'weather', '--out', str(out),
+    proc = subprocess.Popen([sys.executable, '-m', 'core.data.synthetic', 'weather', '--out', str(out),
                              '--img_size', '512'], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -9,7 +9,7 @@ from conftest import tiny_flags
 from core.checkpoint import (CheckpointError, atomic_save, ckpt_path, latest_step, safe_load,
                              save_training_state)
 from core.config import parse_config
-from core.distributed import Runtime
+from core.utils.distributed import Runtime
 from core.contrastive.objective import build_objective
 from core.losses import _semantic_loss
 from core.model import HSRCGenerator

@@ -16,11 +16,11 @@ import core.contrastive as contrastive
 from conftest import tiny_flags
 from core.checks import check_inputs
 from core.config import parse_config
-from core.fileio import safe_load
+from core.utils.fileio import safe_load
 from core.contrastive import _vgg
 from core.contrastive._vgg import load_vgg16_trunk, vgg16_trunk
-from core.errors import UserError
-from core.weights import ENV_VAR, WEIGHTS
+from core.utils.errors import UserError
+from core.utils.weights import ENV_VAR, WEIGHTS
 from main import main
 from plugin_helpers import build_plugin, feature_inputs, plugin_config
 

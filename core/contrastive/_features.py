@@ -8,8 +8,8 @@ ImageNet VGG16 of the released LSeSim/PatchGCL code on both images.
 import torch
 
 from core.contrastive._vgg import VGG_CHANNELS, vgg16_trunk
-from core.errors import UserError
-from core.weights import require_weight
+from core.utils.errors import UserError
+from core.utils.weights import require_weight
 
 FEATURE_SOURCES = ['encoder', 'vgg16']
 

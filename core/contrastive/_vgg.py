@@ -13,8 +13,8 @@ flow through it into the translated image).
 import torch
 from torch import nn
 
-from core.errors import UserError
-from core.weights import WEIGHTS, require_weight
+from core.utils.errors import UserError
+from core.utils.weights import WEIGHTS, require_weight
 
 # Layers of torchvision's vgg16().features up to relu4_3: channel counts and 'M' for max-pooling.
 _PLAN = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512)

@@ -20,7 +20,7 @@ from typing import ClassVar, Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from core.registry import registrar
+from core.utils.registry import registrar
 
 _REGISTRY: Dict[str, type] = {}
 

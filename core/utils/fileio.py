@@ -1,6 +1,6 @@
 """File I/O every other module uses: atomic writes, safe loading, hashing, state-dict comparison.
 
-A leaf module: it imports nothing from the project but core.errors, so any
+A leaf module: it imports nothing from the project but core.utils.errors, so any
 module may use it without creating an import cycle.
 """
 import errno
@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from core.errors import UserError
+from core.utils.errors import UserError
 
 
 class CheckpointError(UserError):

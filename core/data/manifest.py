@@ -22,9 +22,9 @@ from typing import NamedTuple
 
 from tqdm import tqdm
 
-from core.errors import UserError
-from core.fileio import atomic_write_text, sha256_file
-from core.images import list_images
+from core.utils.errors import UserError
+from core.utils.fileio import atomic_write_text, sha256_file
+from core.data.images import list_images
 
 MANIFEST_NAME = 'manifest.csv'
 STATE_NAME = '.manifest_state.json'

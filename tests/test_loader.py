@@ -1,4 +1,4 @@
-"""Tests of core/data_loader.py on tiny synthetic image trees (CPU, a few seconds)."""
+"""Tests of core/data/loader.py on tiny synthetic image trees (CPU, a few seconds)."""
 import os
 import pickle
 import random
@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from core.data_loader import (EvalTransform, StepBatchSampler, TrainDataset, TrainTransform, domain_tree_dataset,
+from core.data.loader import (EvalTransform, StepBatchSampler, TrainDataset, TrainTransform, domain_tree_dataset,
                               folder_dataset, load_image_tensor, load_val_batch, make_train_iterator,
                               random_resized_crop_params)
-from core.images import DataError, check_images, domain_tree, list_domains, list_images, load_rgb
-from core.seeding import STREAM_REFERENCE, STREAM_SOURCE
+from core.data.images import DataError, check_images, domain_tree, list_domains, list_images, load_rgb
+from core.utils.seeding import STREAM_REFERENCE, STREAM_SOURCE
 
 
 def scan(root):

@@ -19,7 +19,7 @@ import os
 
 import torch
 
-from core.errors import UserError
+from core.utils.errors import UserError
 
 
 class DeviceError(UserError):

@@ -13,7 +13,7 @@ import warnings
 
 from tqdm import tqdm
 
-from core.fileio import atomic_write_text
+from core.utils.fileio import atomic_write_text
 
 
 def _tensorboard_writer(log_dir, start_step):

@@ -28,9 +28,9 @@ import shutil
 import tempfile
 from collections import defaultdict
 
-from core.fileio import atomic_write_text
-from core.images import DataError, check_images, list_domains
-from core.manifest import FileRecord, file_records, relative_images, write_manifest
+from core.utils.fileio import atomic_write_text
+from core.data.images import DataError, check_images, list_domains
+from core.data.manifest import FileRecord, file_records, relative_images, write_manifest
 
 PAPER_VAL_PER_DOMAIN = {'seasons': 100, 'weather': 400}
 SPLIT_INFO_NAME = 'split.json'

@@ -1,6 +1,6 @@
 """Image files: finding them, decoding them robustly, checking them, and reading domain trees.
 
-A leaf module (it imports nothing from the project but core.errors), used by
+A leaf module (it imports nothing from the project but core.utils.errors), used by
 training, sampling, translate, evaluation, dataset preparation and the
 benchmarks alike, so that every one of them lists, decodes and rejects images
 the same way and reports a domain tree's problems in the same words.
@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from core.errors import UserError
+from core.utils.errors import UserError
 
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
 MIN_IMAGE_SIDE = 2            # a 1-pixel side cannot be resized or cropped meaningfully

@@ -1,11 +1,11 @@
 """Data loading: seeded augmentation, balanced per-step sampling, the fixed
 validation batch and the evaluation datasets. Listing, decoding and checking
-image files and domain trees is core.images' job.
+image files and domain trees is core.data.images' job.
 
 Determinism: a training batch is a pure function of (seed, step, stream). The
 batch sampler runs in the main process and draws, for step i, the image
 indices and one augmentation seed per image from
-`core.seeding.step_generator(seed, i, stream)`; the workers only decode and
+`core.utils.seeding.step_generator(seed, i, stream)`; the workers only decode and
 augment with those seeds. A run resumed at step k therefore sees exactly the
 batches of an uninterrupted run, whatever the number of workers.
 
@@ -23,10 +23,10 @@ from munch import Munch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from core.images import (IMG_EXTENSIONS, BadImageError, DataError, check_images, domain_tree, list_images,
+from core.data.images import (IMG_EXTENSIONS, BadImageError, DataError, check_images, domain_tree, list_images,
                          load_rgb)
-from core.manifest import verify_manifest
-from core.seeding import STREAM_REFERENCE, STREAM_SOURCE, STREAM_VAL, step_generator
+from core.data.manifest import verify_manifest
+from core.utils.seeding import STREAM_REFERENCE, STREAM_SOURCE, STREAM_VAL, step_generator
 
 RANDCROP_SCALE = (0.8, 1.0)   # upstream RandomResizedCrop(scale=...)
 RANDCROP_RATIO = (0.9, 1.1)   # upstream RandomResizedCrop(ratio=...)

@@ -18,7 +18,7 @@ Output layout read by the training code:
     OUT/train/<domain>/<NNNN>.png, OUT/val/<domain>/<NNNN>.png, OUT/synthetic.json
 
 Command line:
-    python -m core.synthetic seasons --out data/synthetic-seasons [--num_train N]
+    python -m core.data.synthetic seasons --out data/synthetic-seasons [--num_train N]
         [--num_val M] [--img_size S] [--seed K] [--overwrite]
 """
 import argparse
@@ -684,7 +684,7 @@ def layout_seed(dataset, domain, split, index, seed=0):
 
 def _params(dataset, num_train, num_val, img_size, seed):
     """The marker contents that identify a generated dataset."""
-    return {'generator': 'core.synthetic', 'version': VERSION, 'dataset': dataset,
+    return {'generator': 'core.data.synthetic', 'version': VERSION, 'dataset': dataset,
             'domains': list(DATASETS[dataset]), 'num_train': num_train, 'num_val': num_val,
             'img_size': img_size, 'seed': seed}
 
@@ -821,7 +821,7 @@ def _int_in(low, high=None):
 def main(argv=None):
     """Command-line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(
-        prog='python -m core.synthetic',
+        prog='python -m core.data.synthetic',
         description='Generate a synthetic seasons/weather landscape dataset.')
     parser.add_argument('dataset', choices=sorted(DATASETS))
     parser.add_argument('--out', required=True, help='output folder, e.g. data/synthetic-seasons')

@@ -20,8 +20,8 @@ from typing import NamedTuple, Optional
 import torch
 import torch.distributed as dist
 
-from core.device import resolve_device
-from core.errors import UserError
+from core.utils.device import resolve_device
+from core.utils.errors import UserError
 
 TIMEOUT = datetime.timedelta(minutes=30)   # a collective that waits longer than this fails the run
 

@@ -6,16 +6,16 @@ message naming the file and the command when it is missing or corrupt, and
 load_weights(module, name) loads it strictly into a network.
 
 download.sh reads this table through the command line, so it lives in one place:
-    python -m core.weights dir               the cache folder
-    python -m core.weights files TARGET      "filename url" per file of a download target
-    python -m core.weights verify TARGET     check every file of TARGET (exit 1 with the message if not)
+    python -m core.utils.weights dir               the cache folder
+    python -m core.utils.weights files TARGET      "filename url" per file of a download target
+    python -m core.utils.weights verify TARGET     check every file of TARGET (exit 1 with the message if not)
 """
 import os
 import sys
 from typing import NamedTuple, Optional
 
-from core.errors import UserError, run_cli
-from core.fileio import CheckpointError, safe_load, sha256_file, state_dict_mismatch
+from core.utils.errors import UserError, run_cli
+from core.utils.fileio import CheckpointError, safe_load, sha256_file, state_dict_mismatch
 
 ENV_VAR = 'STARGAN_WEIGHTS_DIR'
 DEFAULT_DIR = os.path.join('~', '.cache', 'stargan-src', 'weights')
@@ -110,7 +110,7 @@ def main(argv=None):
             for name in _target_files(argv[1]):
                 print(f'ok  {require_weight(name)}')
         else:
-            print('usage: python -m core.weights dir | files TARGET | verify TARGET', file=sys.stderr)
+            print('usage: python -m core.utils.weights dir | files TARGET | verify TARGET', file=sys.stderr)
             return 2
     return run_cli(run)
 
