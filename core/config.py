@@ -106,12 +106,12 @@ PRESETS = {
     'weather': {**_paper('weather', 5, 0.1), **_dirs('weather')},
     'seasons-reproduce': {**_paper('seasons', 4, 1.0), **_dirs('seasons-reproduce'), **_REPRODUCE},
     'weather-reproduce': {**_paper('weather', 5, 0.1), **_dirs('weather-reproduce'), **_REPRODUCE},
-    # Small networks on the synthetic seasons set: about 5 minutes on an idle 2-core CPU. 32 px buys
-    # the iterations: structure (edges kept, metrics/quality.py) rises with training and passes the
-    # input-unchanged baseline only after about 900 steps, which 64 px cannot reach in minutes. Learning
-    # rates 20x upstream's (F's 200x: it must learn several styles per domain), the faster EMA and a cycle
-    # weight of 2 (4 kept less structure, 1 lost the diversity) are what the README's demo section
-    # measured; lambda_ds decays to 0 over the run, as upstream.
+    # Small networks on the synthetic seasons set, sized to finish in minutes on a 2-core CPU. The
+    # resolution is the smallest that shows the method, so that the run reaches the iterations after
+    # which structure (metrics/quality.py) passes the input-unchanged baseline. Learning rates 20x
+    # upstream's (F's 200x: it must learn several styles per domain), a faster EMA and a cycle weight
+    # of 2 keep both structure and diversity; lambda_ds decays to 0 over the run, as upstream. The
+    # measurements behind each choice are in docs/benchmarks.md ("The demo").
     'demo': dict(num_domains=4, img_size=32, base_dim=16, max_conv_dim=64, hidden_dim=128,
                  latent_dim=16, style_dim=32, batch_size=4, val_batch_size=8, total_iters=1200,
                  lambda_ds=2.0, ds_iter=1200, lambda_cyc=2.0, lambda_src=0.1, lambda_dce=1.0, use_hard=True,

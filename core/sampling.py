@@ -12,26 +12,17 @@ and references per grid (--val_batch_size), styles per domain
 (--num_outs_per_domain), and --src_dir/--ref_dir when those folders exist.
 The first line printed says which values came from where.
 
-sample writes into --result_dir:
-  reference.jpg                 a blank corner and the sources on top; then per reference a row:
-                                the reference, then every source translated with its style
-  latent_psi_{0.5,0.7,1.0}.jpg  sources on top; then per target domain and random z a row: every
-                                source translated with F(z, y) pulled toward the domain's
-                                average style by 1 - psi (truncation trick)
-  video_ref.mp4                 the sources' style slides from reference to reference
-  video_latent.mp4              the style slides through the latent grids' styles (at --psi),
-                                domain after domain
+sample writes the reference-guided grid, the latent-guided grids (one per
+psi) and the two videos into --result_dir; docs/sampling.md lists the files.
 Sources and references are up to --val_batch_size images of --src_dir and
 --ref_dir (one sub-folder per domain, as for training). When a folder holds
 more, the first images of each domain are taken in turn, so every domain is
 shown (upstream takes the first images in folder order, often one domain only).
 
 translate writes one PNG per input image and style into --result_dir,
-keeping the input's sub-folders:
-  <name>_to_<domain>_z<KK>.png         random style KK of --num_styles (--trg_domain, --psi)
-  <name>_to_<domain>_ref_<ref>.png     the style of reference image <ref> (--ref)
-Style zKK is the style of the latent grids' row KK of that domain at psi 1
-(same --seed), so a style chosen from the grid can be applied to a folder.
+keeping the input's sub-folders (the names are in docs/sampling.md). Style
+zKK is the style of the latent grids' row KK of that domain at psi 1 (same
+--seed), so a style chosen from the grid can be applied to a folder.
 
 Everything random is drawn from --seed: equal seeds give equal files.
 """

@@ -8,8 +8,8 @@ of trg (reference; each output of each source its own reference). The outputs
 of a task are generated once, in batches, and every selected metric sees each
 batch; each metric then writes one file per result series and mode
 (e.g. FID_{step:05d}_{m}.json, LPIPS_{step:05d}_{m}.json, as upstream) and the
-means are returned. The README's evaluation section lists the metrics, the
-files and the differences from upstream's loop.
+means are returned. docs/evaluation.md lists the metrics, the files and the
+differences from upstream's loop.
 
 Under torchrun (--mode eval, or --eval_every in a training run) every process
 generates whole batches of each task's sources (metrics.sharding) with the

@@ -24,12 +24,9 @@ diversity   Do the styles of one domain differ? Each source is translated
             the real images of the domain (whose layouts differ as well, so a
             translation that keeps the layout stays below 1).
 
-Each figure comes with its reference points, so it can be read alone:
-domain_acc   chance (1 / num_domains) and the real val images (classifier_val_acc)
-structure    returning the input unchanged (identity_structure) and a perfect
-             translation (1.0: the ground truth agrees with itself)
-diversity    0 (one output per source) and the real data (1.0 by construction;
-             its raw spread is real_spread)
+Each figure comes with its reference points (identity_structure,
+classifier_val_acc, real_spread), so it can be read alone; docs/evaluation.md
+lists them.
 
 quality_scores(nets_ema, cfg, device) returns all of them (and per mode);
 bench/quality.py is the command line. The classifier is cached per

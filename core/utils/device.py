@@ -4,13 +4,11 @@ CPU threads and data-loader workers are decided here too (host_settings,
 called once by main.py for every mode):
 
 threads  torch's intra-op threads default to half the usable cores (at least
-         one) unless OMP_NUM_THREADS is set. Measured on a 2-core machine
-         shared with other jobs (load average about 7): the demo's training
-         step took 3.0 s with 1 thread and more than 30 s with 2 (OpenMP
-         threads spin-waiting for a core another process holds): a 10x
-         collapse. Half the cores costs at most about 2x on an idle machine
-         and never collapses; set OMP_NUM_THREADS to the core count on a
-         machine you have to yourself.
+         one) unless OMP_NUM_THREADS is set: OpenMP threads spin-wait for
+         each other, so a thread per core collapses when other processes
+         hold cores, while half the cores costs at most about 2x on an idle
+         machine (measured in docs/benchmarks.md, "CPU threads"). Set
+         OMP_NUM_THREADS to the core count on a machine you have to yourself.
 workers  --num_workers is capped at the usable cores (inference modes too),
          so PyTorch's "this DataLoader will create N worker processes"
          warning does not appear.
