@@ -10,7 +10,7 @@ training seed (--seeds K: --seed, --seed + 1, ..., so that runs differ only
 in their patch losses and their seed), and reports every figure as mean ± std
 over the seeds. Each configuration trains in its own process, so
 that its peak memory is its own. Afterwards every run's EMA networks are
-scored with the quality benchmark (metrics/quality.py: domain accuracy of
+scored with the quality benchmark (metrics/benchmark.py: domain accuracy of
 latent- and reference-guided outputs and structure preservation). The table
 goes to OUT/ablation.md (mean ± std per configuration, then every run) and
 OUT/ablation.csv (every run):
@@ -170,9 +170,10 @@ def train_config(flags):
     """Train one configuration with core.trainer.train; returns its result dict (time, memory, ...)."""
     from core.checks import check_inputs
     from core.config import parse_config
+    from core.modes import MODES
     from core.trainer import train
     cfg = parse_config(flags)
-    check_inputs(cfg)
+    check_inputs(cfg, MODES['train'])
     timer = StepTimer()
     train(cfg, timer)
     return measurements(cfg, timer.run, timer.device, timer.times, timer.stats, timer.rss_before)
@@ -254,9 +255,9 @@ def _last_error(log_path):
 # ----------------------------------------------------------------------------------------------
 
 def quality_scorer():
-    """metrics.quality.quality_scores, or None when this checkout has no quality benchmark."""
+    """metrics.benchmark.quality_scores, or None when this checkout has no quality benchmark."""
     try:
-        from metrics.quality import quality_scores
+        from metrics.benchmark import quality_scores
     except ImportError:
         return None
     return quality_scores
@@ -422,11 +423,11 @@ def add_quality(rows, args):
     scorer = None if args.no_quality else quality_scorer()
     if scorer is None:
         return ['quality: ' + ('skipped (--no_quality)' if args.no_quality else
-                               'metrics/quality.py is not in this checkout; time and memory only')]
+                               'metrics/benchmark.py is not in this checkout; time and memory only')]
     for row in rows:
         if row['status'] == 'ok':
             row.update(score_run(scorer, row['run_dir'], args.steps, args.device))
-    return ['quality: metrics.quality.quality_scores on each run\'s EMA networks']
+    return ['quality: metrics.benchmark.quality_scores on each run\'s EMA networks']
 
 
 def write_tables(rows, args, extra, notes, wall_s=None):

@@ -179,7 +179,8 @@ def main(argv=None):
                         '--train_img_dir', str(data / 'train'), '--val_img_dir', str(data / 'val'),
                         '--eval_dir', os.path.join(work, 'eval'), '--fid_stats_dir', os.path.join(work, 'stats'),
                         '--num_outs_per_domain', str(args.num_outs), '--num_workers', '0', '--device', 'cpu',
-                        '--val_batch_size', str(args.val_batch_size or args.num_val)]).replace(domain_names=('autumn', 'spring', 'summer', 'winter'))
+                        '--val_batch_size', str(args.val_batch_size or args.num_val)])
+    cfg = cfg.with_facts(domain_names=('autumn', 'spring', 'summer', 'winter'))
     torch.manual_seed(0)
     nets = build_nets(cfg)[1]
     ckpt = os.path.join(work, f'{STEP:06d}_nets_ema.ckpt')

@@ -11,7 +11,7 @@ trained on the real training images (cached in --fid_stats_dir, or the
 the val images; structure is the edge agreement with the ground-truth
 rendering of the same layout in the target domain; diversity is the spread
 of one source's outputs across styles of a domain relative to the real
-images' spread (metrics.quality). Each figure is printed next to its
+images' spread (metrics.benchmark). Each figure is printed next to its
 reference points: chance and the real images for domain_acc, the unchanged
 input and a perfect translation for structure, zero and the real data for
 diversity. CPU-fast: seconds for the demo model. The last line is
@@ -29,7 +29,8 @@ from core.demo import demo_model_flags  # noqa: E402
 from core.utils.device import resolve_device  # noqa: E402
 from core.utils.errors import UserError, run_cli  # noqa: E402
 from core.inference import load_model  # noqa: E402
-from metrics.quality import MAX_SOURCES_PER_DOMAIN, load_or_train_classifier, quality_scores  # noqa: E402
+from metrics.benchmark import MAX_SOURCES_PER_DOMAIN, quality_scores  # noqa: E402
+from metrics.classifier import load_or_train_classifier  # noqa: E402
 
 LAST_LINE = ('domain_acc', 'structure', 'diversity', 'identity_structure')
 

@@ -4,8 +4,9 @@ Per saved step, in checkpoint_dir:
   {step:06d}_nets.ckpt      {net name: state_dict} of G, F, E, D (+ patch heads/plug-ins)
   {step:06d}_nets_ema.ckpt  {net name: state_dict} of the EMA G, F, E  (what inference loads)
   {step:06d}_optims.ckpt    {net name: Adam state_dict} (+ 'step')
-Each file also holds 'config', the run's resolved config as JSON text, and
-'digest', a SHA-256 of everything else in the file (see payload_digest). The
+Each file also holds 'config', the run's resolved flags as JSON text, 'run',
+the run's facts (core.runconfig.RunFacts) as JSON text, and 'digest', a
+SHA-256 of everything else in the file (see payload_digest). The
 official code ignores entries it does not know, so it can read our files, and
 ours reads the official ones (no digest; 'module.'-prefixed keys accepted).
 
@@ -24,7 +25,7 @@ import re
 
 import torch
 
-from core.config import ARCH_FIELDS, NET_FIELDS, Config, arch_differences
+from core.runconfig import ARCH_FIELDS, NET_FIELDS, arch_differences, read_config
 from core.utils.fileio import CheckpointError, atomic_save, safe_load, state_dict_mismatch
 
 KINDS = ('nets', 'nets_ema', 'optims')
@@ -42,9 +43,15 @@ def ckpt_path(checkpoint_dir, step, kind):
 
 
 def stored_config(payload):
-    """The config dict stored in a checkpoint payload, or None for official checkpoints."""
+    """The Config stored in a checkpoint payload, with its RunFacts, or None for official checkpoints.
+
+    Files of the earlier layout hold the facts inside the config (core.runconfig.read_config).
+    """
     text = payload.get('config') if isinstance(payload, dict) else None
-    return Config.from_json(text) if isinstance(text, str) else None
+    if not isinstance(text, str):
+        return None
+    run = payload.get('run')
+    return read_config(text, run if isinstance(run, str) else None)
 
 
 def _strip_prefix(state_dict):
@@ -221,10 +228,10 @@ def resume_advice(checkpoint_dir, step, kinds=KINDS):
 
 def training_payloads(step, nets, nets_ema, optims, cfg):
     """{kind: payload} of the three files of `step`; the tensors are the live ones (not copied)."""
-    config = cfg.to_json()
-    return {'nets': {**{k: v.state_dict() for k, v in nets.items()}, 'config': config},
-            'nets_ema': {**{k: v.state_dict() for k, v in nets_ema.items()}, 'config': config},
-            'optims': {**{k: v.state_dict() for k, v in optims.items()}, 'config': config, 'step': step}}
+    stored = {'config': cfg.to_json(), 'run': cfg.facts.to_json()}
+    return {'nets': {**{k: v.state_dict() for k, v in nets.items()}, **stored},
+            'nets_ema': {**{k: v.state_dict() for k, v in nets_ema.items()}, **stored},
+            'optims': {**{k: v.state_dict() for k, v in optims.items()}, **stored, 'step': step}}
 
 
 def nonfinite_term(payloads):

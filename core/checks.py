@@ -1,12 +1,13 @@
 """Checks of the files and folders a mode reads and writes, made before the mode does any work.
 
-main.py runs check_inputs(cfg) after the config is parsed and before it
-dispatches, together with the weight files the run's metrics and plug-ins
-declare; every problem is reported at once, each naming its flag. Output
-folders must be writable (tried with a probe file, which also catches
-read-only file systems); once everything passes, the temporary files that
-interrupted saves left in them are removed. The config itself never touches
-the file system.
+Each mode of core.modes names its input checks and its output folders (functions
+of this module); main.py runs check_inputs(cfg, mode) after the config is
+parsed and before it dispatches, together with the weight files the run's
+metrics and plug-ins declare; every problem is reported at once, each naming
+its flag. Output folders must be writable (tried with a probe file, which also
+catches read-only file systems); once everything passes, the temporary files
+that interrupted saves left in them are removed. The config itself never
+touches the file system.
 """
 import importlib.util
 import os
@@ -16,12 +17,16 @@ import tempfile
 import torch
 
 from core import contrastive
-from core.config import ConfigError, evaluates
+from core.runconfig import ConfigError, evaluates
 from core.utils.distributed import env_world_size
 from core.utils.fileio import remove_stale_temp_files
 
 TEMP_DEPTH = 2   # output sub-folders searched for stale temporary files (eval_dir/<mode>/<src>2<trg>/)
 
+
+# ----------------------------------------------------------------------------------------------
+# Inputs of each mode (the checks of core.modes)
+# ----------------------------------------------------------------------------------------------
 
 def _folder_errors(cfg, *flags):
     errs = []
@@ -38,7 +43,29 @@ def _exists_errors(cfg, *flags):
             for flag in flags if getattr(cfg, flag) is not None and not os.path.exists(getattr(cfg, flag))]
 
 
-def _translate_errors(cfg):
+def train_errors(cfg):
+    """--mode train: the data folders, and what any training run needs."""
+    return _folder_errors(cfg, 'train_img_dir', 'val_img_dir') + training_errors(cfg)
+
+
+def training_errors(cfg):
+    """What any training run needs: a workable speed setup and the files its patch losses declare."""
+    return speed_errors(cfg) + contrastive.requirement_errors(cfg)
+
+
+def eval_errors(cfg):
+    """--mode eval: the data folders (the real images and the sources)."""
+    return _folder_errors(cfg, 'train_img_dir', 'val_img_dir')
+
+
+def sample_errors(cfg):
+    """--mode sample: --src_dir/--ref_dir given on the command line (the others may come from the checkpoint's
+    run, core.sampling.follow_run, which checks those)."""
+    return _folder_errors(cfg, *[f for f in ('src_dir', 'ref_dir') if f in cfg.facts.explicit_flags])
+
+
+def translate_errors(cfg):
+    """--mode translate: --src, and --trg_domain or --ref."""
     errs = []
     if not cfg.src:
         errs.append('--mode translate needs --src IMAGE_OR_FOLDER')
@@ -47,11 +74,20 @@ def _translate_errors(cfg):
     return errs + _exists_errors(cfg, 'src', 'ref')
 
 
-def _prepare_errors(cfg):
+def prepare_errors(cfg):
+    """--raw_dir must be a folder; the folders that will hold the new split must be writable."""
+    parents = {flag: os.path.dirname(os.path.abspath(getattr(cfg, flag)))
+               for flag in ('train_img_dir', 'val_img_dir')}
     if not cfg.raw_dir:
-        return ['--mode prepare needs --raw_dir FOLDER (one sub-folder of images per domain)']
-    return [] if os.path.isdir(cfg.raw_dir) else [f'--raw_dir {cfg.raw_dir!r} is not a folder']
+        errs = ['--mode prepare needs --raw_dir FOLDER (one sub-folder of images per domain)']
+    else:
+        errs = [] if os.path.isdir(cfg.raw_dir) else [f'--raw_dir {cfg.raw_dir!r} is not a folder']
+    return errs + writable_errors(parents)
 
+
+# ----------------------------------------------------------------------------------------------
+# Speed and precision flags on this machine
+# ----------------------------------------------------------------------------------------------
 
 def _cuda_wanted(cfg):
     return cfg.device == 'cuda' or (cfg.device == 'auto' and torch.cuda.is_available())
@@ -85,13 +121,19 @@ def speed_errors(cfg):
     return errs
 
 
-def _train_errors(cfg):
-    return _folder_errors(cfg, 'train_img_dir', 'val_img_dir') + _training_errors(cfg)
+# ----------------------------------------------------------------------------------------------
+# Output folders
+# ----------------------------------------------------------------------------------------------
+
+def folders(cfg, *flags):
+    """{flag: folder} of the given folder flags (a mode's output folders)."""
+    return {flag: getattr(cfg, flag) for flag in flags}
 
 
-def _training_errors(cfg):
-    """What any training run needs: a workable speed setup and the files its patch losses declare."""
-    return speed_errors(cfg) + contrastive.requirement_errors(cfg)
+def train_outputs(cfg):
+    """The folders a training run writes: checkpoints, and the sample and eval folders when it uses them."""
+    return folders(cfg, 'checkpoint_dir', *(['sample_dir'] if 0 < cfg.sample_every <= cfg.total_iters else []),
+                   *(['eval_dir'] if evaluates(cfg) else []))
 
 
 def _nearest_existing(path):
@@ -120,52 +162,27 @@ def writable_problem(folder):
     return None
 
 
-def output_folders(cfg):
-    """{flag: folder} of the folders cfg.mode writes (for prepare: the folder holding the new split)."""
-    flags = {'train': ['checkpoint_dir'] + (['sample_dir'] if 0 < cfg.sample_every <= cfg.total_iters else [])
-             + (['eval_dir'] if evaluates(cfg) else []),
-             'demo': ['checkpoint_dir', 'sample_dir', 'result_dir'],
-             'sample': ['result_dir'], 'translate': ['result_dir'], 'eval': ['eval_dir']}.get(cfg.mode, [])
-    folders = {flag: getattr(cfg, flag) for flag in flags}
-    if cfg.mode == 'prepare':
-        folders.update({flag: os.path.dirname(os.path.abspath(getattr(cfg, flag)))
-                        for flag in ('train_img_dir', 'val_img_dir')})
-    return folders
-
-
-def _output_errors(cfg):
+def writable_errors(outputs):
+    """One message per folder of {flag: folder} that cannot be written."""
     errs = []
-    for flag, folder in output_folders(cfg).items():
+    for flag, folder in outputs.items():
         problem = writable_problem(folder)
         if problem:
             errs.append(f'--{flag} {folder} {problem}; choose a folder you can write to')
     return errs
 
 
-INPUT_CHECKS = {
-    'train': _train_errors,
-    'demo': _training_errors,
-    'eval': lambda cfg: _folder_errors(cfg, 'train_img_dir', 'val_img_dir'),
-    # Folders not given as flags may come from the checkpoint's run (core.sampling.follow_run); sample checks those.
-    'sample': lambda cfg: _folder_errors(cfg, *[f for f in ('src_dir', 'ref_dir')
-                                                if f in cfg.get('explicit_flags', ('src_dir', 'ref_dir'))]),
-    'translate': _translate_errors,
-    'prepare': _prepare_errors,
-}
+# ----------------------------------------------------------------------------------------------
+# All of a mode's checks
+# ----------------------------------------------------------------------------------------------
 
-
-def input_errors(cfg):
-    """Problems with the input files and output folders of cfg.mode, each naming its flag."""
-    check = INPUT_CHECKS.get(cfg.mode)
-    return (check(cfg) if check else []) + _output_errors(cfg)
-
-
-def check_inputs(cfg, *more_errors):
-    """Raise one ConfigError listing the input problems of cfg.mode and any other errors given;
-    if there are none, remove the stale temporary files of the mode's output folders."""
-    errs = input_errors(cfg) + [e for errors in more_errors for e in errors]
+def check_inputs(cfg, mode, *more_errors):
+    """Raise one ConfigError listing the problems of `mode` (a core.modes.Mode) with cfg: its input checks,
+    its output folders and any other errors given; if there are none, remove the stale temporary files of
+    its output folders."""
+    outputs = mode.outputs(cfg)
+    errs = mode.checks(cfg) + writable_errors(outputs) + [e for errors in more_errors for e in errors]
     if errs:
         raise ConfigError('\n'.join(errs))
-    for folder in output_folders(cfg).values():
-        if cfg.mode != 'prepare':   # prepare's folders are the parents of the data, not ours to clean
-            remove_stale_temp_files(folder, TEMP_DEPTH)
+    for folder in outputs.values():
+        remove_stale_temp_files(folder, TEMP_DEPTH)

@@ -5,77 +5,23 @@ keeps its name and meaning, so their published command lines run unchanged.
 Where the two disagree on a default we follow the official code, except
 w_hpf (0 here: the FAN high-pass path of the CelebA-HQ model is removed, see --w_hpf).
 
-A config is built once (parse_config), validated once, never mutated, saved
-as config.json with every run and stored inside every checkpoint.
+A config is built once (parse_config: one pass over argv), validated once,
+never mutated, saved as config.json with every run and stored inside every
+checkpoint; the record itself, and the run facts kept beside it, are
+core.runconfig. This module is the command line: --mode's choices and help
+come from core.modes, and every registered plug-in (patch losses of
+core/contrastive/, metrics of metrics/) adds and checks its own flags: no
+metric is named here, and patch losses only where the Hneg_SRC flags and the
+presets select them.
 """
 import argparse
 import difflib
-import json
 import math
-from collections.abc import Mapping
 
 from core import contrastive
-from core.utils.errors import UserError
 from core.model import ARCHS, default_base_dim, default_taps, num_encoder_blocks
-
-MODES = ('train', 'sample', 'eval', 'translate', 'prepare', 'demo')   # main.py runs one function per mode
-
-# Fields that define the shapes of the saved networks: a checkpoint whose
-# stored values differ cannot be loaded into nets built from this config.
-NET_FIELDS = ('arch', 'img_size', 'style_dim', 'latent_dim', 'hidden_dim', 'num_domains',
-              'w_hpf', 'base_dim', 'max_conv_dim')
-ARCH_FIELDS = NET_FIELDS + ('nce_layers', 'patch_dim', 'patch_losses')
-
-
-class ConfigError(UserError):
-    """A bad flag or flag combination; the message names the flag."""
-
-
-class Config(Mapping):
-    """Read-only attribute access to the resolved flags."""
-
-    def __init__(self, **fields):
-        object.__setattr__(self, '_fields', dict(fields))
-
-    def __getattr__(self, name):
-        try:
-            return self._fields[name]
-        except KeyError:
-            raise AttributeError(f'config has no field {name!r}') from None
-
-    def __setattr__(self, name, value):
-        raise AttributeError('the config is immutable; build a new one with replace()')
-
-    def __getitem__(self, name):
-        return self._fields[name]
-
-    def __iter__(self):
-        return iter(self._fields)
-
-    def __len__(self):
-        return len(self._fields)
-
-    def __repr__(self):
-        return f'Config({self._fields!r})'
-
-    def replace(self, **changes):
-        """A new Config with some fields changed (the original is untouched)."""
-        return Config(**{**self._fields, **changes})
-
-    def to_json(self):
-        return json.dumps(self._fields, indent=2)
-
-    @classmethod
-    def from_json(cls, text):
-        return cls(**_tuples(json.loads(text)))
-
-
-def _tuples(fields):
-    """JSON turns tuples into lists; restore them so configs compare equal after a round trip."""
-    def fix(v):
-        return tuple(fix(x) for x in v) if isinstance(v, list) else v
-    return {k: fix(v) for k, v in fields.items()}
-
+from core.modes import MODES
+from core.runconfig import Config, ConfigError, evaluates
 
 # ----------------------------------------------------------------------------------------------
 # Presets: defaults a preset changes; explicit flags still win.
@@ -108,7 +54,7 @@ PRESETS = {
     'weather-reproduce': {**_paper('weather', 5, 0.1), **_dirs('weather-reproduce'), **_REPRODUCE},
     # Small networks on the synthetic seasons set, sized to finish in minutes on a 2-core CPU. The
     # resolution is the smallest that shows the method, so that the run reaches the iterations after
-    # which structure (metrics/quality.py) passes the input-unchanged baseline. Learning rates 20x
+    # which structure (metrics/benchmark.py) passes the input-unchanged baseline. Learning rates 20x
     # upstream's (F's 200x: it must learn several styles per domain), a faster EMA and a cycle weight
     # of 2 keep both structure and diversity; lambda_ds decays to 0 over the run, as upstream. The
     # measurements behind each choice are in docs/benchmarks.md ("The demo").
@@ -215,7 +161,7 @@ def _add_loss_flags(p):
                    help='step the projection heads after both G steps, or only the latent one (release)')
     g.add_argument('--patch_loss', type=_loss_weight, action='append', default=[], metavar='NAME=WEIGHT',
                    help='add a registered patch loss with its weight (repeatable); available: '
-                        + ', '.join(contrastive.registered()))
+                        + contrastive.PATCH_LOSSES.available())
 
 
 def _add_training_flags(p):
@@ -266,7 +212,7 @@ def _add_path_flags(p):
     g.add_argument('--print_every', type=int, default=10, help='log period in iterations (0: never)')
     g.add_argument('--sample_every', type=int, default=5000, help='debug image period (0: never)')
     g.add_argument('--save_every', type=int, default=10000, help='checkpoint period (0: only at the end)')
-    g.add_argument('--eval_every', type=int, default=50000, help='FID/LPIPS period during training (0: never)')
+    g.add_argument('--eval_every', type=int, default=50000, help='--metrics period during training (0: never)')
 
 
 def _add_speed_flags(p):
@@ -308,20 +254,19 @@ def _add_sampling_flags(p):
                         '--no-labels writes upstream\'s unlabelled images')
 
 
-def _add_eval_flags(p):
+def _names(value):
+    """A comma-separated list of names: a tuple without blanks."""
+    return tuple(n.strip() for n in value.split(',') if n.strip())
+
+
+def _add_eval_flags(p, metrics):
+    """The general evaluation flags; each metric adds its own (metrics: the metric registry)."""
     g = p.add_argument_group('evaluation (--mode eval, --eval_every) and dataset preparation (--mode prepare)')
-    g.add_argument('--fid_protocol', choices=['stargan-v2', 'standard', 'both'], default='stargan-v2',
-                   help='stargan-v2: the official StarGAN v2 FID (torchvision Inception; comparable with the '
-                        'StarGAN v2 and SRC papers); standard: the TF-Inception FID of pytorch-fid and '
-                        'torch-fidelity (comparable with the wider literature); both: one file each')
-    g.add_argument('--metrics', default='fid,lpips',
-                   type=lambda names: tuple(n.strip() for n in names.split(',') if n.strip()),
-                   help='comma-separated metrics to compute (metrics.registry): fid, lpips, domain_acc, structure, '
-                        'or any registered one; names are checked before the run starts')
+    g.add_argument('--metrics', default=','.join(metrics.default_selection()), type=_names,
+                   help='comma-separated metrics to compute (metrics.registry); available: '
+                        + metrics.METRICS.available())
     g.add_argument('--save_eval_images', action='store_true',
                    help='also write the generated images to eval_dir/<latent|reference>/<src>2<trg>/ as PNG')
-    g.add_argument('--fid_stats_dir', default='expr/fid_stats',
-                   help='cache of real-image FID statistics, keyed by folder contents, protocol and image size')
     g.add_argument('--raw_dir', default=None,
                    help='--mode prepare: folder of images, one sub-folder per domain, to split into '
                         '--train_img_dir and --val_img_dir')
@@ -330,14 +275,34 @@ def _add_eval_flags(p):
                         'the SRC paper\'s 100/400)')
 
 
+class UnsetFlag:
+    """The value of a flag the command line does not give, while it is parsed (see FlagParser.given)."""
+
+    def __repr__(self):
+        return 'UNSET'
+
+
+UNSET = UnsetFlag()
+
+
+class AppendFlag(argparse.Action):
+    """action='append' of a FlagParser: each occurrence adds its value to a copy of the list so far."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, (list(items) if isinstance(items, list) else []) + [values])
+
+
 class FlagParser(argparse.ArgumentParser):
     """argparse without abbreviations, whose usage errors are one line (exit status 2, as argparse).
 
-    An unknown flag is named with the closest known one; --help is unchanged.
+    An unknown flag is named with the closest known one. given(argv) parses
+    once and tells the flags argv gives from the defaults.
     """
 
     def __init__(self, **kwargs):
         super().__init__(allow_abbrev=False, **kwargs)
+        self.register('action', 'append', AppendFlag)   # repeatable flags that start from UNSET (given)
 
     def error(self, message):
         self.exit(2, f'error: {message}\n')
@@ -347,6 +312,25 @@ class FlagParser(argparse.ArgumentParser):
         if extra:
             self.error(self.unknown_message(extra))
         return ns
+
+    def flag_actions(self):
+        """The actions that store a value (every flag but --help)."""
+        return [a for a in self._actions if argparse.SUPPRESS not in (a.dest, a.default)]
+
+    def given(self, argv):
+        """{dest: value} of the flags argv gives, from one pass over argv: argparse fills no default
+        into a namespace whose every flag is already UNSET, so what is not UNSET afterwards was given."""
+        ns = self.parse_args(argv, argparse.Namespace(**{a.dest: UNSET for a in self.flag_actions()}))
+        return {dest: value for dest, value in vars(ns).items() if value is not UNSET}
+
+    def defaults(self):
+        """{dest: default} of every flag, string defaults converted by the flag's type as argparse does."""
+        return {a.dest: a.type(a.default) if isinstance(a.default, str) and callable(a.type) else a.default
+                for a in self.flag_actions()}
+
+    def repeatable(self):
+        """Dests of the flags that collect every occurrence (action='append')."""
+        return {a.dest for a in self.flag_actions() if isinstance(a, AppendFlag)}
 
     def unknown_message(self, extra):
         """'unknown flag --x; did you mean --y?' for the first unknown flag of `extra` (else the stray value)."""
@@ -361,12 +345,43 @@ class FlagParser(argparse.ArgumentParser):
         return f'unknown flag {flags[0]}{hint}'
 
 
+def preset_of(values):
+    """The name of the preset that values (the flags given so far) select: --preset, or demo for --mode demo."""
+    preset, mode = values.get('preset', UNSET), values.get('mode', UNSET)
+    return preset if preset not in (UNSET, None) else ('demo' if mode == 'demo' else None)
+
+
+class PresetHelp(argparse.Action):
+    """--help: the usage, with the defaults of the --preset (or --mode demo) given before it."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.set_defaults(**PRESETS.get(preset_of(vars(namespace)), {}))
+        parser.print_help()
+        parser.exit()
+
+
+def _metric_registry():
+    """metrics.registry, imported when a parser is built or a config validated, not with this module: importing
+    core.config loads no metric (layers below the command line read configs), and the metric modules load
+    their networks' code only when they build one, so --help stays fast."""
+    from metrics import registry
+    return registry
+
+
 def build_parser():
-    """The full argument parser (every mode shares one flag set, as upstream)."""
+    """The full argument parser: every mode shares one flag set, as upstream, and every registered plug-in
+    (patch loss, metric) adds its own flags."""
+    metrics = _metric_registry()
     p = FlagParser(
         description='StarGAN v2 with plug-in patch-wise semantic relation losses (SRC, hDCE, ...)',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--mode', required=True, choices=list(MODES), help='what to run')
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, add_help=False)
+    p.add_argument('-h', '--help', action=PresetHelp,
+                   help='show this message (with the defaults of a --preset given before it) and exit')
+    p.add_argument('--mode', required=True, choices=list(MODES),
+                   help='what to run: ' + '; '.join(f'{m.name}: {m.help}' for m in MODES.values()))
     p.add_argument('--preset', choices=sorted(PRESETS), default=None,
                    help='named set of defaults (explicit flags still win): ' + ', '.join(sorted(PRESETS)))
     p.add_argument('--dry_run', action='store_true', help='print the resolved config and exit')
@@ -376,9 +391,9 @@ def build_parser():
     _add_speed_flags(p)
     _add_path_flags(p)
     _add_sampling_flags(p)
-    _add_eval_flags(p)
-    for name in contrastive.registered():
-        contrastive.get(name).add_arguments(p)
+    _add_eval_flags(p, metrics)
+    for registry in (contrastive.PATCH_LOSSES, metrics.METRICS):
+        registry.add_arguments(p)
     return p
 
 
@@ -386,21 +401,21 @@ def build_parser():
 # Resolution and validation
 # ----------------------------------------------------------------------------------------------
 
-def resolve_patch_losses(ns):
-    """(name, weight) pairs of the active patch losses, from the Hneg_SRC flags and --patch_loss.
+def resolve_patch_losses(flags):
+    """(name, weight) pairs of the active patch losses, from the Hneg_SRC flags and --patch_loss ({dest: value}).
 
     As in Hneg_SRC, lambda_nce > 0 selects PatchNCE instead of (h)DCE. Among
     --patch_loss entries a later one replaces an earlier one of the same name, so
     a command line can change the weight a preset gives.
     """
     terms = []
-    if ns.lambda_src > 0:
-        terms.append(('src', ns.lambda_src))
-    if ns.lambda_nce > 0:
-        terms.append(('patchnce', ns.lambda_nce))
-    elif ns.lambda_dce > 0:
-        terms.append(('hdce' if ns.use_hard else 'dce', ns.lambda_dce))
-    terms.extend(dict(ns.patch_loss).items())
+    if flags['lambda_src'] > 0:
+        terms.append(('src', flags['lambda_src']))
+    if flags['lambda_nce'] > 0:
+        terms.append(('patchnce', flags['lambda_nce']))
+    elif flags['lambda_dce'] > 0:
+        terms.append(('hdce' if flags['use_hard'] else 'dce', flags['lambda_dce']))
+    terms.extend(dict(flags['patch_loss']).items())
     return tuple((name, float(w)) for name, w in terms)
 
 
@@ -492,15 +507,12 @@ def _range_errors(cfg):
     return errs
 
 
-def evaluates(cfg):
-    """True if the run computes metrics: --mode eval, or training that reaches an --eval_every step."""
-    return cfg.mode == 'eval' or (cfg.mode == 'train' and 0 < cfg.eval_every <= cfg.total_iters)
-
-
 def _eval_errors(cfg):
-    errs = []
-    if evaluates(cfg) and 'lpips' in cfg.metrics and cfg.num_outs_per_domain < 2:
-        errs.append('--num_outs_per_domain must be at least 2 for the LPIPS diversity (10 in the papers)')
+    """--metrics names, then the selected metrics' own checks (Metric.validate) when the run evaluates."""
+    metrics = _metric_registry()
+    errs = metrics.selection_errors(list(cfg.metrics))
+    if not errs and evaluates(cfg):
+        errs += metrics.METRICS.validation_errors(cfg.metrics, cfg)
     if cfg.val_per_domain is not None and cfg.val_per_domain < 1:
         errs.append('--val_per_domain must be at least 1')
     return errs
@@ -527,10 +539,9 @@ def _sampling_errors(cfg):
 def _patch_loss_errors(cfg):
     errs = []
     names = [name for name, _ in cfg.patch_losses]
+    errs += contrastive.PATCH_LOSSES.unknown_errors(names, '--patch_loss')
     for name, weight in cfg.patch_losses:
-        if name not in contrastive.registered():
-            errs.append(f'--patch_loss: unknown loss {name!r}; available: {", ".join(contrastive.registered())}')
-        elif weight < 0:
+        if name in contrastive.PATCH_LOSSES and weight < 0:
             errs.append(f'--patch_loss: weight of {name!r} must not be negative')
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -549,70 +560,45 @@ def _patch_loss_errors(cfg):
     return errs
 
 
-def resolve(ns):
-    """Fill the derived defaults of a parsed namespace and freeze it into a Config."""
-    fields = vars(ns).copy()
+def resolve(fields):
+    """Fill the derived defaults of the parsed flags (a dict) and freeze them into a Config."""
+    fields = dict(fields)
     if fields['base_dim'] is None:
         fields['base_dim'] = default_base_dim(fields['img_size']) if fields['img_size'] > 0 else 0
-    fields['patch_losses'] = resolve_patch_losses(ns)
+    fields['patch_losses'] = resolve_patch_losses(fields)
     if fields['nce_layers'] is None and _power_of_two(fields['img_size']) and fields['img_size'] >= 32:
         fields['nce_layers'] = tuple(default_taps(fields['arch'], fields['img_size'], fields['w_hpf']))
     del fields['patch_loss']
-    fields['domain_names'] = None   # filled from the training folders (train) or the checkpoint
-    fields['explicit_flags'] = ()   # filled by parse_config: the flags given on the command line
-    return Config(**_tuples(fields))
+    return Config.from_fields(fields)
+
+
+def parse_flags(parser, argv=None):
+    """(flags, explicit): every flag's value after one pass over argv, and the dests argv gives, sorted.
+
+    A flag takes its value from argv, else from the preset (--preset, or demo for
+    --mode demo), else its default; a repeatable flag (--patch_loss) adds argv's
+    entries to the preset's.
+    """
+    given = parser.given(argv)
+    preset = preset_of(given)
+    values = {**parser.defaults(), **PRESETS.get(preset, {}), 'preset': preset}
+    repeatable = parser.repeatable()
+    for dest, value in given.items():
+        values[dest] = list(values[dest]) + value if dest in repeatable else value
+    return values, tuple(sorted(given))
 
 
 def parse_config(argv=None):
-    """Parse, apply the preset, resolve and validate the values. Raises ConfigError naming the flag(s).
+    """Parse (once), apply the preset, resolve and validate the values. Raises ConfigError naming the flag(s).
 
-    Nothing here reads the file system: the inputs a mode needs are checked by
+    The flags the command line gave are kept as cfg.facts.explicit_flags: modes
+    that adopt a run's stored settings (sample, translate) keep those. Nothing
+    here reads the file system: the inputs a mode needs are checked by
     core.checks before that mode runs.
     """
-    parser = build_parser()
-    preset = _preset_name(argv)
-    if preset in PRESETS:
-        parser.set_defaults(**PRESETS[preset], preset=preset)
-    cfg = resolve(parser.parse_args(argv)).replace(explicit_flags=_explicit_flags(argv))
+    flags, explicit = parse_flags(build_parser(), argv)
+    cfg = resolve(flags).with_facts(explicit_flags=explicit)
     errs = _errors(cfg)
     if errs:
         raise ConfigError('\n'.join(errs))
     return cfg
-
-
-def _explicit_flags(argv):
-    """Names (dests) of the flags given in argv, sorted: what the command line sets, not a default or preset.
-
-    Modes that adopt a run's stored settings (sample, translate) keep these.
-    """
-    parser = build_parser()
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-        action.required = False
-    return tuple(sorted(vars(parser.parse_args(argv))))
-
-
-def _preset_name(argv):
-    """The --preset value, read before the full parse so that it can change the defaults.
-
-    --mode demo implies --preset demo.
-    """
-    p = FlagParser(add_help=False)
-    p.add_argument('--preset', default=None)
-    p.add_argument('--mode', default=None)
-    known, _ = p.parse_known_args(argv)
-    return known.preset or ('demo' if known.mode == 'demo' else None)
-
-
-def arch_signature(cfg):
-    """The architecture-defining values of a config (patch losses by name only)."""
-    sig = {k: cfg.get(k) for k in ARCH_FIELDS}
-    if sig['patch_losses'] is not None:
-        sig['patch_losses'] = tuple(sorted(name for name, _ in sig['patch_losses']))
-    return sig
-
-
-def arch_differences(stored, cfg, fields=ARCH_FIELDS):
-    """Fields among `fields` whose stored value differs from cfg: {field: (stored, current)}."""
-    a, b = arch_signature(stored), arch_signature(cfg)
-    return {k: (a[k], b[k]) for k in fields if k in stored and a[k] != b[k]}

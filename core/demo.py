@@ -56,8 +56,8 @@ def demo_model_flags(flags):
 
 
 def report_quality(cfg):
-    """Print the quality benchmark's figures (metrics.quality) next to their reference points."""
-    from metrics.quality import quality_scores
+    """Print the quality benchmark's figures (metrics.benchmark) next to their reference points."""
+    from metrics.benchmark import quality_scores
     from core.inference import load_model
     start = time.perf_counter()
     device = resolve_device(cfg.device)

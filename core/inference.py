@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from core.checkpoint import (DamagedCheckpoint, arch_hint, ckpt_path, latest_step, load_modules, read_checkpoint,
                              resume_advice, stored_config)
-from core.config import Config, NET_FIELDS
+from core.runconfig import Config, NET_FIELDS
 from core.utils.fileio import CheckpointError
 from core.model import EMA_NETS, build_nets
 
@@ -72,7 +72,7 @@ def style_codes(style_encoder, dataset, y, batch_size, device, num_workers=0):
 class LoadedModel(NamedTuple):
     """The EMA networks of one checkpoint file, with what was resolved to load them."""
     nets: Munch            # generator, mapping_network, style_encoder (eval mode, no grad)
-    cfg: Config            # the run's config with the checkpoint's architecture and domain names
+    cfg: Config            # the run's config with the checkpoint's architecture (and domain names in cfg.facts)
     path: str              # the file the weights came from
     step: Optional[int]    # its training step (None for a file whose name carries none)
     stored: Optional[Config] = None   # the run's config stored in the file (None for official files)
@@ -116,13 +116,14 @@ def load_model(cfg, device, verbose=True):
         raise DamagedCheckpoint(f'{err}; {resume_advice(cfg.checkpoint_dir, step, ("nets_ema",))}') from None
     stored = stored_config(payload)
     if stored is not None:
-        cfg = cfg.replace(**{k: stored[k] for k in NET_FIELDS + ('domain_names',) if k in stored})
+        cfg = cfg.replace(**{k: stored[k] for k in NET_FIELDS if k in stored})
+        cfg = cfg.with_facts(domain_names=stored.facts.domain_names)
     nets, _ = build_nets(cfg)
     nets_ema = {name: nets[name] for name in EMA_NETS}
     load_modules(nets_ema, payload, path, arch_hint(payload, cfg))
     for net in nets_ema.values():
         net.to(device).eval().requires_grad_(False)
     if verbose:
-        names = ', '.join(cfg.domain_names) if cfg.domain_names else 'not stored (official layout)'
+        names = ', '.join(cfg.facts.domain_names) if cfg.facts.domain_names else 'not stored (official layout)'
         print(f'Loaded {path} ({cfg.arch}, {cfg.img_size} px, {cfg.num_domains} domains: {names})')
     return LoadedModel(Munch(nets_ema), cfg, path, step, stored)

@@ -66,7 +66,7 @@ class DomainError(UserError):
 
 def domain_label(cfg, y):
     """The name of domain y, or 'domain<y>' for checkpoints without names."""
-    return cfg.domain_names[y] if cfg.domain_names else f'domain{y}'
+    return cfg.facts.domain_names[y] if cfg.facts.domain_names else f'domain{y}'
 
 
 def draw_z(cfg, num, device):
@@ -94,7 +94,7 @@ def follow_run(cfg, stored, mode):
     if stored is None:
         print(f'{mode}: the checkpoint stores no run config; settings from the flags and defaults')
         return cfg
-    given = set(cfg.get('explicit_flags', ()))
+    given = set(cfg.facts.explicit_flags)
     changes, kept = {}, []
     for key in RUN_SETTINGS + RUN_FOLDERS:
         value = stored.get(key)
@@ -132,7 +132,7 @@ def first_per_domain(paths_by_domain, limit):
 def load_domain_batch(cfg, flag, device):
     """Munch(x (N, 3, S, S), y (N,)) of up to --val_batch_size images of --src_dir or --ref_dir."""
     root = getattr(cfg, flag)
-    tree = domain_tree(root, flag, cfg.num_domains, cfg.domain_names, counted_by='the model')
+    tree = domain_tree(root, flag, cfg.num_domains, cfg.facts.domain_names, counted_by='the model')
     picked = first_per_domain(tree.paths_by_domain, cfg.val_batch_size)
     usable = set(check_images([path for path, _ in picked], cfg.skip_bad_images))
     picked = [(path, y) for path, y in picked if path in usable]
@@ -230,9 +230,9 @@ def _domain_of_refs(cfg):
     """The domain named by the folder holding --ref (a folder of references is itself that folder)."""
     folder = cfg.ref if os.path.isdir(cfg.ref) else os.path.dirname(os.path.abspath(cfg.ref))
     name = os.path.basename(os.path.normpath(os.path.abspath(folder)))
-    if not cfg.domain_names or name not in cfg.domain_names:
-        known = f'the model\'s domains are {", ".join(cfg.domain_names)}' if cfg.domain_names else \
-            'this checkpoint stores no domain names'
+    names = cfg.facts.domain_names
+    if not names or name not in names:
+        known = f'the model\'s domains are {", ".join(names)}' if names else 'this checkpoint stores no domain names'
         raise DomainError(f'--ref: the folder name {name!r} is not a domain ({known}); pass --trg_domain '
                           f'NAME_OR_ID, the domain of the reference images')
     return name
@@ -240,7 +240,7 @@ def _domain_of_refs(cfg):
 
 def resolve_domain(cfg, value):
     """Domain id of --trg_domain given as a name (from the checkpoint) or a 0-based id."""
-    names = cfg.domain_names
+    names = cfg.facts.domain_names
     if names and value in names:
         return list(names).index(value)
     try:

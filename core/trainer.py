@@ -20,7 +20,7 @@ from munch import Munch
 from core.utils import distributed
 from core.checkpoint import (CheckpointError, DamagedCheckpoint, latest_step, load_training_state, nonfinite_term,
                              resume_advice, training_payloads, write_training_state)
-from core.config import Config
+from core.runconfig import read_config
 from core.utils.errors import UserError
 from core.contrastive.objective import build_objective, tapped_layers
 from core.data.loader import load_val_batch, make_train_iterator, process_part
@@ -117,17 +117,19 @@ _INVOCATION_FIELDS = ('resume_iter', 'dry_run')
 
 
 def config_changes(old_text, cfg):
-    """'--field old -> new' for every field of cfg that differs from the config JSON `old_text`."""
+    """'--field old -> new' for every flag of cfg that differs from the config JSON `old_text`
+    (a config of the earlier layout is compared without the run facts it held)."""
     try:
-        before = Config.from_json(old_text)
-    except (ValueError, TypeError):
+        before = read_config(old_text)
+    except (ValueError, TypeError, AttributeError):
         return ['the old file is not a readable config']
     return [f'--{k} {before.get(k)} -> {cfg.get(k)}' for k in sorted(set(before) | set(cfg))
             if k not in _INVOCATION_FIELDS and before.get(k) != cfg.get(k)]
 
 
 def write_run_config(cfg):
-    """Write checkpoint_dir/config.json, first printing which fields differ from the one already there.
+    """Write checkpoint_dir/config.json (the flags), first printing which flags differ from the one
+    already there, and run.json beside it (the run's facts, core.runconfig.RunFacts).
 
     The new config is written, not refused: changing --total_iters, intervals or paths on
     resume is normal, flags that change the networks are refused by loading the checkpoint,
@@ -135,15 +137,16 @@ def write_run_config(cfg):
     """
     path = os.path.join(cfg.checkpoint_dir, 'config.json')
     text = cfg.to_json() + '\n'
+    old = None
     if os.path.isfile(path):
         with open(path) as f:
             old = f.read()
-        if old == text:
-            return
-        changes = config_changes(old, cfg)
+        changes = config_changes(old, cfg) if old != text else []
         if changes:
             print(f'train: the config differs from {path}: {", ".join(changes)}; writing the new one')
-    atomic_write_text(path, text)
+    if old != text:
+        atomic_write_text(path, text)
+    atomic_write_text(os.path.join(cfg.checkpoint_dir, 'run.json'), cfg.facts.to_json() + '\n')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -351,11 +354,11 @@ def schedule_stats(cfg, step):
 
 
 def with_domain_names(cfg):
-    """The config with domain_names read from --train_img_dir (sorted folder names = domain ids)."""
-    if cfg.domain_names is not None:
+    """The config whose run facts hold the domain names of --train_img_dir (sorted folder names = domain ids)."""
+    if cfg.facts.domain_names is not None:
         return cfg
     tree = domain_tree(cfg.train_img_dir, 'train_img_dir', cfg.num_domains)
-    return cfg.replace(domain_names=tuple(tree.names))
+    return cfg.with_facts(domain_names=tuple(tree.names))
 
 
 class StepHook:

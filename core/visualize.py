@@ -186,7 +186,7 @@ def reference_grid(nets, x_src, x_ref, y_ref, on_row=None):
 
 def domain_names(cfg, ys):
     """Names of the domain ids ys (a tensor or list), 'domain<y>' when the config stores none."""
-    names = cfg.get('domain_names') or [f'domain{y}' for y in range(cfg.num_domains)]
+    names = cfg.facts.domain_names or [f'domain{y}' for y in range(cfg.num_domains)]
     return [names[y] for y in (ys.tolist() if torch.is_tensor(ys) else ys)]
 
 

@@ -1,2 +1,5 @@
-"""Evaluation metrics. Importing the package registers the built-in metrics (metrics.registry)."""
-from metrics import fid, lpips, quality  # noqa: F401  (each module's @register_metric runs on import)
+"""Evaluation metrics. Importing the package imports every module in it, so each metric registers
+(metrics.registry); a helper module registers nothing and needs no mark."""
+from core.utils.registry import import_modules
+
+import_modules(__name__, __path__)

@@ -54,7 +54,7 @@ def write_json(path, values):
 
 def eval_domains(cfg):
     """Domain names of --val_img_dir, checked against the model and --train_img_dir."""
-    names = domain_tree(cfg.val_img_dir, 'val_img_dir', cfg.num_domains, cfg.domain_names, 'the model').names
+    names = domain_tree(cfg.val_img_dir, 'val_img_dir', cfg.num_domains, cfg.facts.domain_names, 'the model').names
     domain_tree(cfg.train_img_dir, 'train_img_dir', cfg.num_domains, names, 'the model')
     return names
 

@@ -29,7 +29,7 @@ from core.data.images import check_images, list_images
 from core.utils.errors import run_cli
 from core.utils.weights import WEIGHTS
 from metrics.inception import StarGANInception, TFInception
-from metrics.registry import Metric, Series, register_metric
+from metrics.registry import Metric, Series, register
 from metrics.resize import pil_bilinear_resize, tf1_bilinear_resize
 from metrics.stats_cache import extract_features, feature_stats, real_statistics
 
@@ -127,13 +127,25 @@ def series_name(protocol):
     return 'FID' if protocol == 'stargan-v2' else 'FID_standard'
 
 
-@register_metric('fid')
+@register('fid')
 class FID(Metric):
     """FID of each task's outputs against all training images of its target domain, per --fid_protocol.
 
     One result file per protocol and mode (keys FID_<mode>/<task> in both);
     the real statistics come from metrics.stats_cache, once per target domain.
     """
+    by_default = True   # upstream's metrics: FID and LPIPS
+
+    @classmethod
+    def add_arguments(cls, parser):
+        g = parser.add_argument_group('FID (--metrics fid)')
+        g.add_argument('--fid_protocol', choices=list(PROTOCOLS) + ['both'], default='stargan-v2',
+                       help='stargan-v2: the official StarGAN v2 FID (torchvision Inception; comparable with the '
+                            'StarGAN v2 and SRC papers); standard: the TF-Inception FID of pytorch-fid and '
+                            'torch-fidelity (comparable with the wider literature); both: one file each')
+        g.add_argument('--fid_stats_dir', default='expr/fid_stats',
+                       help='cache of real-image FID statistics, keyed by folder contents, protocol and image size '
+                            '(also holds the domain classifier of --metrics domain_acc)')
 
     @staticmethod
     def weight_files(cfg):

@@ -10,12 +10,15 @@ TFInception: the TensorFlow "2015-12-05" Inception graph used by the standard
 
 Both take preprocessed float images (N, 3, 299, 299) and return (N, 2048).
 With pretrained=False the weights are random (tests); otherwise they come from
-the weight cache (core.utils.weights), never from the network.
+the weight cache (core.utils.weights), never from the network. torchvision is
+imported when a network is built, not with this module: importing metrics/
+(which the command line does to read the metrics' flags) stays fast.
 """
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.models.inception import Inception3, InceptionA, InceptionC, InceptionE
 
 from core.utils.weights import load_weights
 
@@ -34,6 +37,7 @@ class StarGANInception(nn.Module):
     """torchvision Inception v3 blocks up to the 2048-d average pool, without transform_input."""
 
     def __init__(self, pretrained=True):
+        from torchvision.models.inception import Inception3
         super().__init__()
         net = Inception3(aux_logits=True, init_weights=False)   # the weight file holds the aux head too
         if pretrained:
@@ -60,49 +64,56 @@ def _tf_avg_pool(x):
     return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
 
 
-class TFInceptionA(InceptionA):
-    """InceptionA with TensorFlow's average pool."""
+@functools.lru_cache(maxsize=None)
+def tf_blocks():
+    """(TFInceptionA, TFInceptionC, TFInceptionE): torchvision's blocks with TensorFlow's pooling."""
+    from torchvision.models.inception import InceptionA, InceptionC, InceptionE
 
-    def forward(self, x):
-        branch5x5 = self.branch5x5_2(self.branch5x5_1(x))
-        branch3x3dbl = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-        branch_pool = self.branch_pool(_tf_avg_pool(x))
-        return torch.cat([self.branch1x1(x), branch5x5, branch3x3dbl, branch_pool], 1)
+    class TFInceptionA(InceptionA):
+        """InceptionA with TensorFlow's average pool."""
 
+        def forward(self, x):
+            branch5x5 = self.branch5x5_2(self.branch5x5_1(x))
+            branch3x3dbl = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+            branch_pool = self.branch_pool(_tf_avg_pool(x))
+            return torch.cat([self.branch1x1(x), branch5x5, branch3x3dbl, branch_pool], 1)
 
-class TFInceptionC(InceptionC):
-    """InceptionC with TensorFlow's average pool."""
+    class TFInceptionC(InceptionC):
+        """InceptionC with TensorFlow's average pool."""
 
-    def forward(self, x):
-        branch7x7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
-        branch7x7dbl = self.branch7x7dbl_1(x)
-        for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
-            branch7x7dbl = layer(branch7x7dbl)
-        branch_pool = self.branch_pool(_tf_avg_pool(x))
-        return torch.cat([self.branch1x1(x), branch7x7, branch7x7dbl, branch_pool], 1)
+        def forward(self, x):
+            branch7x7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+            branch7x7dbl = self.branch7x7dbl_1(x)
+            for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
+                branch7x7dbl = layer(branch7x7dbl)
+            branch_pool = self.branch_pool(_tf_avg_pool(x))
+            return torch.cat([self.branch1x1(x), branch7x7, branch7x7dbl, branch_pool], 1)
 
+    class TFInceptionE(InceptionE):
+        """InceptionE with TensorFlow's pooling: an average pool in Mixed_7b, a max pool in Mixed_7c."""
 
-class TFInceptionE(InceptionE):
-    """InceptionE with TensorFlow's pooling: an average pool in Mixed_7b, a max pool in Mixed_7c."""
+        def __init__(self, in_channels, max_pool):
+            super().__init__(in_channels)
+            self.max_pool = max_pool
 
-    def __init__(self, in_channels, max_pool):
-        super().__init__(in_channels)
-        self.max_pool = max_pool
+        def forward(self, x):
+            branch3x3 = self.branch3x3_1(x)
+            branch3x3 = torch.cat([self.branch3x3_2a(branch3x3), self.branch3x3_2b(branch3x3)], 1)
+            branch3x3dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+            branch3x3dbl = torch.cat([self.branch3x3dbl_3a(branch3x3dbl), self.branch3x3dbl_3b(branch3x3dbl)], 1)
+            pooled = F.max_pool2d(x, kernel_size=3, stride=1, padding=1) if self.max_pool else _tf_avg_pool(x)
+            return torch.cat([self.branch1x1(x), branch3x3, branch3x3dbl, self.branch_pool(pooled)], 1)
 
-    def forward(self, x):
-        branch3x3 = self.branch3x3_1(x)
-        branch3x3 = torch.cat([self.branch3x3_2a(branch3x3), self.branch3x3_2b(branch3x3)], 1)
-        branch3x3dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-        branch3x3dbl = torch.cat([self.branch3x3dbl_3a(branch3x3dbl), self.branch3x3dbl_3b(branch3x3dbl)], 1)
-        pooled = F.max_pool2d(x, kernel_size=3, stride=1, padding=1) if self.max_pool else _tf_avg_pool(x)
-        return torch.cat([self.branch1x1(x), branch3x3, branch3x3dbl, self.branch_pool(pooled)], 1)
+    return TFInceptionA, TFInceptionC, TFInceptionE
 
 
 class TFInception(nn.Module):
     """The TF 2015-12-05 Inception v3 (FID network) up to its 2048-d average pool."""
 
     def __init__(self, pretrained=True):
+        from torchvision.models.inception import Inception3
         super().__init__()
+        TFInceptionA, TFInceptionC, TFInceptionE = tf_blocks()
         net = Inception3(num_classes=1008, aux_logits=False, init_weights=False)
         net.Mixed_5b = TFInceptionA(192, pool_features=32)
         net.Mixed_5c = TFInceptionA(256, pool_features=64)

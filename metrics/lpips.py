@@ -13,10 +13,9 @@ from them, instead of running the trunk twice per pair (90 times for 10 outputs)
 import warnings
 
 import torch
-import torchvision
 
 from core.utils.weights import load_weights
-from metrics.registry import Metric, Series, register_metric
+from metrics.registry import Metric, Series, register
 
 LPIPS_NAME = 'lpips-alex-v0.1'
 LPIPS_WEIGHTS = 'alexnet'   # the trunk's weight file (core.utils.weights name); the heads ship with lpips
@@ -26,7 +25,8 @@ LPIPS_CHUNK_IMAGES = 96
 
 def build_lpips(device, pretrained=True):
     """LPIPS (AlexNet, v0.1 heads) in eval mode on `device`; a random trunk if not pretrained (tests)."""
-    import lpips
+    import lpips   # lpips and torchvision load only when the network is built (--help stays fast)
+    import torchvision
     with warnings.catch_warnings():
         # lpips asks torchvision for an untrained AlexNet with the deprecated pretrained=False
         warnings.simplefilter('ignore', UserWarning)
@@ -78,10 +78,17 @@ def lpips_diversity(model, outputs):
     return torch.cat(result)
 
 
-@register_metric('lpips')
+@register('lpips')
 class LPIPSDiversity(Metric):
     """--metrics lpips: per task, the mean over sources of lpips_diversity; files LPIPS_<step>_<mode>.json."""
     series = (Series('LPIPS'),)
+    by_default = True   # upstream's metrics: FID and LPIPS
+
+    @classmethod
+    def validate(cls, cfg):
+        if cfg.num_outs_per_domain < 2:
+            return ['--num_outs_per_domain must be at least 2 for the LPIPS diversity (10 in the papers)']
+        return []
 
     @staticmethod
     def weight_files(cfg):

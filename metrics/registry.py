@@ -1,15 +1,19 @@
 """The metric registry of --mode eval and --eval_every (after stylegan2-ada's metric_main.py).
 
-A metric is a Metric subclass in its own file, registered by name:
+A metric is a Metric subclass in its own file of metrics/, registered by name
+with METRICS (core.utils.registry: the same API as the patch losses'):
 
-    @register_metric('mean_pixel')
+    @register('mean_pixel')
     class MeanPixel(Metric):
         series = (Series('MEANPIX'),)               # one result file per mode
         def update(self, task, batch):              # rows of this batch: one per output here
             return {'mean': torch.cat([x.mean((1, 2, 3)) for x in batch.x_fake])}
         def end_task(self, task, rows): return {'MEANPIX': float(rows['mean'].mean())}
 
-and selected with --metrics. The evaluation builds every selected metric once
+and selected with --metrics (default: the metrics whose by_default is True).
+Like a patch loss, a metric declares its own flags (add_arguments), checks
+their values (validate: called when a run that evaluates selects it) and names
+the weight files it needs (weight_files). The evaluation builds every selected metric once
 (Metric.build), generates the fakes of each task once and hands every batch of
 them to each metric, which returns the batch's rows (per output, per source: a
 tensor per name, any first dimension). The task's rows, concatenated in source
@@ -19,16 +23,18 @@ a metric never talks to other processes and its numbers equal a single
 process's. The evaluation then writes one file per Series and mode,
 <name>_<step:05d>_<mode>.json, with the keys <key>_<mode>/<task>, <key>_<mode>/mean
 and the metric's fields(). The weight files a metric declares (weight_files)
-are checked before any work starts (metrics.preflight). The built-in metrics
-register when the package is imported (metrics/__init__.py).
+are checked before any work starts (metrics.preflight). Importing the package
+imports every module of metrics/ (metrics/__init__.py), so each metric registers.
 """
 from typing import NamedTuple
 
 import torch
 
-from core.utils.registry import registrar
+from core.utils.registry import Plugin, Registry
 
-_METRICS = {}
+METRICS = Registry('metric')
+# @register('name') makes a Metric subclass selectable as --metrics name; registered() lists, get(name) finds.
+register, registered, get = METRICS.register, METRICS.registered, METRICS.get
 
 
 class Series(NamedTuple):
@@ -66,7 +72,7 @@ class Batch(NamedTuple):
     first: int
 
 
-class Metric:
+class Metric(Plugin):
     """Base class: one instance per evaluation, which sees every task of both modes in turn.
 
     Per task: begin_task(task), update(task, batch) -> {name: rows} per batch of
@@ -74,7 +80,8 @@ class Metric:
     batch (of every process) concatenated in source order. Per-task results live
     in the rows, not in the instance: that is what lets them be gathered.
     """
-    series = ()   # Series, one per result file; may be set per instance in __init__
+    series = ()         # Series, one per result file; may be set per instance in __init__
+    by_default = False  # selected when --metrics is not given
 
     @staticmethod
     def weight_files(cfg):
@@ -102,28 +109,16 @@ class Metric:
         return {}
 
 
-# Class decorator: @register_metric('name') makes a Metric subclass selectable as --metrics name.
-register_metric = registrar(lambda: _METRICS, 'metric')
-
-
-def list_metrics():
-    """Names of the registered metrics, in registration order."""
-    return list(_METRICS)
-
-
-def get_metric(name):
-    """The Metric class registered as `name`."""
-    try:
-        return _METRICS[name]
-    except KeyError:
-        raise KeyError(f'unknown metric {name!r}; available: {", ".join(_METRICS)}') from None
+def default_selection():
+    """The --metrics default: the registered metrics whose by_default is True, in name order."""
+    return tuple(name for name in registered() if get(name).by_default)
 
 
 def selection_errors(names):
     """Problems with the --metrics names, each naming the flag (empty if they are fine)."""
     if not names:
-        return [f'--metrics needs at least one metric; available: {", ".join(_METRICS)}']
-    errs = [f'--metrics: unknown metric {n!r}; available: {", ".join(_METRICS)}' for n in names if n not in _METRICS]
+        return [f'--metrics needs at least one metric; available: {METRICS.available()}']
+    errs = METRICS.unknown_errors(names, '--metrics')
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         errs.append(f'--metrics: {", ".join(dup)} given twice')
@@ -132,10 +127,10 @@ def selection_errors(names):
 
 def metric_weight_files(cfg):
     """Weight files of the metrics selected by cfg.metrics, each once, in selection order."""
-    names = [w for metric in cfg.metrics for w in get_metric(metric).weight_files(cfg)]
+    names = [w for metric in cfg.metrics for w in get(metric).weight_files(cfg)]
     return list(dict.fromkeys(names))
 
 
 def build_metrics(cfg, device, pretrained=True):
     """The selected metrics of one evaluation, built once: [Metric]."""
-    return [get_metric(name).build(cfg, device, pretrained) for name in cfg.metrics]
+    return [get(name).build(cfg, device, pretrained) for name in cfg.metrics]

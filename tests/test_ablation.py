@@ -66,12 +66,12 @@ def test_tiny_ablation_end_to_end(tmp_path, monkeypatch, capsys):
     def quality_scores(nets_ema, cfg, device, classifier=None):
         calls.append(cfg.patch_losses)
         assert {'generator', 'mapping_network', 'style_encoder'} <= set(nets_ema)
-        assert cfg.domain_names == ('autumn', 'spring', 'summer', 'winter') and device.type == 'cpu'
+        assert cfg.facts.domain_names == ('autumn', 'spring', 'summer', 'winter') and device.type == 'cpu'
         params = sum(p.numel() for p in nets_ema.generator.parameters())
         return {'domain_acc_latent': 0.25, 'domain_acc_reference': 0.5, 'domain_acc': 0.375,
                 'structure': float(params)}
 
-    monkeypatch.setitem(sys.modules, 'metrics.quality', types.SimpleNamespace(quality_scores=quality_scores))
+    monkeypatch.setitem(sys.modules, 'metrics.benchmark', types.SimpleNamespace(quality_scores=quality_scores))
     out = tmp_path / 'abl'
     argv = ['--configs', 'put', '--add', f"broken=--val_img_dir {tmp_path / 'missing'}", '--steps', '3',
             '--num_train', '2', '--num_val', '2', '--batch_size', '2', '--out_dir', str(out), '--n_patch', '8',

@@ -1,12 +1,13 @@
 """Flags: upstream names and defaults, published command lines, presets, validation, immutability."""
 import json
+import os
 import shlex
 
 import pytest
 
-from core.config import MODES as CONFIG_MODES
 from core.config import Config, ConfigError, build_parser, parse_config
-from main import MODES, main
+from core.modes import MODES
+from main import main
 
 # reference-stargan-v2.md §1.1: official flags and defaults (w_hpf differs on purpose: 0, FAN not shipped)
 OFFICIAL_DEFAULTS = dict(
@@ -127,8 +128,12 @@ def test_cli_wrapper_turns_user_errors_and_ctrl_c_into_exit_codes(capsys):
         run_cli(lambda: 1 / 0)
 
 
-def test_every_mode_has_a_runner_and_align_is_not_a_choice(capsys):
-    assert set(MODES) == set(CONFIG_MODES)
+def test_every_mode_is_one_entry_that_main_checks_and_help_read_and_align_is_not_a_choice(capsys):
+    action = next(a for a in build_parser()._actions if a.dest == 'mode')
+    assert action.choices == list(MODES) == ['train', 'sample', 'eval', 'translate', 'prepare', 'demo']
+    for name, mode in MODES.items():
+        assert mode.name == name and callable(mode.run) and callable(mode.checks) and callable(mode.outputs)
+        assert f'{name}: {mode.help}' in action.help
     with pytest.raises(SystemExit) as info:   # argparse's own rejection: usage line and exit status 2
         parse_config(['--mode', 'align'])
     assert info.value.code == 2
@@ -177,3 +182,88 @@ def test_help_still_prints_the_usage(capsys):
     with pytest.raises(SystemExit) as info:
         main(['--help'])
     assert info.value.code == 0 and '--total_iters' in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------
+# One pass over argv; the facts of a run are kept beside its flags
+# ----------------------------------------------------------------------------------------------
+
+def test_argv_is_parsed_once_and_the_flags_it_gives_are_run_facts(monkeypatch):
+    import core.config
+    calls = []
+    real = core.config.FlagParser.parse_known_args
+    monkeypatch.setattr(core.config.FlagParser, 'parse_known_args',
+                        lambda self, *args, **kwargs: calls.append(args) or real(self, *args, **kwargs))
+    cfg = parse_config(['--mode', 'sample', '--preset', 'demo', '--val_batch_size', '8', '--patch_loss', 'put=2'])
+    assert len(calls) == 1
+    # given on the command line, even when equal to the preset's value; neither a flag nor in the JSON
+    assert cfg.facts.explicit_flags == ('mode', 'patch_loss', 'preset', 'val_batch_size')
+    assert 'explicit_flags' not in cfg and 'domain_names' not in cfg and 'explicit_flags' not in cfg.to_json()
+    assert cfg.img_size == 32 and cfg.patch_losses == (('src', 0.1), ('hdce', 1.0), ('put', 2.0))
+    assert parse_config(['--mode', 'train']).facts.explicit_flags == ('mode',)
+    assert Config.from_json(cfg.to_json()) == cfg   # flags only: the facts do not take part
+
+
+def test_help_shows_the_defaults_of_a_preset_given_before_it(capsys):
+    for argv, default in ((['--help'], '(default: 256)'), (['--preset', 'demo', '--help'], '(default: 32)'),
+                          (['--mode', 'demo', '-h'], '(default: 32)')):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        out = capsys.readouterr().out
+        assert info.value.code == 0
+        assert default in out[out.index('--img_size IMG_SIZE   '):].splitlines()[0], argv
+
+
+def _payload_of_the_earlier_layout(payload):
+    """A checkpoint payload as files of the earlier layout hold it: the run facts inside the config."""
+    from core.checkpoint import DIGEST_KEY, payload_digest
+    config = {**json.loads(payload['config']), **json.loads(payload.pop('run'))}
+    old = {**{k: v for k, v in payload.items() if k != DIGEST_KEY}, 'config': json.dumps(config, indent=2)}
+    return {**old, DIGEST_KEY: payload_digest(old)}
+
+
+def test_a_resume_reports_no_change_and_the_facts_live_beside_the_config(seasons32, tmp_path, capsys, monkeypatch):
+    from conftest import interrupt_training, tiny_flags
+    from core.checkpoint import ckpt_path, read_checkpoint
+    flags = tiny_flags(seasons32, tmp_path, '--sample_every', '0')
+    restore = interrupt_training(monkeypatch, 3)
+    assert main(flags) == 130   # stopped in step 4, after the checkpoint of step 2
+    restore()
+    capsys.readouterr()
+    assert main(flags + ['--resume_iter', 'latest']) == 0
+    assert 'differs' not in capsys.readouterr().out
+    ckpt_dir = tmp_path / 'checkpoints'
+    config = json.loads((ckpt_dir / 'config.json').read_text())
+    run = json.loads((ckpt_dir / 'run.json').read_text())
+    assert 'domain_names' not in config and 'explicit_flags' not in config and config['resume_iter'] == 'latest'
+    assert run['domain_names'] == ['autumn', 'spring', 'summer', 'winter'] and 'resume_iter' in run['explicit_flags']
+    payload = read_checkpoint(ckpt_path(str(ckpt_dir), 4, 'nets_ema'))
+    assert json.loads(payload['run'])['domain_names'] == run['domain_names']
+    assert 'domain_names' not in json.loads(payload['config'])
+
+
+def test_checkpoints_and_configs_of_the_earlier_layout_still_load(seasons32, tmp_path, capsys):
+    from conftest import tiny_flags
+    from core.checkpoint import ckpt_path, read_checkpoint, stored_config
+    from core.inference import load_model
+    from core.utils.fileio import atomic_save
+    flags = tiny_flags(seasons32, tmp_path, '--sample_every', '0', '--total_iters', '2')
+    assert main(flags) == 0
+    ckpt_dir = tmp_path / 'checkpoints'
+    for kind in ('nets', 'nets_ema', 'optims'):
+        path = ckpt_path(str(ckpt_dir), 2, kind)
+        atomic_save(_payload_of_the_earlier_layout(read_checkpoint(path)), path)
+    old = {**json.loads((ckpt_dir / 'config.json').read_text()),
+           'domain_names': ['autumn', 'spring', 'summer', 'winter'], 'explicit_flags': ['mode', 'seed']}
+    (ckpt_dir / 'config.json').write_text(json.dumps(old, indent=2) + '\n')
+    os.remove(ckpt_dir / 'run.json')
+
+    stored = stored_config(read_checkpoint(ckpt_path(str(ckpt_dir), 2, 'nets_ema')))
+    assert 'domain_names' not in stored and stored.facts.domain_names == ('autumn', 'spring', 'summer', 'winter')
+    model = load_model(parse_config(flags[2:] + ['--mode', 'sample', '--resume_iter', '2']), 'cpu', verbose=False)
+    assert model.cfg.facts.domain_names == ('autumn', 'spring', 'summer', 'winter')
+    capsys.readouterr()
+    # resuming it from the old files: only the flag that changed is reported
+    assert main(flags[:-2] + ['--total_iters', '4', '--resume_iter', 'latest']) == 0
+    changed = [line for line in capsys.readouterr().out.splitlines() if 'differs' in line]
+    assert len(changed) == 1 and changed[0].endswith(': --total_iters 2 -> 4; writing the new one'), changed

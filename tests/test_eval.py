@@ -1,4 +1,5 @@
 """--mode eval and --eval_every: result files, determinism, the real-statistics cache, the command line."""
+import argparse
 import json
 import os
 import shutil
@@ -12,14 +13,15 @@ import metrics.preflight as preflight
 import metrics.registry as registry
 import metrics.stats_cache as stats_cache
 from conftest import tiny_flags
-from core.config import build_parser, parse_config
+from core.config import ConfigError, build_parser, parse_config
 from core.utils.device import resolve_device
 from core.inference import load_model
 from core.trainer import train
 from main import main
 from metrics.fid import FID, PROTOCOLS, FIDExtractor, fid_given_paths
 from metrics.lpips import LPIPSDiversity, build_lpips
-from metrics.registry import Metric, Series, get_metric, list_metrics, register_metric
+from core.utils.registry import UnknownPlugin
+from metrics.registry import Metric, Series, get, register, registered
 from metrics.stats_cache import real_statistics
 
 
@@ -227,18 +229,25 @@ def test_eval_every_during_training_writes_files_and_logs_means(seasons32, tmp_p
 # ----------------------------------------------------------------------------------------------
 
 def test_the_registry_lists_the_built_in_metrics_and_the_default_is_fid_and_lpips():
-    assert list_metrics()[:4] == ['fid', 'lpips', 'domain_acc', 'structure']
-    assert get_metric('fid') is FID and get_metric('lpips') is LPIPSDiversity
-    assert parse_config(['--mode', 'eval']).metrics == ('fid', 'lpips')
+    assert registered() == ['domain_acc', 'fid', 'lpips', 'structure']
+    assert get('fid') is FID and get('lpips') is LPIPSDiversity
+    assert parse_config(['--mode', 'eval']).metrics == ('fid', 'lpips')   # the metrics marked by_default
     assert parse_config(['--mode', 'eval', '--metrics', ' lpips, fid ,']).metrics == ('lpips', 'fid')
-    with pytest.raises(KeyError, match="unknown metric 'kid'; available: fid, lpips"):
-        get_metric('kid')
+    with pytest.raises(UnknownPlugin, match="unknown metric 'kid'; available: domain_acc, fid, lpips, structure"):
+        get('kid')
 
 
-def test_fid_protocol_choices_are_the_protocols_of_metrics_fid():
-    """core.config may not import metrics, so it repeats the list; this keeps the two equal."""
+def test_the_fid_metric_declares_its_flags_and_lpips_its_rule():
+    own = argparse.ArgumentParser()
+    FID.add_arguments(own)
+    assert {a.dest for a in own._actions} == {'help', 'fid_protocol', 'fid_stats_dir'}
     action = next(a for a in build_parser()._actions if a.dest == 'fid_protocol')
-    assert action.choices == list(PROTOCOLS) + ['both']
+    assert action.choices == list(PROTOCOLS) + ['both'] and action.default == 'stargan-v2'
+    one = ['--num_outs_per_domain', '1']
+    with pytest.raises(ConfigError, match='--num_outs_per_domain must be at least 2 for the LPIPS'):
+        parse_config(['--mode', 'eval'] + one)
+    parse_config(['--mode', 'eval', '--metrics', 'fid'] + one)      # LPIPS not selected
+    parse_config(['--mode', 'train', '--eval_every', '0'] + one)   # nothing evaluated
 
 
 @pytest.mark.parametrize('flags, expected', [
@@ -262,7 +271,7 @@ def test_unknown_metric_names_stop_the_run_before_any_work(seasons32, tmp_path, 
     run = tmp_path / 'run'
     assert main(tiny_flags(seasons32, run, '--metrics', 'fid,kid,fid')) == 1
     err = capsys.readouterr().err
-    assert "--metrics: unknown metric 'kid'; available: fid, lpips, domain_acc, structure" in err
+    assert "--metrics: unknown metric 'kid'; available: domain_acc, fid, lpips, structure" in err
     assert '--metrics: fid given twice' in err and 'Traceback' not in err
     assert not os.path.exists(run)
     assert main(['--mode', 'eval', '--metrics', ','] + tiny_flags(seasons32, run)[2:]) == 1
@@ -287,10 +296,17 @@ class MeanPixel(Metric):
         return {'unit': 'generator output'}
 
 
-def test_a_metric_registered_in_a_test_is_selected_written_and_returned(seasons32, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(registry, '_METRICS', dict(registry._METRICS))   # undone after the test
-    register_metric('mean_pixel')(MeanPixel)
-    assert 'mean_pixel' in list_metrics()
+@pytest.fixture
+def mean_pixel():
+    """MeanPixel registered as 'mean_pixel' for one test; the registry is restored afterwards."""
+    with registry.METRICS.restored():
+        yield register('mean_pixel')(MeanPixel)
+    assert 'mean_pixel' not in registered()
+
+
+def test_a_metric_registered_in_a_test_is_selected_written_and_returned(mean_pixel, seasons32, tmp_path,
+                                                                        monkeypatch, capsys):
+    assert 'mean_pixel' in registered()
     data = subset(seasons32, tmp_path, ['autumn', 'winter'], num_val=2)
     run = tmp_path / 'run'
     cfg, nets = trained_model(data, run, 2, '--metrics', 'mean_pixel')

@@ -20,9 +20,10 @@ from PIL import Image
 
 from conftest import ROOT, tiny_flags
 from core import checks
-from core.checks import check_inputs, output_folders, writable_problem
+from core.checks import check_inputs, writable_problem
 from core.config import parse_config
 from core.data.loader import UnreadableImageError, load_val_batch, make_train_iterator
+from core.modes import MODES
 from core.utils.fileio import STALE_TEMP_SECONDS, WriteError, atomic_save, remove_stale_temp_files
 from core.data.images import DataError, check_images, domain_tree, list_images, load_rgb
 from main import main
@@ -52,11 +53,11 @@ def tree_paths(root):
         return domain_tree(str(root)).paths_by_domain
 
 
-def train_cfg(train_dir, val_dir=None, **overrides):
+def train_cfg(train_dir, val_dir=None, domain_names=None, **overrides):
     cfg = parse_config(['--mode', 'train', '--img_size', '32', '--num_domains', '3', '--batch_size', '4',
                         '--num_workers', '0', '--seed', '7', '--val_batch_size', '3',
                         '--train_img_dir', str(train_dir), '--val_img_dir', str(val_dir or train_dir)])
-    return cfg.replace(**overrides)
+    return cfg.replace(**overrides).with_facts(domain_names=domain_names)
 
 
 # ---------------------------------------------------------------------------
@@ -250,7 +251,8 @@ def test_folder_without_write_permission_is_refused(tmp_path):
 
 def test_each_mode_checks_the_folders_it_writes(tmp_path):
     def folders(*argv):
-        return set(output_folders(parse_config(['--mode', *argv])))
+        cfg = parse_config(['--mode', *argv])
+        return set(MODES[cfg.mode].outputs(cfg))
     assert folders('train', '--eval_every', '0') == {'checkpoint_dir', 'sample_dir'}
     assert folders('train', '--eval_every', '10', '--num_outs_per_domain', '2') == \
         {'checkpoint_dir', 'sample_dir', 'eval_dir'}
@@ -320,7 +322,7 @@ def test_stale_temporary_files_are_removed_at_the_next_start(seasons32, tmp_path
     long_ago = time.time() - STALE_TEMP_SECONDS - 10
     for path in [old] + not_ours:
         os.utime(path, (long_ago, long_ago))
-    check_inputs(parse_config(tiny_flags(seasons32, tmp_path / 'run')))
+    check_inputs(parse_config(tiny_flags(seasons32, tmp_path / 'run')), MODES['train'])
     assert not old.exists() and fresh.exists() and all(p.exists() for p in not_ours)
     nested = tmp_path / 'eval' / 'latent' / 'a2b'
     nested.mkdir(parents=True)

@@ -57,7 +57,7 @@ def domain_of(x):
 def make_cfg(train_dir, val_dir=None, **overrides):
     cfg = dict(train_img_dir=train_dir, val_img_dir=val_dir, img_size=IMG_SIZE, batch_size=4,
                num_workers=0, randcrop_prob=0.5, seed=7, num_domains=3, skip_bad_images=False,
-               val_batch_size=4, domain_names=None)
+               val_batch_size=4, facts=SimpleNamespace(domain_names=None))
     cfg.update(overrides)
     return SimpleNamespace(**cfg)
 

@@ -147,11 +147,11 @@ class ToyLoss(base.PatchLoss):
 
 
 @pytest.fixture
-def toy_plugin(monkeypatch):
-    """ToyLoss registered as 'toy' for one test; the registry is restored afterwards."""
-    monkeypatch.setattr(base, '_REGISTRY', dict(base._REGISTRY))
-    contrastive.register('toy')(ToyLoss)
-    yield ToyLoss
+def toy_plugin():
+    """ToyLoss registered as 'toy' for one test; the registry is restored afterwards, and that is checked."""
+    with contrastive.PATCH_LOSSES.restored():
+        yield contrastive.register('toy')(ToyLoss)
+    assert 'toy' not in contrastive.registered()
 
 
 TOY_FLAGS = ('--lambda_src', '0', '--lambda_dce', '0', '--patch_loss', 'toy=0.5', '--toy_target', '0.25',
@@ -205,7 +205,3 @@ def test_a_plugin_defined_in_a_test_validates_its_own_flag_once(toy_plugin):
     with pytest.raises(ConfigError) as err:
         parse_config(['--mode', 'train', '--patch_loss', 'toy=1', '--toy_target', '0'])
     assert str(err.value).count('--toy_target must be > 0') == 1
-
-
-def test_the_toy_plugin_is_gone_after_its_test():
-    assert 'toy' not in contrastive.registered()

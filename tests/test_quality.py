@@ -7,7 +7,9 @@ import pytest
 import torch
 from munch import Munch
 
-import metrics.quality as Q
+import metrics.benchmark as B
+import metrics.classifier as C
+import metrics.structure as S
 from conftest import ROOT, tiny_flags
 from core.config import parse_config
 from core.data.images import list_domains
@@ -30,14 +32,14 @@ def qcfg(seasons32, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def classifier(qcfg):
-    return Q.load_or_train_classifier(qcfg, 'cpu')
+    return C.load_or_train_classifier(qcfg, 'cpu')
 
 
 def test_classifier_learns_the_domains_and_is_cached(qcfg, classifier, monkeypatch):
     assert classifier.val_acc >= 0.9
     assert os.path.isfile(classifier.path) and 'domain_classifier_v1_32px_' in classifier.path
-    monkeypatch.setattr(Q, 'train_domain_classifier', lambda *a, **k: pytest.fail('trained again'))
-    again = Q.load_or_train_classifier(qcfg, 'cpu')
+    monkeypatch.setattr(C, 'train_domain_classifier', lambda *a, **k: pytest.fail('trained again'))
+    again = C.load_or_train_classifier(qcfg, 'cpu')
     assert again.path == classifier.path and again.val_acc == classifier.val_acc
 
 
@@ -48,9 +50,9 @@ def test_edge_agreement_tracks_the_layout_not_the_colours():
         pixels = render_scene(layout_seed('seasons', 'summer', 'val', index), 'seasons', domain, 64)
         return torch.from_numpy(pixels).permute(2, 0, 1).float().unsqueeze(0) / 127.5 - 1
     gt = image(0, 'winter')
-    same_layout = Q.edge_agreement(image(0, 'summer'), gt).item()
-    other_layout = Q.edge_agreement(image(1, 'winter'), gt).item()
-    assert Q.edge_agreement(gt, gt).item() == pytest.approx(1.0)
+    same_layout = S.edge_agreement(image(0, 'summer'), gt).item()
+    other_layout = S.edge_agreement(image(1, 'winter'), gt).item()
+    assert S.edge_agreement(gt, gt).item() == pytest.approx(1.0)
     assert same_layout > other_layout + 0.2
 
 
@@ -66,7 +68,7 @@ class Oracle(torch.nn.Module):
         for x, y_trg in zip(x_src, s.argmax(1).tolist()):
             k = next(i for i, v in enumerate(self.x_val) if torch.equal(v, x))
             src = os.path.basename(os.path.dirname(self.paths[k]))
-            out.append(Q.ground_truth(self.params, self.paths[k], src, self.names[y_trg], self.cfg.img_size))
+            out.append(S.ground_truth(self.params, self.paths[k], src, self.names[y_trg], self.cfg.img_size))
         return torch.stack(out)
 
 
@@ -79,10 +81,10 @@ def stub_nets(generator, num_domains):
 
 def test_scores_of_known_translators(qcfg, classifier):
     names = list_domains(qcfg.val_img_dir)
-    x_val, _, paths = Q._load_tree(qcfg.val_img_dir, qcfg.img_size)
-    params = Q.synthetic_params(qcfg.val_img_dir)
-    oracle = Q.quality_scores(stub_nets(Oracle(qcfg, x_val, paths, names, params), 4), qcfg, 'cpu', classifier)
-    identity = Q.quality_scores(stub_nets(lambda x, s: x, 4), qcfg, 'cpu', classifier)
+    x_val, _, paths = C.load_tree(qcfg.val_img_dir, qcfg.img_size)
+    params = S.synthetic_params(qcfg.val_img_dir)
+    oracle = B.quality_scores(stub_nets(Oracle(qcfg, x_val, paths, names, params), 4), qcfg, 'cpu', classifier)
+    identity = B.quality_scores(stub_nets(lambda x, s: x, 4), qcfg, 'cpu', classifier)
     assert oracle['structure_ground_truth'] == 1.0 and oracle['num_translations'] == 2 * 12 * 3
     assert oracle['structure'] == pytest.approx(1.0) and oracle['domain_acc'] >= 0.9
     assert identity['domain_acc'] <= 0.1                   # it stays in the source domain
@@ -111,8 +113,8 @@ def real_target_nets(x_val, y_val, img_size):
 
 
 def test_real_target_images_score_the_real_data_reference_points(qcfg, classifier):
-    x_val, y_val, _ = Q._load_tree(qcfg.val_img_dir, qcfg.img_size)
-    scores = Q.quality_scores(real_target_nets(x_val, y_val, qcfg.img_size), qcfg, 'cpu', classifier)
+    x_val, y_val, _ = C.load_tree(qcfg.val_img_dir, qcfg.img_size)
+    scores = B.quality_scores(real_target_nets(x_val, y_val, qcfg.img_size), qcfg, 'cpu', classifier)
     assert classifier.val_acc == 1.0   # so every real image of the target domain is a hit
     assert scores['domain_acc'] == scores['classifier_val_acc'] == 1.0
     # 3 val images per domain, fewer than DIVERSITY_STYLES: the references are all of them, so the
@@ -123,18 +125,18 @@ def test_real_target_images_score_the_real_data_reference_points(qcfg, classifie
 
 def test_diversity_measures():
     x = torch.rand(6, 3, 32, 32) * 2 - 1
-    features = Q.StyleFeatures()
-    assert torch.equal(features(x), Q.StyleFeatures()(x))   # fixed by its seed
+    features = B.StyleFeatures()
+    assert torch.equal(features(x), B.StyleFeatures()(x))   # fixed by its seed
     constant = features(x[:1]).expand(5, -1).unsqueeze(1)    # (K, 1, d): one source, five equal outputs
-    assert Q.mean_pairwise_distance(constant).item() == 0.0
+    assert B.mean_pairwise_distance(constant).item() == 0.0
     pair = torch.tensor([[[0., 0.]], [[3., 4.]]])            # (2, 1, 2)
-    assert Q.mean_pairwise_distance(pair).item() == 5.0
+    assert B.mean_pairwise_distance(pair).item() == 5.0
 
 
 def test_scores_train_the_classifier_when_none_is_given(qcfg, tmp_path):
     """As bench/ablation.py calls it: quality_scores(nets_ema, cfg, device) alone."""
     cfg = qcfg.replace(fid_stats_dir=str(tmp_path / 'fresh'))
-    scores = Q.quality_scores(stub_nets(lambda x, s: x, 4), cfg, 'cpu')
+    scores = B.quality_scores(stub_nets(lambda x, s: x, 4), cfg, 'cpu')
     assert scores['classifier_val_acc'] >= 0.9 and scores['domain_acc'] <= 0.1
     assert len(os.listdir(tmp_path / 'fresh')) == 1
 

@@ -73,6 +73,14 @@ def test_importing_the_config_loads_no_metrics_module():
     assert out.stdout.strip() == '[]'
 
 
+def test_the_parser_has_every_plugin_flag_without_loading_torchvision():
+    """--help and --dry_run read every metric's flags, but no metric loads its networks' code to declare them."""
+    code = ('import sys, core.config; flags = {a.dest for a in core.config.build_parser()._actions}; '
+            'print("fid_protocol" in flags, "gcl_pooling_num" in flags, "torchvision" in sys.modules)')
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ['True', 'True', 'False']
+
+
 def test_the_graph_command_prints_layers_and_exits_zero():
     out = subprocess.run([sys.executable, '-m', 'tools.import_graph'], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0

@@ -39,7 +39,7 @@ def test_training_writes_checkpoints_samples_and_logs(seasons32, tmp_path):
     nets = safe_load(str(ckpt / '000004_nets.ckpt'))
     assert {'generator', 'mapping_network', 'style_encoder', 'discriminator', 'patch_sample'} <= set(nets)
     assert set(safe_load(str(ckpt / '000004_nets_ema.ckpt'))) == {
-        'generator', 'mapping_network', 'style_encoder', 'config', 'digest'}
+        'generator', 'mapping_network', 'style_encoder', 'config', 'run', 'digest'}
     for net in ('generator', 'discriminator', 'patch_sample'):
         assert all(torch.isfinite(v).all() for v in nets[net].values())
     lines = [json.loads(line) for line in (ckpt / 'stats.jsonl').read_text().splitlines()]

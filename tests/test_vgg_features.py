@@ -19,6 +19,7 @@ from core.config import parse_config
 from core.utils.fileio import safe_load
 from core.contrastive import _vgg
 from core.contrastive._vgg import load_vgg16_trunk, vgg16_trunk
+from core.modes import MODES
 from core.utils.errors import UserError
 from core.utils.weights import ENV_VAR, WEIGHTS
 from main import main
@@ -115,7 +116,7 @@ def test_only_training_modes_check_the_requirements(weights_missing):
     flags = ['--patch_loss', 'put=1', '--put_features', 'vgg16', '--train_img_dir', '.', '--val_img_dir', '.']
     for mode, checked in (('train', True), ('demo', True), ('sample', False), ('eval', False)):
         try:
-            check_inputs(parse_config(['--mode', mode, '--eval_every', '0', *flags]))
+            check_inputs(parse_config(['--mode', mode, '--eval_every', '0', *flags]), MODES[mode])
             message = ''
         except UserError as err:
             message = str(err)
@@ -158,7 +159,7 @@ def test_training_with_vgg_features_keeps_vgg_out_of_checkpoints(weights_present
     assert main(flags) == 0
     nets = safe_load(str(tmp_path / 'checkpoints' / '000002_nets.ckpt'))
     assert set(nets) == {'generator', 'mapping_network', 'style_encoder', 'discriminator', 'lsesim', 'config',
-                         'digest'}
+                         'run', 'digest'}
     assert all(key.startswith('heads.') for key in nets['lsesim'])
     optims = safe_load(str(tmp_path / 'checkpoints' / '000002_optims.ckpt'))
     assert 'lsesim' in optims

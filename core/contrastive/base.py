@@ -1,13 +1,17 @@
 """The plug-in contract for patch-wise semantic-relation losses.
 
 A plug-in is one file in core/contrastive/ holding a PatchLoss subclass
-decorated with @register('name'). The training loop never names a plug-in:
-it builds core.contrastive.objective.PatchObjective, which finds plug-ins
-through this registry. Adding a loss therefore touches no training code.
+decorated with @register('name'), the decorator of PATCH_LOSSES (a
+core.utils.registry.Registry, as the metrics' is). The training loop never
+names a plug-in: it builds core.contrastive.objective.PatchObjective, which
+finds plug-ins through this registry. Adding a loss therefore touches no
+training code.
 
 What a plug-in may rely on and must do:
   * add_arguments(parser) adds its own flags; validate(cfg) checks only their
-    values; requirements(cfg) reports files training needs. None reads cfg.mode.
+    values (the shared flags, --nce_T, --gamma_start, ..., are core/config.py's);
+    requirements(cfg) reports files training needs. None reads cfg.mode: a
+    run's patch losses are validated in every mode.
   * forward(PatchInputs) gets the key side already detached (the objective
     owns that) and returns (loss, stats) or (loss, stats, aux): the loss is
     unweighted, stats include its own schedule values, aux trains only its own
@@ -15,50 +19,33 @@ What a plug-in may rely on and must do:
   * Parameters it owns are checkpointed and optimised under its name.
 """
 from dataclasses import dataclass
-from typing import ClassVar, Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
-from core.utils.registry import registrar
+from core.utils.registry import Plugin, Registry
 
-_REGISTRY: Dict[str, type] = {}
-
-# Class decorator: @register('name') makes a PatchLoss subclass available under that name.
-register = registrar(lambda: _REGISTRY, 'patch loss')
-
-
-def registered():
-    """Sorted names of every registered plug-in."""
-    return sorted(_REGISTRY)
+PATCH_LOSSES = Registry('patch loss')
+# @register('name') makes a PatchLoss subclass available under that name; registered() lists, get(name) finds.
+register, registered, get = PATCH_LOSSES.register, PATCH_LOSSES.registered, PATCH_LOSSES.get
 
 
-def get(name):
-    """The PatchLoss class registered under `name` (KeyError if unknown)."""
-    return _REGISTRY[name]
-
-
-def _active(cfg):
-    """The registered plug-in classes named in cfg.patch_losses, each once, sorted by name.
-
-    Unknown names are skipped: core/config.py reports them.
-    """
-    return [_REGISTRY[name] for name in sorted({name for name, _ in cfg.patch_losses}) if name in _REGISTRY]
-
-
-def _once(errors):
-    """The messages in order, each once (plug-ins that share flags report the same problem)."""
-    return list(dict.fromkeys(errors))
+def _names(cfg):
+    return [name for name, _ in cfg.patch_losses]
 
 
 def config_errors(cfg):
-    """Value errors of the active plug-ins' own flags (PatchLoss.validate), each reported once."""
-    return _once(e for cls in _active(cfg) for e in cls.validate(cfg))
+    """Value errors of the active plug-ins' own flags (PatchLoss.validate), each reported once.
+
+    Unknown names are skipped: core/config.py reports them.
+    """
+    return PATCH_LOSSES.validation_errors(_names(cfg), cfg)
 
 
 def requirement_errors(cfg):
     """What the active plug-ins need on disk to train (PatchLoss.requirements), each reported once."""
-    return _once(e for cls in _active(cfg) for e in cls.requirements(cfg))
+    return PATCH_LOSSES.errors(_names(cfg), lambda cls: cls.requirements(cfg))
 
 
 @dataclass(frozen=True)
@@ -92,35 +79,18 @@ def unpack_output(output):
     return loss, stats, (aux[0] if aux else None)
 
 
-class PatchLoss(nn.Module):
-    """Base class of a registered plug-in.
+class PatchLoss(nn.Module, Plugin):
+    """Base class of a registered plug-in (its flags: Plugin.add_arguments and Plugin.validate).
 
     uses_patches: True if the plug-in consumes the shared sampled, projected
     patches (patch_q / patch_k); the objective then builds the shared
     PatchSampler heads. Plug-ins that work on raw maps set it to False.
     """
-    name: ClassVar[str] = ''
-    uses_patches: ClassVar[bool] = True
+    uses_patches = True
     # True if the loss is a sum over the images of the batch rather than a mean: under several
     # processes the objective then scales each process's part so that the gradients average to the
     # single-process sum.
     sums_over_images: bool = False
-
-    @classmethod
-    def add_arguments(cls, parser):
-        """Add this plug-in's own command-line flags (optional)."""
-
-    @classmethod
-    def validate(cls, cfg):
-        """Errors in the values of this plug-in's own flags, each naming its flag.
-
-        Checks only the flags the plug-in adds in add_arguments (and their
-        combination with other flags). A flag is checked where it is declared:
-        the shared flags of core/config.py (--nce_T, --gamma_start, ...) are
-        checked there, so no error is reported twice. Pure: no file system,
-        and never cfg.mode (the same config must validate in every mode).
-        """
-        return []
 
     @classmethod
     def requirements(cls, cfg):

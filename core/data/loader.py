@@ -331,7 +331,7 @@ def make_train_iterator(cfg, start_step, device, rank=0, world_size=1):
     world_size processes, each gets its part of the global --batch_size batch.
     """
     paths, labels = _load_checked_tree(cfg.train_img_dir, cfg.num_domains, cfg.skip_bad_images,
-                                       'train_img_dir', cfg.domain_names)
+                                       'train_img_dir', cfg.facts.domain_names)
     dataset = TrainDataset(paths, labels, cfg.img_size, cfg.randcrop_prob, cfg.skip_bad_images)
     loaders = [_step_loader(dataset,
                             StepBatchSampler(labels, cfg.batch_size, cfg.seed, stream, start_step, pairs,
@@ -358,10 +358,10 @@ def load_val_batch(cfg, device):
     chosen by one permutation from step_generator(cfg.seed, 0, STREAM_VAL):
     sources are its first N entries, references the next N (wrapping around
     when there are fewer than 2N images). Its domain folders must be named as
-    the training set's (cfg.domain_names).
+    the training set's (cfg.facts.domain_names).
     """
     paths, labels = _load_checked_tree(cfg.val_img_dir, cfg.num_domains, cfg.skip_bad_images,
-                                       'val_img_dir', cfg.domain_names, named_by='--train_img_dir')
+                                       'val_img_dir', cfg.facts.domain_names, named_by='--train_img_dir')
     num = min(cfg.val_batch_size, len(paths))
     order = torch.randperm(len(paths), generator=step_generator(cfg.seed, 0, STREAM_VAL))   # (n,)
     picks = {'src': order[:num], 'ref': order[(torch.arange(num) + num) % len(paths)]}      # (N,) each

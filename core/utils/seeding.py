@@ -16,7 +16,7 @@ STREAM_PATCHES = 3     # patch positions of the contrastive losses
 STREAM_VAL = 4         # the fixed validation batch used for debug images
 STREAM_SAMPLE = 5      # sample and translate modes (z and average styles)
 STREAM_EVAL = 6        # evaluation: z and reference choices of every task
-STREAM_QUALITY = 7     # the quality benchmark (metrics.quality): z and references
+STREAM_QUALITY = 7     # the quality benchmark (metrics.benchmark): z and references
 
 
 def step_seed(seed, step, stream):
