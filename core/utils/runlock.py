@@ -17,6 +17,7 @@ Rules that keep the lock exclusive:
 import fcntl
 import os
 import socket
+import time
 
 from core.utils.errors import UserError
 from core.utils.fileio import WriteError, file_mode
@@ -51,12 +52,20 @@ def _same_file(fd, path):
     return (mine.st_dev, mine.st_ino) == (at_path.st_dev, at_path.st_ino)
 
 
+HOLDER_WAIT = 1.0   # seconds to wait for a holder that has just taken the lock to write its PID
+
+
 def _holder(fd):
     """'process PID on HOST' from the lock file's text (written by its holder), or 'another process'."""
-    try:
-        words = os.pread(fd, 200, 0).decode('utf-8', errors='replace').split()
-    except OSError:
-        words = []
+    deadline = time.monotonic() + HOLDER_WAIT
+    while True:
+        try:
+            words = os.pread(fd, 200, 0).decode('utf-8', errors='replace').split()
+        except OSError:
+            words = []
+        if words or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
     if not words:
         return 'another process'
     return f'process {words[0]}' + (f' on {words[1]}' if len(words) > 1 else '')
