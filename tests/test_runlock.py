@@ -122,3 +122,29 @@ def test_a_kill_9_releases_the_lock(seasons32, tmp_path, capsys):
     assert main(done + ['--resume_iter', 'latest']) == 0
     assert f'nothing to do: resuming at step {latest}' in capsys.readouterr().out
     assert not (tmp_path / 'checkpoints' / LOCK_NAME).exists()
+
+
+def test_under_torchrun_the_job_holds_the_lock_and_sigterm_stops_every_process(seasons32, tmp_path):
+    """Rank 0 takes the lock for the job: on a locked folder both processes stop with the message; a
+    running job stopped by SIGTERM to torchrun (which passes it on) ends with one 'terminated' per
+    process, exit 143 each, no temporary file and the lock released."""
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+           os.path.join(ROOT, 'main.py'),
+           *tiny_flags(seasons32, tmp_path, '--batch_size', '4', '--sample_every', '0', '--print_every', '1',
+                       '--save_every', '1', '--total_iters', '100000', '--ds_iter', '100000')]
+    with RunLock(str(tmp_path / 'checkpoints')):
+        out = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert out.returncode != 0
+    assert out.stderr.count(f'is in use: process {os.getpid()} on ') == 2, out.stderr[-3000:]   # one per process
+    assert os.listdir(tmp_path / 'checkpoints') == []
+
+    job = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: complete_steps(str(tmp_path / 'checkpoints')), what='the first checkpoint')
+    finally:
+        job.send_signal(signal.SIGTERM)
+        _, err = job.communicate(timeout=300)
+    workers = [line for line in err.splitlines() if line.strip() == 'terminated']
+    assert len(workers) == 2, err[-3000:]
+    assert 'exitcode  : 143' in err or 'got signal: 15' in err   # torchrun's own report of the stop
+    assert [n for n in os.listdir(tmp_path / 'checkpoints') if n.endswith('.tmp') or n == LOCK_NAME] == []
