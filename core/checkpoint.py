@@ -207,7 +207,7 @@ def first_bad_tensor(payload):
 
 def read_checkpoint(path):
     """safe_load(path), refused with DamagedCheckpoint if unreadable, if its digest does not match
-    its contents (official files have none), or if it holds NaN/inf."""
+    its contents (official files have none), or if it holds NaN/inf or absurd magnitudes (tensor_problem)."""
     check_checkpoint_file(path)
     try:
         payload = safe_load(path)
@@ -291,7 +291,7 @@ def write_training_state(checkpoint_dir, step, payloads):
 
 
 def save_training_state(checkpoint_dir, step, nets, nets_ema, optims, cfg):
-    """Check the three files of `step` for NaN/inf, then write them; with one, write nothing and raise."""
+    """Check the three files of `step` (state_problem), then write them; with a problem, write nothing and raise."""
     payloads = training_payloads(step, nets, nets_ema, optims, cfg)
     bad = state_problem(payloads)
     if bad is not None:
