@@ -5,15 +5,36 @@
 #
 # Run it from anywhere; paths (data/, expr/) are relative to the repository.
 # Every file is downloaded to <name>.part and renamed when complete, so an
-# interrupted download never looks finished. Run without a target for the list.
+# interrupted download never looks finished, and its SHA-256 is checked
+# against the one recorded below before anything is extracted or used.
+# Run without a target for the list.
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python}
-DOWNLOADS=data/downloads
+DOWNLOADS=${STARGAN_DOWNLOADS:-data/downloads}   # where archives are kept (another folder: set STARGAN_DOWNLOADS)
+
+# The SHA-256 of every file this script downloads. An empty entry is a digest not recorded yet: such a
+# file is refused (nothing is extracted) unless STARGAN_SHA256 gives the digest you trust for it, e.g.
+# one published by its source or that of a copy you checked.
+known_sha256() {  # known_sha256 KEY
+    case "$1" in
+        alps_seasons.zip) echo "" ;;
+        celeba_hq.zip) echo "" ;;
+        afhq.zip) echo "" ;;
+        afhq_v2.zip) echo "" ;;
+        stargan-v2-afhq.ckpt) echo "" ;;
+        hsrc_seasons) echo "" ;;
+        hsrc_weather) echo "" ;;
+        *) echo "" ;;
+    esac
+}
 
 usage() {
     cat <<'EOF'
 usage: bash download.sh <target> [argument]
+
+Every download is checked against its recorded SHA-256 before it is used; for a file whose digest is
+not recorded yet, give the one you trust: STARGAN_SHA256=<hex> bash download.sh <target>
 
 metric weights (into $STARGAN_WEIGHTS_DIR, default ~/.cache/stargan-src/weights; SHA-256 checked)
   metric-weights                  Inception v3 (torchvision and TF-FID) and AlexNet for --mode eval
@@ -40,13 +61,17 @@ fetch() {
     if [ -s "$out" ]; then echo "already there: $out"; return 0; fi
     echo "downloading $url"
     if command -v curl >/dev/null 2>&1; then
-        curl -L --fail --retry 3 -C - -o "$out.part" "$url" || fail "download of $url failed (partial file kept as $out.part; run again to resume)"
+        curl -L --fail --retry 3 -C - -o "$out.part" "$url" || fail "download of $url failed$(partial_note "$out")"
     elif command -v wget >/dev/null 2>&1; then
-        wget -c -O "$out.part" "$url" || fail "download of $url failed (partial file kept as $out.part; run again to resume)"
+        wget -c -O "$out.part" "$url" || fail "download of $url failed$(partial_note "$out")"
     else
         fail "neither curl nor wget is installed"
     fi
     mv "$out.part" "$out"
+}
+
+partial_note() {  # what is left of a failed download of OUT
+    if [ -s "$1.part" ]; then echo " (partial file kept as $1.part; run again to resume)"; fi
 }
 
 sha256() { "$PYTHON" -c 'import sys; from core.data.manifest import sha256_file; print(sha256_file(sys.argv[1]))' "$1"; }
@@ -54,6 +79,16 @@ sha256() { "$PYTHON" -c 'import sys; from core.data.manifest import sha256_file;
 unpack() {  # unpack ZIP DEST (Python's zipfile: no unzip binary needed)
     mkdir -p "$2"
     "$PYTHON" -m zipfile -e "$1" "$2" || fail "$1 is not a readable zip archive (delete it and download again)"
+}
+
+verify() {  # verify FILE KEY: refuse FILE unless its SHA-256 is the recorded one of KEY (or $STARGAN_SHA256)
+    local file=$1 key=$2 expected actual
+    expected=$(known_sha256 "$key")
+    [ -n "$expected" ] || expected=${STARGAN_SHA256:-}
+    actual=$(sha256 "$file")
+    [ -n "$expected" ] || fail "no SHA-256 is recorded for $key, so $file cannot be verified; nothing was extracted. Its SHA-256 is $actual: if you trust it (compare it with one its source publishes), run again with STARGAN_SHA256=$actual"
+    [ "$actual" = "$expected" ] || fail "$file does not match its SHA-256 (expected $expected, got $actual); nothing was extracted. Delete it and download it again"
+    echo "sha256 ok  $file"
 }
 
 is_html() { head -c 512 "$1" | grep -qi '<html\|<!doctype html'; }
@@ -75,14 +110,28 @@ weights() {
 # Seasons: ComboGAN's archive holds train*/test* folders per season (exact names unverified);
 # both halves of each season are merged into one domain folder, then split as in the paper.
 # --------------------------------------------------------------------------------------------
+combogan_domain() {  # combogan_domain FOLDER_NAME: the season of trainA_x, test_x, train3-x, ...
+    local domain
+    domain=$(printf '%s' "$1" | sed -E 's/^(train|test)[0-9]*[_-]*//')
+    [ -n "$domain" ] || domain=$(printf '%s' "$1" | sed -E 's/^(train|test)//')
+    printf '%s' "$domain"
+}
+
 merge_combogan() {  # merge_combogan UNPACKED_DIR OUT_DIR
     local src=$1 out=$2 dir name domain split count
+    # Every folder name is checked before anything is copied: a domain name is a plain folder name.
+    while IFS= read -r -d '' dir; do
+        name=$(basename "$dir")
+        domain=$(combogan_domain "$name")
+        case "$domain" in
+            ''|.|..|*/*|*\\*) fail "the archive's folder '$name' gives the domain name '$domain', which is not a folder name; nothing was merged" ;;
+        esac
+    done < <(find "$src" -mindepth 1 -maxdepth 3 -type d \( -name 'train*' -o -name 'test*' \) -print0)
     rm -rf "$out"
     while IFS= read -r -d '' dir; do
         name=$(basename "$dir")
         split=$(printf '%s' "$name" | sed -E 's/^(train|test).*/\1/')
-        domain=$(printf '%s' "$name" | sed -E 's/^(train|test)[0-9]*[_-]*//')
-        [ -n "$domain" ] || domain=$(printf '%s' "$name" | sed -E 's/^(train|test)//')
+        domain=$(combogan_domain "$name")
         mkdir -p "$out/$domain"
         count=0
         while IFS= read -r -d '' f; do
@@ -97,7 +146,8 @@ merge_combogan() {  # merge_combogan UNPACKED_DIR OUT_DIR
 seasons() {
     local zip=$DOWNLOADS/alps_seasons.zip
     fetch https://data.vision.ee.ethz.ch/cvl/combogan/alps_seasons.zip "$zip"
-    echo "sha256 $(sha256 "$zip")  $zip"
+    verify "$zip" alps_seasons.zip
+    rm -rf "$DOWNLOADS/alps_seasons"
     unpack "$zip" "$DOWNLOADS/alps_seasons"
     echo "merging ComboGAN's train/test folders into one folder per season:"
     merge_combogan "$DOWNLOADS/alps_seasons" "$DOWNLOADS/seasons_by_domain"
@@ -139,10 +189,13 @@ weather() {
 # --------------------------------------------------------------------------------------------
 # Pretrained networks
 # --------------------------------------------------------------------------------------------
-stargan_pretrained() {  # stargan_pretrained NAME DROPBOX_ID
-    local out=expr/checkpoints/$1/100000_nets_ema.ckpt
-    fetch "https://www.dropbox.com/s/$2/100000_nets_ema.ckpt?dl=1" "$out"
-    echo "sha256 $(sha256 "$out")  $out"
+stargan_pretrained() {  # stargan_pretrained NAME DROPBOX_ID: downloaded aside, put in place once verified
+    local file=$DOWNLOADS/stargan-v2-$1.ckpt out=expr/checkpoints/$1/100000_nets_ema.ckpt
+    fetch "https://www.dropbox.com/s/$2/100000_nets_ema.ckpt?dl=1" "$file"
+    verify "$file" "stargan-v2-$1.ckpt"
+    mkdir -p "$(dirname "$out")"
+    cp "$file" "$out"
+    echo "$out"
 }
 
 gdrive() {  # gdrive FILE_ID OUT: Google Drive, including the large-file confirmation step
@@ -156,7 +209,7 @@ gdrive() {  # gdrive FILE_ID OUT: Google Drive, including the large-file confirm
 hsrc_pretrained() {  # hsrc_pretrained NAME FILE_ID: the release's file (a zip or a checkpoint; unverified)
     local out=expr/downloads/hsrc_$1.download dest=expr/checkpoints/hsrc_$1
     gdrive "$2" "$out"
-    echo "sha256 $(sha256 "$out")  $out"
+    verify "$out" "hsrc_$1"
     mkdir -p "$dest"
     if "$PYTHON" -c 'import sys, zipfile; sys.exit(not zipfile.is_zipfile(sys.argv[1]))' "$out"; then
         unpack "$out" "$dest"
@@ -169,7 +222,7 @@ hsrc_pretrained() {  # hsrc_pretrained NAME FILE_ID: the release's file (a zip o
 }
 
 # --------------------------------------------------------------------------------------------
-[ $# -ge 1 ] || { usage; exit 1; }
+[ $# -ge 1 ] || { usage; exit 0; }
 target=$1
 shift
 case "$target" in
@@ -187,12 +240,15 @@ case "$target" in
     pretrained-hsrc-weather) hsrc_pretrained weather 106Y5ssK5WickKsttPYhZgx8OtYYSkLOy ;;
     celeba-hq-dataset)
         fetch "https://www.dropbox.com/s/f7pvjij2xlpff59/celeba_hq.zip?dl=1" "$DOWNLOADS/celeba_hq.zip"
+        verify "$DOWNLOADS/celeba_hq.zip" celeba_hq.zip
         unpack "$DOWNLOADS/celeba_hq.zip" data ;;
     afhq-dataset)
         fetch "https://www.dropbox.com/s/t9l9o3vsx2jai3z/afhq.zip?dl=1" "$DOWNLOADS/afhq.zip"
+        verify "$DOWNLOADS/afhq.zip" afhq.zip
         unpack "$DOWNLOADS/afhq.zip" data ;;
     afhq-v2-dataset)
         fetch "https://www.dropbox.com/s/vkzjokiwof5h8w6/afhq_v2.zip?dl=1" "$DOWNLOADS/afhq_v2.zip"
+        verify "$DOWNLOADS/afhq_v2.zip" afhq_v2.zip
         unpack "$DOWNLOADS/afhq_v2.zip" data ;;
     -h|--help|help) usage ;;
     *) echo "error: unknown target '$target'" >&2; usage >&2; exit 1 ;;

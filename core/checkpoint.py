@@ -10,23 +10,25 @@ SHA-256 of everything else in the file (see payload_digest). The
 official code ignores entries it does not know, so it can read our files, and
 ours reads the official ones (no digest; 'module.'-prefixed keys accepted).
 
-Integrity: a step's files are checked for NaN/inf before the first is written
-(nothing is written if one holds any), and every read checks the digest and
-the values again (read_checkpoint), so damaged or diverged weights are never
-used without a word.
+Integrity: a step's files are checked for NaN/inf and for absurd magnitudes
+(MAX_MAGNITUDE) before the first is written (nothing is written if one holds
+any), and every read checks the digest and the values again (read_checkpoint),
+so damaged or diverged weights are never used without a word.
 
 All randomness of training is derived from (seed, step), so nets + optimizers
 + step are the whole training state: resuming continues bit-exactly.
 """
 import glob
 import hashlib
+import math
 import os
 import re
 
 import torch
 
 from core.runconfig import ARCH_FIELDS, NET_FIELDS, arch_differences, read_config
-from core.utils.fileio import CheckpointError, atomic_save, safe_load, state_dict_mismatch
+from core.utils.fileio import (CheckpointError, atomic_save, check_checkpoint_file, remove_quietly, safe_load,
+                              state_dict_mismatch)
 
 KINDS = ('nets', 'nets_ema', 'optims')
 KIND_LABELS = {'nets': 'weight', 'nets_ema': 'EMA weight', 'optims': 'optimizer state'}
@@ -167,22 +169,53 @@ def named_tensors(obj, prefix=''):
             yield from named_tensors(value, f'{prefix}/{i}' if prefix else str(i))
 
 
-def first_nonfinite(payload):
-    """Name of the first floating-point tensor of `payload` holding a NaN or an infinity, or None.
+# No healthy network comes near this |value|. Measured: the weights of G, F, E, D and the patch heads stay
+# below 1.5 at initialisation (He init, every --arch) and after 50 demo-preset steps (1.2), Adam's first
+# moment below 2.4 and the square root of its second moment below 3.6 (exp_avg_sq 12.4). A value beyond
+# the bound means an update blew up (one step at --f_lr 1e30 leaves F's weights at 1e30: finite, and the
+# images it makes are black or NaN). Adam's second moment holds squared gradients: its bound is squared.
+MAX_MAGNITUDE = 1e6
+_SQUARED = ('exp_avg_sq',)
+_COUNTERS = ('step',)   # Adam's step count is an iteration number, checked for NaN/inf only
 
-    One host sync per tensor: for saves and loads only, never on training steps.
+
+def _limit(name):
+    leaf = name.rsplit('/', 1)[-1]
+    if leaf in _COUNTERS:
+        return math.inf
+    return MAX_MAGNITUDE ** 2 if leaf in _SQUARED else MAX_MAGNITUDE
+
+
+def tensor_problem(name, tensor):
+    """What is wrong with the values of a named tensor ('NaN or infinite values', 'values up to ...'), or None.
+
+    One host sync for a sound tensor: for saves and loads only, never on training steps.
     """
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return None
+    limit = _limit(name)
+    largest = tensor.detach().abs().amax()   # NaN if any is NaN, inf if any is infinite
+    if bool(torch.isfinite(largest) & (largest <= limit)):
+        return None
+    if not bool(torch.isfinite(tensor).all()):
+        return 'NaN or infinite values'
+    return f'values up to {float(largest):.3g} (a healthy network stays far below {limit:g})'
+
+
+def first_bad_tensor(payload):
+    """(name, problem) of the first floating-point tensor of `payload` with NaN/inf or an absurd magnitude,
+    or None (see tensor_problem)."""
     for name, tensor in named_tensors(payload):
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            return name
+        problem = tensor_problem(name, tensor)
+        if problem is not None:
+            return name, problem
     return None
 
 
 def read_checkpoint(path):
     """safe_load(path), refused with DamagedCheckpoint if unreadable, if its digest does not match
-    its contents (official files have none), or if it holds NaN/inf."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f'checkpoint file not found: {path}')
+    its contents (official files have none), or if it holds NaN/inf or absurd magnitudes (tensor_problem)."""
+    check_checkpoint_file(path)
     try:
         payload = safe_load(path)
     except CheckpointError as err:
@@ -192,9 +225,9 @@ def read_checkpoint(path):
     if DIGEST_KEY in payload and payload[DIGEST_KEY] != payload_digest(payload):
         raise DamagedCheckpoint(f'{path} is damaged: its contents no longer match the SHA-256 digest written '
                                 f'when it was saved (its bytes changed on disk or in a copy)')
-    bad = first_nonfinite(payload)
+    bad = first_bad_tensor(payload)
     if bad is not None:
-        raise DamagedCheckpoint(f'{path} holds NaN or infinite values ({bad}): it was written by a run that '
+        raise DamagedCheckpoint(f'{path} holds {bad[1]} ({bad[0]}): it was written by a run that '
                                 f'diverged and cannot be used')
     return payload
 
@@ -234,30 +267,59 @@ def training_payloads(step, nets, nets_ema, optims, cfg):
             'optims': {**{k: v.state_dict() for k, v in optims.items()}, **stored, 'step': step}}
 
 
-def nonfinite_term(payloads):
-    """'<what> <net>/<key>' of the first NaN/inf in the payloads of training_payloads, or None."""
+def state_problem(payloads):
+    """'<what> <net>/<key> holds <problem>' of the first bad tensor in the payloads of training_payloads, or None."""
     for kind in KINDS:
-        bad = first_nonfinite(payloads[kind])
+        bad = first_bad_tensor(payloads[kind])
         if bad is not None:
-            return f'{KIND_LABELS[kind]} {bad}'
+            return f'{KIND_LABELS[kind]} {bad[0]} holds {bad[1]}'
     return None
+
+
+def lr_flag(term):
+    """The learning-rate flag of the network a state_problem names: --f_lr for F, --lr for the others."""
+    return '--f_lr' if 'mapping_network/' in term else '--lr'
 
 
 def write_training_state(checkpoint_dir, step, payloads):
     """Write the three files of `step` with their digests; optims last, so a complete optims file means a
-    complete step."""
-    for kind in KINDS:
-        payload = payloads[kind]
-        atomic_save({**payload, DIGEST_KEY: payload_digest(payload)}, ckpt_path(checkpoint_dir, step, kind))
+    complete step. If one cannot be written, those already written are removed (a full disk gets their
+    space back) and the error is raised."""
+    written = []
+    try:
+        for kind in KINDS:
+            payload = payloads[kind]
+            written.append(ckpt_path(checkpoint_dir, step, kind))
+            atomic_save({**payload, DIGEST_KEY: payload_digest(payload)}, written[-1])
+    except BaseException:
+        for path in written[:-1]:
+            remove_quietly(path)
+        raise
 
 
 def save_training_state(checkpoint_dir, step, nets, nets_ema, optims, cfg):
-    """Check the three files of `step` for NaN/inf, then write them; with one, write nothing and raise."""
+    """Check the three files of `step` (state_problem), then write them; with a problem, write nothing and raise."""
     payloads = training_payloads(step, nets, nets_ema, optims, cfg)
-    bad = nonfinite_term(payloads)
+    bad = state_problem(payloads)
     if bad is not None:
-        raise CheckpointError(f'not saving step {step}: the {bad} holds NaN or infinite values')
+        raise CheckpointError(f'not saving step {step}: the {bad}')
     write_training_state(checkpoint_dir, step, payloads)
+
+
+def check_domains(payload, cfg, path):
+    """Refuse to resume a run on domains other than its own (names and order: domain ids are positions).
+
+    The check sampling makes of --src_dir/--ref_dir: the training folders must be named after the
+    domains stored in the checkpoint, so that no network output is relabelled silently.
+    """
+    stored = stored_config(payload)
+    names = stored.facts.domain_names if stored is not None else None
+    current = cfg.facts.domain_names
+    if names and current and tuple(names) != tuple(current):
+        raise CheckpointError(f'--train_img_dir {cfg.train_img_dir} has the domain folders '
+                              f'{", ".join(current)} but the run being resumed ({path}) was trained on '
+                              f'{", ".join(names)}; name the sub-folders after the run\'s domains, or train a '
+                              f'new run in another --checkpoint_dir')
 
 
 def load_training_state(checkpoint_dir, step, nets, nets_ema, optims, cfg):
@@ -266,6 +328,7 @@ def load_training_state(checkpoint_dir, step, nets, nets_ema, optims, cfg):
     Every file is checked (read_checkpoint) before anything is loaded.
     """
     payloads = {kind: read_checkpoint(ckpt_path(checkpoint_dir, step, kind)) for kind in KINDS}
+    check_domains(payloads['nets'], cfg, ckpt_path(checkpoint_dir, step, 'nets'))
     for kind, modules in (('nets', nets), ('nets_ema', nets_ema)):
         load_modules(modules, payloads[kind], ckpt_path(checkpoint_dir, step, kind), arch_hint(payloads[kind], cfg))
     path, payload = ckpt_path(checkpoint_dir, step, 'optims'), payloads['optims']

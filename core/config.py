@@ -17,6 +17,7 @@ presets select them.
 import argparse
 import difflib
 import math
+import sys
 
 from core import contrastive
 from core.model import ARCHS, default_base_dim, default_taps, num_encoder_blocks
@@ -303,11 +304,20 @@ class FlagParser(argparse.ArgumentParser):
     def __init__(self, **kwargs):
         super().__init__(allow_abbrev=False, **kwargs)
         self.register('action', 'append', AppendFlag)   # repeatable flags that start from UNSET (given)
+        self._argv = []   # the arguments being parsed, for error()
 
     def error(self, message):
+        # A missing required flag is often a mistyped one (--mod for --mode): name the unknown flag too.
+        unknown = [arg for arg in self._argv if arg.startswith('--') and not self._known(arg.split('=', 1)[0])]
+        if unknown and message.startswith('the following arguments are required'):
+            message += f'; {self.unknown_message(unknown)}'
         self.exit(2, f'error: {message}\n')
 
+    def _known(self, flag):
+        return any(flag in action.option_strings for action in self._actions)
+
     def parse_args(self, args=None, namespace=None):
+        self._argv = list(args) if args is not None else sys.argv[1:]
         ns, extra = self.parse_known_args(args, namespace)
         if extra:
             self.error(self.unknown_message(extra))
@@ -467,15 +477,40 @@ def _finite_stand_in(cfg, name):
     return fix(cfg.get(name))
 
 
+# Upper bounds of the integer flags, far above any useful value, so that no size overflows or allocates
+# without end (the lower bounds are checked in _range_errors). Other integer flags (plug-ins') get INT_LIMIT.
+INT_LIMITS = {**dict.fromkeys(('latent_dim', 'hidden_dim', 'style_dim', 'base_dim', 'max_conv_dim', 'patch_dim'), 4096),
+              **dict.fromkeys(('batch_size', 'val_batch_size', 'num_domains'), 4096),
+              **dict.fromkeys(('num_outs_per_domain', 'num_styles', 'video_frames'), 1000),
+              'n_patch': 65536, 'num_workers': 256}
+INT_LIMIT = 10 ** 9   # steps, periods and every other integer flag
+UNBOUNDED_INTS = ('seed', 'img_size', 'resume_iter')   # checked with their own ranges
+PATH_FLAGS = ('train_img_dir', 'val_img_dir', 'sample_dir', 'checkpoint_dir', 'eval_dir', 'result_dir', 'src_dir',
+              'ref_dir', 'fid_stats_dir', 'checkpoint', 'raw_dir', 'src', 'ref')
+
+
+def _int_limit_errors(cfg):
+    """'--flag must be at most N' for every integer flag above its bound (INT_LIMITS, INT_LIMIT)."""
+    return [f'--{name} must be at most {INT_LIMITS.get(name, INT_LIMIT)} (got {value})'
+            for name, value in cfg.items()
+            if type(value) is int and name not in UNBOUNDED_INTS and value > INT_LIMITS.get(name, INT_LIMIT)]
+
+
+def _path_errors(cfg):
+    """An empty path flag would mean the current folder (outputs) or nothing at all (inputs): refuse it."""
+    return [f'--{name} is empty; give a path (or leave the flag out for its default)'
+            for name in PATH_FLAGS if cfg.get(name) is not None and not str(cfg.get(name)).strip()]
+
+
 def _range_errors(cfg):
-    errs = []
+    errs = _path_errors(cfg)
     if not SEED_RANGE[0] <= cfg.seed <= SEED_RANGE[1]:
         errs.append(f'--seed must be between {SEED_RANGE[0]} and {SEED_RANGE[1]} (got {cfg.seed})')
     if not (_power_of_two(cfg.img_size) and 32 <= cfg.img_size <= 512):
         errs.append(f'--img_size must be a power of two from 32 to 512 (got {cfg.img_size})')
-    if cfg.w_hpf > 0:
-        errs.append('--w_hpf > 0 needs the FAN face-landmark network, which this release does not ship; '
-                    'use --w_hpf 0')
+    if cfg.w_hpf != 0:
+        errs.append(f'--w_hpf must be 0 (got {cfg.w_hpf:g}): other values need the FAN face-landmark network, '
+                    'which this release does not ship')
     if cfg.num_domains < 2:
         errs.append('--num_domains must be at least 2')
     for flag in ('latent_dim', 'hidden_dim', 'style_dim', 'base_dim', 'max_conv_dim', 'batch_size',
@@ -504,7 +539,8 @@ def _range_errors(cfg):
     if cfg.r1_every < 1:
         errs.append('--r1_every must be at least 1')
     errs += _eval_errors(cfg)
-    return errs
+    flagged = {e.split(' ', 1)[0] for e in errs}   # a flag with its own message keeps that one only
+    return errs + [e for e in _int_limit_errors(cfg) if e.split(' ', 1)[0] not in flagged]
 
 
 def _eval_errors(cfg):

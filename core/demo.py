@@ -12,7 +12,7 @@ import time
 
 from core.utils.errors import UserError
 from core.sampling import sample
-from core.data.synthetic import make_dataset
+from core.data.synthetic import MARKER, make_dataset
 from core.trainer import train, with_domain_names
 from core.utils.device import resolve_device
 
@@ -75,6 +75,9 @@ def report_quality(cfg):
 def run_demo(cfg):
     """Make the synthetic data if needed, train (or resume) the demo model, then sample from it."""
     root = _synthetic_root(cfg)
+    if not os.path.isfile(os.path.join(root, MARKER)):
+        print(f'demo: rendering the synthetic seasons dataset into {root} (4 domains x '
+              f'{DEMO_TRAIN_PER_DOMAIN + DEMO_VAL_PER_DOMAIN} images; first run only, a few seconds)')
     try:
         make_dataset('seasons', root, num_train=DEMO_TRAIN_PER_DOMAIN, num_val=DEMO_VAL_PER_DOMAIN,
                      img_size=cfg.img_size)

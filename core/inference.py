@@ -15,8 +15,34 @@ from torch.utils.data import DataLoader
 from core.checkpoint import (DamagedCheckpoint, arch_hint, ckpt_path, latest_step, load_modules, read_checkpoint,
                              resume_advice, stored_config)
 from core.runconfig import Config, NET_FIELDS
+from core.utils.errors import UserError
 from core.utils.fileio import CheckpointError
 from core.model import EMA_NETS, build_nets
+
+# Generated images live in [-1, 1], but G's last layer is unbounded and overshoots: measured |x_fake| up to
+# 8.4 (untrained G of every --arch at 32 and 64 px, and the demo preset after 50 steps, over 64 random
+# and every reference style). Far beyond that the weights blew up, and the clamped images are black or
+# blank (one step at --f_lr 1e30 gives values of 1e30 and more, or NaN).
+MAX_GENERATED = 1e3
+
+
+class GeneratedError(UserError):
+    """A model whose outputs are NaN, infinite or absurdly large: its weights blew up in training."""
+
+
+def check_generated(x_fake, source):
+    """Raise GeneratedError naming `source` (the checkpoint) unless every value of x_fake is finite and
+    smaller than MAX_GENERATED in magnitude.
+
+    One reduction and one host sync: call it once per generated batch, before anything is written.
+    """
+    largest = x_fake.detach().abs().amax()   # NaN if any value is NaN, inf if any is infinite
+    if bool(torch.isfinite(largest) & (largest < MAX_GENERATED)):
+        return
+    what = ('NaN or infinite values' if not bool(torch.isfinite(largest))
+            else f'values up to {float(largest):.3g} (images lie in [-1, 1])')
+    raise GeneratedError(f'the model of {source} generates {what}: its weights blew up in training, and its '
+                         f'images would be black or blank; use an earlier checkpoint of the run')
 
 
 @torch.no_grad()
@@ -90,13 +116,23 @@ def ema_checkpoint_path(cfg):
     if step == 'latest':
         step = latest_step(cfg.checkpoint_dir) if os.path.isdir(cfg.checkpoint_dir) else None
         if step is None:
-            raise CheckpointError(f'no complete checkpoint in {cfg.checkpoint_dir}; train first or pass '
+            raise CheckpointError(f'no complete checkpoint in {cfg.checkpoint_dir}; train first, or name the run: '
+                                  f'its --preset (the demo\'s: --preset demo), --checkpoint_dir, or '
                                   f'--checkpoint PATH/TO/xxxxxx_nets_ema.ckpt')
     path = ckpt_path(cfg.checkpoint_dir, step, 'nets_ema')
     if not os.path.isfile(path):
         raise CheckpointError(f'checkpoint file not found: {path}; pass --resume_iter STEP (or latest) of a saved '
                               f'step in --checkpoint_dir, or --checkpoint PATH/TO/xxxxxx_nets_ema.ckpt')
     return path, step
+
+
+def _note_overridden_flags(cfg, stored, path):
+    """Print which architecture flags given on the command line the checkpoint's stored values replace."""
+    given = set(cfg.facts.explicit_flags)
+    changed = [k for k in NET_FIELDS if k in given and k in stored and stored[k] != cfg[k]]
+    if changed:
+        print(f'note: {path} stores its architecture, which replaces the flag(s) '
+              + ', '.join(f'--{k} {cfg[k]} (the checkpoint has {stored[k]})' for k in changed))
 
 
 def load_model(cfg, device, verbose=True):
@@ -116,8 +152,13 @@ def load_model(cfg, device, verbose=True):
         raise DamagedCheckpoint(f'{err}; {resume_advice(cfg.checkpoint_dir, step, ("nets_ema",))}') from None
     stored = stored_config(payload)
     if stored is not None:
+        if verbose:
+            _note_overridden_flags(cfg, stored, path)
         cfg = cfg.replace(**{k: stored[k] for k in NET_FIELDS if k in stored})
         cfg = cfg.with_facts(domain_names=stored.facts.domain_names)
+    if verbose and 'discriminator' in payload:
+        print(f'note: {path} holds the networks as trained, not their moving average (EMA); the modes '
+              f'normally use the EMA networks of the step\'s _nets_ema.ckpt')
     nets, _ = build_nets(cfg)
     nets_ema = {name: nets[name] for name in EMA_NETS}
     load_modules(nets_ema, payload, path, arch_hint(payload, cfg))

@@ -6,11 +6,15 @@ architecture and domain names; for an official StarGAN v2 or Hneg_SRC
 checkpoint the architecture flags (--arch, --img_size, --num_domains, ...)
 describe it.
 
-A checkpoint written here also carries its run's config, and its sampling
-settings are used unless given on the command line (RUN_SETTINGS): sources
+A checkpoint written here also carries its run's config, and sample uses its
+sampling settings unless given on the command line (RUN_SETTINGS): sources
 and references per grid (--val_batch_size), styles per domain
 (--num_outs_per_domain), and --src_dir/--ref_dir when those folders exist.
 The first line printed says which values came from where.
+
+Every generated batch is checked (core.inference.check_generated) before it is
+written: a model whose weights blew up stops the mode with one line instead of
+writing black or NaN images.
 
 sample writes the reference-guided grid, the latent-guided grids (one per
 psi) and the two videos into --result_dir; docs/sampling.md lists the files.
@@ -38,8 +42,8 @@ from core.data.loader import EvalDataset, folder_dataset, stack_images
 from core.utils.device import resolve_device
 from core.utils.errors import UserError
 from core.data.images import DataError, check_images, domain_tree
-from core.inference import (all_domain_styles, average_styles, load_model, style_codes, translate_styles,
-                            truncate)
+from core.inference import (all_domain_styles, average_styles, check_generated, load_model, style_codes,
+                            translate_styles, truncate)
 from core.utils.seeding import STREAM_SAMPLE, step_generator
 from core.video import (max_video_sources, max_video_styles, num_video_frames, slide_margin, style_path_frames,
                         write_video)
@@ -167,22 +171,41 @@ def video_sources(x_src, img_size, ref_column):
     return x_src[:num]
 
 
-def write_grids(nets, cfg, src, ref, z_list, s_avg):
-    """latent_psi_*.jpg and reference.jpg (labelled unless --no-labels), with one progress bar over all rows."""
+def checked_rows(bar, source):
+    """on_row of the grids: check each generated row (one host sync), then advance the progress bar."""
+    def on_row(x_fake):
+        check_generated(x_fake, source)
+        bar.update()
+    return on_row
+
+
+def checked_frames(frames, source):
+    """Pass video frames through, checking each (one host sync per frame, which one decoder call made)."""
+    for frame in frames:
+        check_generated(frame, source)
+        yield frame
+
+
+def write_grids(nets, cfg, src, ref, z_list, s_avg, source):
+    """latent_psi_*.jpg and reference.jpg (labelled unless --no-labels), with one progress bar over all rows.
+
+    source names the checkpoint in the message of a model that generates NaN or absurd values.
+    """
     rows = len(PSIS) * cfg.num_domains * z_list.size(0) + ref.x.size(0)
     cell, src_names = cfg.img_size, domain_names(cfg, src.y)
     paths = []
     with tqdm(total=rows, desc='grids', unit='row', disable=None, leave=False) as bar:
+        on_row = checked_rows(bar, source)
         for psi in PSIS:
             path = os.path.join(cfg.result_dir, f'latent_psi_{psi}.jpg')
-            grid = latent_grid(nets, src.x, z_list, s_avg, psi, cfg.num_domains, bar.update)
+            grid = latent_grid(nets, src.x, z_list, s_avg, psi, cfg.num_domains, on_row)
             if cfg.labels:
                 labels = latent_labels(src_names, domain_names(cfg, range(cfg.num_domains)), z_list.size(0), psi)
                 grid = label_grid(grid, cell, *labels)
             save_grid(grid, path)
             paths.append(path)
         path = os.path.join(cfg.result_dir, 'reference.jpg')
-        grid = reference_grid(nets, src.x, ref.x, ref.y, bar.update)
+        grid = reference_grid(nets, src.x, ref.x, ref.y, on_row)
         if cfg.labels:
             grid = label_grid(grid, cell, *reference_labels(src_names, domain_names(cfg, ref.y)))
         save_grid(grid, path)
@@ -190,19 +213,19 @@ def write_grids(nets, cfg, src, ref, z_list, s_avg):
     return paths
 
 
-def write_videos(nets, cfg, src, ref, z_list, s_avg):
-    """video_ref.mp4 and video_latent.mp4, streamed."""
+def write_videos(nets, cfg, src, ref, z_list, s_avg, source):
+    """video_ref.mp4 and video_latent.mp4, streamed; every frame checked (source as write_grids)."""
     G, T = nets.generator, cfg.video_frames
     path_ref = os.path.join(cfg.result_dir, 'video_ref.mp4')
     s_ref = video_styles(nets.style_encoder(ref.x, ref.y), T, 'reference')   # (R, style_dim)
     frames = style_path_frames(G, video_sources(src.x, cfg.img_size, True), s_ref, T, x_ref=ref.x,
                                margin=slide_margin(cfg.img_size))
-    write_video(path_ref, frames, num_video_frames(s_ref.size(0), T), cfg.fps)
+    write_video(path_ref, checked_frames(frames, source), num_video_frames(s_ref.size(0), T), cfg.fps)
 
     path_latent = os.path.join(cfg.result_dir, 'video_latent.mp4')
     styles = video_styles(latent_path_styles(nets, z_list, s_avg, cfg.psi), T, 'latent')
     frames = style_path_frames(G, video_sources(src.x, cfg.img_size, False), styles, T)
-    write_video(path_latent, frames, num_video_frames(styles.size(0), T), cfg.fps)
+    write_video(path_latent, checked_frames(frames, source), num_video_frames(styles.size(0), T), cfg.fps)
     return [path_ref, path_latent]
 
 
@@ -216,8 +239,8 @@ def sample(cfg):
     ref = load_domain_batch(cfg, 'ref_dir', device)
     z_list = draw_z(cfg, cfg.num_outs_per_domain, device)   # (num_outs, 1, latent_dim)
     s_avg = domain_averages(nets, cfg, device)
-    paths = write_grids(nets, cfg, src, ref, z_list, s_avg)
-    paths += write_videos(nets, cfg, src, ref, z_list, s_avg)
+    paths = write_grids(nets, cfg, src, ref, z_list, s_avg, model.path)
+    paths += write_videos(nets, cfg, src, ref, z_list, s_avg, model.path)
     print(f'sample: {len(src.x)} sources, {len(ref.x)} references -> ' + ', '.join(paths))
     return paths
 
@@ -225,6 +248,11 @@ def sample(cfg):
 # ----------------------------------------------------------------------------------------------
 # --mode translate
 # ----------------------------------------------------------------------------------------------
+
+def _count(num, noun):
+    """'1 image', '2 images'."""
+    return f'{num} {noun}' + ('' if num == 1 else 's')
+
 
 def _domain_of_refs(cfg):
     """The domain named by the folder holding --ref (a folder of references is itself that folder)."""
@@ -303,7 +331,7 @@ def translate(cfg):
     """--mode translate: every --src image to the target domain, once per style."""
     device = resolve_device(cfg.device)
     model = load_model(cfg, device)
-    nets, cfg = model.nets, follow_run(model.cfg, model.stored, 'translate')
+    nets, cfg = model.nets, model.cfg   # translate uses none of the run's sampling settings (follow_run)
     y = resolve_domain(cfg, cfg.trg_domain if cfg.trg_domain is not None else _domain_of_refs(cfg))
     sources = image_dataset(cfg.src, cfg.img_size, cfg.skip_bad_images)
     styles, tags = (reference_styles if cfg.ref else latent_styles)(nets, cfg, y, device)
@@ -316,11 +344,13 @@ def translate(cfg):
         for x_src, _, paths in loader:
             x_fakes = translate_styles(nets.generator, x_src.to(device), (styles[k:k + 1] for k in range(len(tags))))
             for tag, x_fake in zip(tags, x_fakes):
+                check_generated(x_fake, model.path)
                 x_fake = x_fake.cpu()
                 for i, path in enumerate(paths):
                     out = os.path.join(cfg.result_dir, stems[path] + prefix + tag + '.png')
                     save_image(x_fake[i:i + 1], 1, out)
                     written.append(out)
                 bar.update(len(paths))
-    print(f'translate: {len(written)} images ({len(sources)} inputs x {len(tags)} styles) -> {cfg.result_dir}')
+    print(f'translate: {_count(len(written), "image")} ({_count(len(sources), "input")} x '
+          f'{_count(len(tags), "style")}) -> {cfg.result_dir}')
     return written

@@ -18,8 +18,8 @@ import torch
 from munch import Munch
 
 from core.utils import distributed
-from core.checkpoint import (CheckpointError, DamagedCheckpoint, latest_step, load_training_state, nonfinite_term,
-                             resume_advice, training_payloads, write_training_state)
+from core.checkpoint import (CheckpointError, DamagedCheckpoint, latest_step, load_training_state, lr_flag,
+                             resume_advice, state_problem, training_payloads, write_training_state)
 from core.runconfig import read_config
 from core.utils.errors import UserError
 from core.contrastive.objective import build_objective, tapped_layers
@@ -27,6 +27,7 @@ from core.data.loader import load_val_batch, make_train_iterator, process_part
 from core.utils.fileio import atomic_write_text
 from core.data.images import domain_tree
 from core.utils.logger import RunLogger
+from core.utils.runlock import RunLock, RunLocked
 from core.losses import GInputs, compute_d_loss, compute_g_loss
 from core.model import EMA_NETS, build_nets
 from core.schedules import lambda_ds_at
@@ -154,17 +155,26 @@ def write_run_config(cfg):
 # ----------------------------------------------------------------------------------------------
 
 class TrainingDiverged(UserError):
-    """A loss or a saved tensor became NaN or infinite; the run stops and nothing bad is saved."""
+    """A loss or the saved state became NaN, infinite or absurdly large; the run stops and nothing bad is saved."""
 
 
-def diverged(cfg, step, what, good_step):
-    """The one message of a run that diverged at iteration `step`."""
+def diverged(cfg, step, what, good_step, culprit=None):
+    """The one message of a run that diverged at iteration `step`.
+
+    culprit: the state_problem of the run's state, naming the network whose learning rate to lower
+    (F: --f_lr, the others: --lr), or None when the state is sound or unknown.
+    """
     if good_step:
         good = (f'the newest good checkpoint is step {good_step} in {cfg.checkpoint_dir} '
                 f'(--resume_iter {good_step})')
     else:
         good = 'no checkpoint of this run was saved before it'
-    return TrainingDiverged(f'training diverged at iteration {step}: {what}; {good}. A lower --lr (now {cfg.lr}) '
+    if culprit is None:
+        advice = f'a lower --lr (now {cfg.lr}) or --f_lr (now {cfg.f_lr})'
+    else:
+        flag = lr_flag(culprit)
+        advice = f'a lower {flag} (now {cfg.f_lr if flag == "--f_lr" else cfg.lr})'
+    return TrainingDiverged(f'training diverged at iteration {step}: {what}; {good}. {advice[0].upper()}{advice[1:]} '
                             f'or smaller --lambda_* loss weights usually help')
 
 
@@ -178,26 +188,29 @@ def host_values(values):
     return {**values, **dict(zip(names, read))}
 
 
-def check_losses(cfg, step, values, good_step):
+def check_losses(run, cfg, step, values, good_step):
     """Stop the run at the first logged value that is NaN or infinite (same decision on every process:
-    the values are already averaged over them)."""
+    the values are already averaged over them); the message names the network whose state blew up."""
     for name, value in values.items():
         if not math.isfinite(value):
-            raise diverged(cfg, step, f'the loss term {name} is {value}', good_step)
+            culprit = state_problem(training_payloads(step, run.nets, run.nets_ema, run.optims, cfg))
+            what = f'the loss term {name} is {value}' + (f' (the {culprit})' if culprit else '')
+            raise diverged(cfg, step, what, good_step, culprit)
 
 
 def save_checkpoint(run, cfg, step, writer, good_step):
-    """Save step `step` (rank 0 writes) unless some process finds NaN/inf in it; then every process stops.
+    """Save step `step` (rank 0 writes) unless some process finds NaN/inf or an absurd magnitude in it
+    (core.checkpoint.MAX_MAGNITUDE); then every process stops.
 
     Every process checks its own copy (they are equal) and one all_reduce of the
     flags makes them decide together, so none is left waiting in a collective.
     """
     payloads = training_payloads(step, run.nets, run.nets_ema, run.optims, cfg)
-    bad = nonfinite_term(payloads)
+    bad = state_problem(payloads)
     flag = torch.tensor(float(bad is not None), device=run.rt.device)
     if float(distributed.mean_over_processes({'bad': flag})['bad']) > 0:
-        raise diverged(cfg, step, f'the {bad or "state of another process"} holds NaN or infinite values; '
-                                  f'step {step} was not saved', good_step)
+        raise diverged(cfg, step, f'the {bad or "state of another process holds NaN, infinite or absurd values"}; '
+                                  f'step {step} was not saved', good_step, bad)
     if writer:
         write_training_state(cfg.checkpoint_dir, step, payloads)
 
@@ -391,9 +404,34 @@ def train(cfg, hook=None):
     cfg = with_domain_names(cfg)
     rt = distributed.setup(cfg)
     try:
-        return _train(cfg, rt, hook or StepHook())
+        with run_folder_lock(cfg, rt):
+            return _train(cfg, rt, hook or StepHook())
     finally:
         distributed.shutdown()
+
+
+@contextlib.contextmanager
+def run_folder_lock(cfg, rt):
+    """Hold the lock of --checkpoint_dir (core.utils.runlock) for the whole run; one lock per job.
+
+    Rank 0 takes it; every process then learns the outcome in one collective, so no
+    process reads or writes the folder before the lock is held, and all stop together
+    when another run holds it. A torchrun restart takes it over: the dead processes
+    released it.
+    """
+    lock, error = RunLock(cfg.checkpoint_dir), None
+    if rt.rank == 0:
+        try:
+            lock.acquire()
+        except UserError as err:   # held by another run, or the lock file cannot be written
+            error = err
+    message = distributed.gather_objects(None if error is None else str(error))[0]
+    if message is not None:
+        raise error or RunLocked(message)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _train(cfg, rt, hook):
@@ -431,7 +469,7 @@ def _train(cfg, rt, hook):
                 logger.advance()
             if _every(done, cfg.print_every):   # every process joins the average and checks it; rank 0 writes it
                 values = host_values(distributed.mean_over_processes({**stats, **schedule_stats(cfg, step)}))
-                check_losses(cfg, done, values, saved)
+                check_losses(run, cfg, done, values, saved)
                 if writer:
                     logger.log(done, values)
             if writer and _every(done, cfg.sample_every):

@@ -147,18 +147,18 @@ def cycle_grid(nets, x_src, y_src, x_ref, y_ref):
 
 
 def _counted(rows, on_row):
-    """Pass rows through, calling on_row() after each one (progress bars)."""
+    """Pass rows through, calling on_row(row) with each one (checks and progress bars)."""
     for row in rows:
-        yield row
         if on_row is not None:
-            on_row()
+            on_row(row)
+        yield row
 
 
 @torch.no_grad()
 def latent_grid(nets, x_src, z_list, s_avg, psi, num_domains, on_row=None):
     """Row 0: sources; then one row per (domain, z): sources translated with the truncated style.
 
-    on_row, if given, is called after each translated row.
+    on_row, if given, is called with each translated row (N, 3, S, S) before it joins the grid.
     """
     G, F = nets.generator, nets.mapping_network
     styles = []

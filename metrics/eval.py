@@ -32,7 +32,7 @@ from core.utils import distributed
 from core.data.loader import EvalDataset
 from core.utils.fileio import atomic_write_text
 from core.data.images import DataError, check_images, domain_tree, list_images
-from core.inference import load_model, style_codes, translate_styles
+from core.inference import check_generated, load_model, style_codes, translate_styles
 from core.data.manifest import verify_manifest
 from core.utils.seeding import STREAM_EVAL, step_generator
 from metrics.fid import quantize
@@ -161,7 +161,7 @@ def _rounds(loader, rounds):
 
 
 @torch.no_grad()
-def run_task(nets, cfg, metrics, task, styles, device, writer=None):
+def run_task(nets, cfg, metrics, task, styles, device, writer=None, source='the model'):
     """Generate K outputs per source of `task`, once, and give every batch to each metric.
 
     Each process generates its batch_shard of the sources; the rows the metrics
@@ -174,10 +174,11 @@ def run_task(nets, cfg, metrics, task, styles, device, writer=None):
     rows = [{} for _ in metrics]   # per metric: {name: [rows of each batch]}
     first = part.start
     for item in tqdm(_rounds(loader, num_rounds(len(task.paths), cfg.val_batch_size)), desc='generating',
-                     unit='batch', leave=False, disable=not distributed.is_main()):
+                     unit='batch', leave=False, disable=None if distributed.is_main() else True):
         batch = None if item is None else generate(nets, item[0].to(device, non_blocking=True), first, styles,
                                                    cfg.num_outs_per_domain)
         if batch is not None:
+            check_generated(torch.stack(batch.x_fake), source)   # (K, N, 3, S, S): one check per batch
             for metric, kept in zip(metrics, rows):
                 for name, value in metric.update(task, batch).items():
                     kept.setdefault(name, []).append(value)
@@ -227,7 +228,8 @@ def calculate_metrics(nets, cfg, step, mode, device, metrics, data=None):
     formats = {s.name: s.fmt for metric in metrics for s in metric.series}
     num_domains = len(data.domains)
     main = distributed.is_main()   # the one process that prints and writes
-    bar = tqdm(total=num_domains * (num_domains - 1), desc=f'eval {mode}', unit='task', disable=not main)
+    bar = tqdm(total=num_domains * (num_domains - 1), desc=f'eval {mode}', unit='task',
+               disable=None if main else True)   # None: no bar (nor its escape codes) in a piped log
     for y_trg, trg in enumerate(data.domains):
         s_ref = reference_styles(nets, data.val[trg], y_trg, cfg, device) if mode == 'reference' else None
         for y_src, src in enumerate(data.domains):
@@ -238,7 +240,8 @@ def calculate_metrics(nets, cfg, step, mode, device, metrics, data=None):
                                  y_trg, device)
             images = (ImageWriter(os.path.join(cfg.eval_dir, mode, f'{src}2{trg}'), cfg.img_size, device)
                       if cfg.save_eval_images else None)
-            result = run_task(nets, cfg, metrics, task, styles, device, images)
+            result = run_task(nets, cfg, metrics, task, styles, device, images,
+                              source=cfg.checkpoint or f'step {step} of {cfg.checkpoint_dir}')
             if images is not None:
                 images.close()
             for name, value in result.items():

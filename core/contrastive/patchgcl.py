@@ -35,6 +35,8 @@ from core.contrastive.base import PatchLoss, register
 from core.contrastive.sampler import PatchSampler, l2_normalize
 
 SELF_LOOPS = ['release', 'clean']
+MAX_HOPS = 64      # --gcl_num_hop: far beyond the release's 2
+MAX_LEVELS = 16    # --gcl_pooling_num: 2**16 patches would be needed to pool that deep
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,10 +203,10 @@ class PatchGCLLoss(PatchLoss):
     @classmethod
     def validate(cls, cfg):
         errors = feature_errors(cfg, 'gcl_features')
-        if cfg.gcl_num_hop < 0:
-            errors.append('--gcl_num_hop must not be negative')
-        if cfg.gcl_pooling_num < 0:
-            errors.append('--gcl_pooling_num must not be negative')
+        if not 0 <= cfg.gcl_num_hop <= MAX_HOPS:   # each hop widens the TAGConv's linear layer by --patch_dim
+            errors.append(f'--gcl_num_hop must be between 0 and {MAX_HOPS} (got {cfg.gcl_num_hop})')
+        if not 0 <= cfg.gcl_pooling_num <= MAX_LEVELS:   # past log2(--n_patch) levels every level keeps 2 nodes
+            errors.append(f'--gcl_pooling_num must be between 0 and {MAX_LEVELS} (got {cfg.gcl_pooling_num})')
         if cfg.gcl_down_scale < 1:
             errors.append('--gcl_down_scale must be at least 1')
         ratios = cfg.gcl_pooling_ratio

@@ -108,7 +108,7 @@ def image_entries(folder):
     _require_folder(folder)
     top = os.path.realpath(folder)
     visited, pending, outside = {top}, [(folder, top)], []
-    files, linked_files, dir_links = {}, {}, []
+    files, linked_files, dir_links, loops = {}, {}, [], []
     while pending or dir_links:
         if not pending:   # every real folder first, so that a real path is preferred to a linked one
             link = dir_links.pop(0)
@@ -118,6 +118,8 @@ def image_entries(folder):
             elif real not in visited:
                 visited.add(real)
                 pending.append((link, real))
+            elif _inside(os.path.realpath(os.path.dirname(link)), real):   # a link to its own folder or above
+                loops.append(f'{link} -> {real}')
             continue
         current, current_real = pending.pop()
         for entry in _scan(current):
@@ -142,6 +144,10 @@ def image_entries(folder):
                       f'would be counted twice or in the wrong domain): ' + ', '.join(outside[:5])
                       + (' ...' if len(outside) > 5 else '') + '. Move or link the images themselves '
                       'into the folder to use them.', stacklevel=2)
+    if loops:
+        warnings.warn(f'Not following {len(loops)} symbolic link(s) that loop back to a folder holding them '
+                      f'(its images are listed once): ' + ', '.join(loops[:5]) + (' ...' if len(loops) > 5 else ''),
+                      stacklevel=2)
     return sorted((path, real) for real, path in files.items())
 
 

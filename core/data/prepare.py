@@ -8,6 +8,12 @@ which must be sibling folders of one dataset ROOT, and in ROOT:
 The manifest is written last, so a split interrupted before the end has no
 manifest (and --train_img_dir/--val_img_dir must be deleted before retrying).
 
+One split per ROOT: a ROOT that already holds manifest.csv or split.json is
+refused, not merged into. Those files describe one split (its seed and sizes),
+and a second split written beside the first would replace them, so training
+on the first split would then fail its manifest check; a second split goes
+into a folder of its own.
+
 The split is a pure function of (--seed, domain name, file path): every image
 gets the key sha256("seed:domain:path") and the --val_per_domain images with
 the smallest keys of each domain go to val. It does not depend on the
@@ -30,7 +36,7 @@ from collections import defaultdict
 
 from core.utils.fileio import atomic_write_text
 from core.data.images import DataError, check_images, list_domains
-from core.data.manifest import FileRecord, file_records, relative_images, write_manifest
+from core.data.manifest import MANIFEST_NAME, FileRecord, file_records, relative_images, write_manifest
 
 PAPER_VAL_PER_DOMAIN = {'seasons': 100, 'weather': 400}
 SPLIT_INFO_NAME = 'split.json'
@@ -107,11 +113,22 @@ def _check_outputs_free(cfg):
                             f'Delete it or choose another folder.')
 
 
+def _check_root_free(root):
+    """Refuse a ROOT holding another split's manifest.csv or split.json (see the module docstring)."""
+    taken = [name for name in (MANIFEST_NAME, SPLIT_INFO_NAME) if os.path.lexists(os.path.join(root, name))]
+    if taken:
+        raise DataError(f'{root} already holds {" and ".join(taken)} of another split; --mode prepare writes one '
+                        f'split per folder and never replaces them. Give --train_img_dir and --val_img_dir in '
+                        f'another folder (e.g. {root}_2/train and {root}_2/val), or delete the old split and '
+                        f'its {" and ".join(taken)} first.')
+
+
 def prepare(cfg):
     """Split --raw_dir into --train_img_dir / --val_img_dir and write the manifest; returns the summary."""
     root = dataset_root(cfg)
     num_val = val_per_domain(cfg)
     _check_outputs_free(cfg)
+    _check_root_free(root)
     images = _source_images(cfg.raw_dir, cfg.skip_bad_images)
     hashes = {rel: r.sha256 for rel, r in
               file_records(cfg.raw_dir, list(itertools.chain(*images.values()))).items()}

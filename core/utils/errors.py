@@ -1,24 +1,95 @@
-"""The base class of every error caused by user input (flags, files, data, devices).
+"""The base class of every error caused by user input (flags, files, data, devices), and the
+command line's handling of errors, Ctrl-C, SIGTERM and warnings.
 
 The command line prints such an error's message and exits non-zero without a
 traceback; any other exception is a bug and keeps its traceback.
 """
+import contextlib
+import os
+import signal
 import sys
+import threading
+import warnings
 
 
 class UserError(Exception):
     """A problem the user can fix; str(error) is the whole message."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (a scheduler, `docker stop`, `kill`).
+
+    A KeyboardInterrupt, so every clean-up that Ctrl-C runs (temporary files
+    removed, ffmpeg stopped, data-loader workers joined) runs for it too.
+    """
+
+
+EXIT_INTERRUPTED = 130   # 128 + SIGINT, what a shell reports for Ctrl-C
+EXIT_TERMINATED = 143    # 128 + SIGTERM
+
+
+@contextlib.contextmanager
+def sigterm_raises(received):
+    """Within the block, SIGTERM raises Terminated in this process and appends to the list `received`
+    (the previous handler comes back after). Only the main thread can take signals: elsewhere nothing changes.
+
+    Forked children (data-loader workers) inherit the handler; in them it restores
+    the default action and re-sends the signal, so they end as they always did.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        received.append(signum)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _one_line_warning(message, category, filename, lineno, line=None):
+    """'warning: MESSAGE', without the Python file and source line (they are for developers)."""
+    return f'warning: {message}\n'
+
+
+@contextlib.contextmanager
+def cli_warnings():
+    """Within the block, warnings print as one 'warning: ...' line (recorded warnings are unaffected)."""
+    previous = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
+
+
 def run_cli(action):
     """Exit status of a command-line entry point: action()'s own (0 if it returns None),
-    1 after printing a UserError's message, 130 after Ctrl-C; never a traceback for either."""
+    1 after printing a UserError's message, 130 after Ctrl-C, 143 after SIGTERM; never a traceback
+    for any of them. Whatever fails once SIGTERM has arrived (a pipe to a killed ffmpeg, a peer
+    process gone) failed because of it and is reported as `terminated` too."""
+    received = []
     try:
-        status = action()
-    except UserError as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print('interrupted', file=sys.stderr)
-        return 130
+        with sigterm_raises(received), cli_warnings():
+            status = action()
+    except BaseException as err:
+        if received or isinstance(err, Terminated):
+            print('terminated', file=sys.stderr)
+            return EXIT_TERMINATED
+        if isinstance(err, UserError):
+            print(f'error: {err}', file=sys.stderr)
+            return 1
+        if isinstance(err, KeyboardInterrupt):
+            print('interrupted', file=sys.stderr)
+            return EXIT_INTERRUPTED
+        raise
     return 0 if status is None else status

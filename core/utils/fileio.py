@@ -165,10 +165,29 @@ def atomic_write_text(path, text):
 # Safe reading and hashing
 # ----------------------------------------------------------------------------------------------
 
+def not_a_file(path):
+    """Why `path` cannot be read as a checkpoint file ('not found', 'a folder', ...), or None for a regular file.
+
+    FIFOs and devices are refused without being opened: reading one would block or never end.
+    """
+    if os.path.isfile(path):
+        return None
+    if not os.path.exists(path):
+        return 'checkpoint file not found'
+    return 'a folder, not a checkpoint file' if os.path.isdir(path) else \
+        'not a regular file (a FIFO, socket or device), not a checkpoint file'
+
+
+def check_checkpoint_file(path):
+    """Raise CheckpointError unless `path` is a regular file."""
+    problem = not_a_file(path)
+    if problem is not None:
+        raise CheckpointError(f'{problem}: {path}' if problem.endswith('not found') else f'{path} is {problem}')
+
+
 def safe_load(path):
     """torch.load with weights_only=True: tensors and plain containers only, never arbitrary code."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f'checkpoint file not found: {path}')
+    check_checkpoint_file(path)
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as err:

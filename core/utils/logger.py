@@ -13,7 +13,7 @@ import warnings
 
 from tqdm import tqdm
 
-from core.utils.fileio import atomic_write_text
+from core.utils.fileio import WriteError, atomic_write_text
 
 
 def _tensorboard_writer(log_dir, start_step):
@@ -61,6 +61,37 @@ def format_elapsed(seconds):
     return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
 
 
+def _term_text(term, value, extras):
+    """'hdce -1.621 (infonce 0.4914, gamma 1.98)': a loss term and its plug-in's extra stats."""
+    text = term if value is None else f'{term} {value:.4g}'
+    return text + (f' ({", ".join(extras)})' if extras else '')
+
+
+def status_lines(step, total, elapsed, values):
+    """The status block of a logging step: a header line, then one line per phase.
+
+    Names 'D/latent/real' become 'real' on the D/latent line; a plug-in's extra stat
+    'G/latent/hdce/gamma' follows its term in parentheses; shorter names (lambda_ds,
+    metric means) join the header. Every line stays short enough not to wrap.
+    """
+    header = [f'Iteration [{step}/{total}]', f'elapsed {format_elapsed(elapsed)}']
+    phases = {}   # phase -> term -> [value, [extras]]
+    for name, value in values.items():
+        parts = name.split('/')
+        if len(parts) < 3:
+            header.append(f'{name} {value:.4g}')
+            continue
+        entry = phases.setdefault('/'.join(parts[:2]), {}).setdefault(parts[2], [None, []])
+        if len(parts) == 3:
+            entry[0] = value
+        else:
+            entry[1].append(f'{"/".join(parts[3:])} {value:.4g}')
+    width = max((len(phase) for phase in phases), default=0)
+    return '\n'.join(['  '.join(header)] + [
+        f'  {phase:<{width}}  ' + '  '.join(_term_text(term, *entry) for term, entry in terms.items())
+        for phase, terms in phases.items()])
+
+
 class RunLogger:
     """One run's logs in checkpoint_dir: stats.jsonl, tensorboard/, and a tqdm bar with ETA."""
 
@@ -83,13 +114,15 @@ class RunLogger:
         """Write the named values of `step` (1-based, as in file names) everywhere."""
         values = {k: float(v) for k, v in stats.items()}
         elapsed = time.time() - self.start
-        with open(self.jsonl_path, 'a') as f:
-            f.write(json.dumps({'step': step, 'elapsed_s': round(elapsed, 3), **values}) + '\n')
+        try:
+            with open(self.jsonl_path, 'a') as f:
+                f.write(json.dumps({'step': step, 'elapsed_s': round(elapsed, 3), **values}) + '\n')
+        except OSError as err:   # a full or read-only disk: one line, like a failed checkpoint save
+            raise WriteError(self.jsonl_path, err) from None
         if self.writer is not None:
             for name, value in values.items():
                 self.writer.add_scalar(name, value, step)
-        line = ' '.join(f'{k}: [{v:.4f}]' for k, v in values.items())
-        self.bar.write(f'Elapsed time [{format_elapsed(elapsed)}], Iteration [{step}/{self.bar.total}], {line}')
+        self.bar.write(status_lines(step, self.bar.total, elapsed, values))
 
     def images(self, step, grids):
         """Debug grids ({name: (3, H, W) in [0, 1]}) to TensorBoard."""
