@@ -45,8 +45,13 @@ def _demo(cfg):
     run_demo(cfg)
 
 
+def _export(cfg):
+    from core.export import export
+    export(cfg)
+
+
 MODES = {'train': _train, 'sample': _sample, 'translate': _translate, 'eval': _eval,
-         'prepare': _prepare, 'demo': _demo}
+         'prepare': _prepare, 'demo': _demo, 'export': _export}
 
 
 def run(argv=None):

@@ -53,6 +53,11 @@ def _prepare_errors(cfg):
     return [] if os.path.isdir(cfg.raw_dir) else [f'--raw_dir {cfg.raw_dir!r} is not a folder']
 
 
+def _export_errors(cfg):
+    from core.export import export_errors   # the module of the mode, loaded for that mode only
+    return export_errors(cfg)
+
+
 def _cuda_wanted(cfg):
     return cfg.device == 'cuda' or (cfg.device == 'auto' and torch.cuda.is_available())
 
@@ -125,7 +130,8 @@ def output_folders(cfg):
     flags = {'train': ['checkpoint_dir'] + (['sample_dir'] if 0 < cfg.sample_every <= cfg.total_iters else [])
              + (['eval_dir'] if evaluates(cfg) else []),
              'demo': ['checkpoint_dir', 'sample_dir', 'result_dir'],
-             'sample': ['result_dir'], 'translate': ['result_dir'], 'eval': ['eval_dir']}.get(cfg.mode, [])
+             'sample': ['result_dir'], 'translate': ['result_dir'], 'eval': ['eval_dir'],
+             'export': ['out'] if cfg.out else []}.get(cfg.mode, [])
     folders = {flag: getattr(cfg, flag) for flag in flags}
     if cfg.mode == 'prepare':
         folders.update({flag: os.path.dirname(os.path.abspath(getattr(cfg, flag)))
@@ -151,6 +157,7 @@ INPUT_CHECKS = {
                                                 if f in cfg.get('explicit_flags', ('src_dir', 'ref_dir'))]),
     'translate': _translate_errors,
     'prepare': _prepare_errors,
+    'export': _export_errors,
 }
 
 

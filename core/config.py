@@ -18,7 +18,7 @@ from core import contrastive
 from core.utils.errors import UserError
 from core.model import ARCHS, default_base_dim, default_taps, num_encoder_blocks
 
-MODES = ('train', 'sample', 'eval', 'translate', 'prepare', 'demo')   # main.py runs one function per mode
+MODES = ('train', 'sample', 'eval', 'translate', 'prepare', 'demo', 'export')   # main.py runs one function per mode
 
 # Fields that define the shapes of the saved networks: a checkpoint whose
 # stored values differ cannot be loaded into nets built from this config.
@@ -303,6 +303,7 @@ def _add_sampling_flags(p):
                    help='frames per second of the videos (12.5 plays at the pace of upstream)')
     g.add_argument('--video_frames', type=int, default=31,
                    help='frames per style transition in the videos (31 as upstream; fewer = shorter video)')
+    g.add_argument('--out', default=None, help='export: folder for the ONNX files and model.json (docs/export.md)')
     g.add_argument('--labels', action=argparse.BooleanOptionalAction, default=True,
                    help='label the grids (domain names of rows and columns, psi) in margins around the images; '
                         '--no-labels writes upstream\'s unlabelled images')
