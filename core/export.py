@@ -10,10 +10,10 @@
 
 The networks are traced on the CPU by PyTorch's TorchScript-based exporter at
 opset 17. With torch 2.14 the torch.export-based exporter (dynamo=True) gives the
-same numbers, but took 6-15x longer here (20-50 s for a 32 px generator against
-3 s), needs the onnxscript package, and accepts free height and width only when
-declared as multiples of the down-sampling factor; the TorchScript one works
-unchanged on every torch this project supports (>= 2.1).
+same numbers, but took about 10x longer (20-50 s against 3-4 s for a 32 px
+generator on a busy 2-core CPU), needs the onnxscript package, and accepts a free
+height and width only when declared as multiples of the down-sampling factor; the
+TorchScript one works unchanged on every torch this project supports (>= 2.1).
 
 Every network is exported and checked before anything is written; each file is
 then written atomically, model.json last, so a failure leaves no partial file and
@@ -63,7 +63,7 @@ PIXELS = {
 
 
 class ExportError(UserError):
-    """A missing package or an unusable --out for --mode export."""
+    """A package that --mode export needs is not installed."""
 
 
 def onnx_missing_message():
@@ -86,14 +86,14 @@ def export_errors(cfg):
 def network_specs(meta):
     """{network: {'inputs'|'outputs': {tensor name: (shape, dtype)}}}; named axes are dynamic."""
     S, image = meta['img_size'], (['batch', 3, 'height', 'width'], 'float32')
-    style = (['batch', meta['style_dim']], 'float32')
+    style, domain = (['batch', meta['style_dim']], 'float32'), (['batch'], 'int64')
     return {
         # s_trg has batch N or 1: one style for every source.
         'generator': {'inputs': {'x_src': image, 's_trg': (['style_batch', meta['style_dim']], 'float32')},
                       'outputs': {'x_fake': image}},
-        'mapping_network': {'inputs': {'z_trg': (['batch', meta['latent_dim']], 'float32'), 'y_trg': (['batch'], 'int64')},
+        'mapping_network': {'inputs': {'z_trg': (['batch', meta['latent_dim']], 'float32'), 'y_trg': domain},
                             'outputs': {'s_trg': style}},
-        'style_encoder': {'inputs': {'x_ref': (['batch', 3, S, S], 'float32'), 'y_ref': (['batch'], 'int64')},
+        'style_encoder': {'inputs': {'x_ref': (['batch', 3, S, S], 'float32'), 'y_ref': domain},
                           'outputs': {'s_ref': style}},
     }
 
@@ -113,6 +113,11 @@ def example_inputs(meta, name, sizes, seed=0):
     return {k: _example(shape, dtype, meta, sizes, gen) for k, (shape, dtype) in inputs.items()}
 
 
+def training_sizes(meta, batch=2):
+    """Axis sizes of the examples that trace and check the networks: images of the training size."""
+    return {'batch': batch, 'style_batch': batch, 'height': meta['img_size'], 'width': meta['img_size']}
+
+
 def _dynamic_axes(spec):
     tensors = {**spec['inputs'], **spec['outputs']}
     return {k: {i: d for i, d in enumerate(shape) if isinstance(d, str)} for k, (shape, _) in tensors.items()}
@@ -127,11 +132,13 @@ def model_meta(nets, cfg, path, step):
             'checkpoint': os.path.basename(path), 'step': step, 'opset': OPSET, 'pixels': PIXELS}
     s_avg = domain_averages(nets, cfg, torch.device('cpu'))   # (num_domains, style_dim), as --psi uses
     meta['style_average'] = [[float(str(v)) for v in row] for row in s_avg.numpy()]   # shortest float32 text
-    meta['networks'] = {name: {'file': name + '.onnx',
-                               **{io: {k: {'shape': shape, 'dtype': dtype} for k, (shape, dtype) in tensors.items()}
-                                  for io, tensors in spec.items()}}
-                        for name, spec in network_specs(meta).items()}
+    meta['networks'] = {name: {'file': name + '.onnx', 'inputs': _describe(spec['inputs']),
+                               'outputs': _describe(spec['outputs'])} for name, spec in network_specs(meta).items()}
     return meta
+
+
+def _describe(tensors):
+    return {name: {'shape': shape, 'dtype': dtype} for name, (shape, dtype) in tensors.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,8 +157,7 @@ def onnx_bytes(net, meta, name):
     """The serialised ONNX model of network `name` (checked by onnx.checker)."""
     onnx = _import_onnx()
     spec = network_specs(meta)[name]
-    sizes = {'batch': 2, 'style_batch': 2, 'height': meta['img_size'], 'width': meta['img_size']}
-    inputs = example_inputs(meta, name, sizes)
+    inputs = example_inputs(meta, name, training_sizes(meta))
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         for message, module in HARMLESS_WARNINGS:
@@ -197,10 +203,9 @@ def export_networks(nets, meta, out_dir):
     """
     _import_onnx()
     exported = {}
-    check_sizes = {'batch': 2, 'style_batch': 2, 'height': meta['img_size'], 'width': meta['img_size']}
     for name in tqdm(meta['networks'], desc='export', unit='net', disable=None, leave=False):
         data = onnx_bytes(nets[name], meta, name)
-        exported[name] = data, max_abs_difference(nets[name], data, meta, name, check_sizes)
+        exported[name] = data, max_abs_difference(nets[name], data, meta, name, training_sizes(meta, batch=3))
     written = {}
     for name, (data, diff) in exported.items():
         path = os.path.join(out_dir, meta['networks'][name]['file'])
