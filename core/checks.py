@@ -64,6 +64,12 @@ def sample_errors(cfg):
     return _folder_errors(cfg, *[f for f in ('src_dir', 'ref_dir') if f in cfg.facts.explicit_flags])
 
 
+def export_errors(cfg):
+    """--mode export: what core.export needs (loaded for that mode only, so --help stays light)."""
+    from core.export import export_errors as errors
+    return errors(cfg)
+
+
 def translate_errors(cfg):
     """--mode translate: --src, and --trg_domain or --ref."""
     errs = []

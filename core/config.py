@@ -250,6 +250,7 @@ def _add_sampling_flags(p):
                    help='frames per second of the videos (12.5 plays at the pace of upstream)')
     g.add_argument('--video_frames', type=int, default=31,
                    help='frames per style transition in the videos (31 as upstream; fewer = shorter video)')
+    g.add_argument('--out', default=None, help='export: folder for the ONNX files and model.json (docs/export.md)')
     g.add_argument('--labels', action=argparse.BooleanOptionalAction, default=True,
                    help='label the grids (domain names of rows and columns, psi) in margins around the images; '
                         '--no-labels writes upstream\'s unlabelled images')

@@ -49,6 +49,11 @@ def _demo(cfg):
     return run_demo(cfg)
 
 
+def _export(cfg):
+    from core.export import export
+    return export(cfg)
+
+
 def _table(*modes):
     return {mode.name: mode for mode in modes}
 
@@ -68,4 +73,6 @@ MODES: Dict[str, Mode] = _table(
     Mode('demo', _demo, checks.training_errors,
          lambda cfg: checks.folders(cfg, 'checkpoint_dir', 'sample_dir', 'result_dir'),
          'synthetic data, a small trained model, its samples and quality figures, in minutes on a CPU'),
+    Mode('export', _export, checks.export_errors, lambda cfg: checks.folders(cfg, 'out') if cfg.out else {},
+         'the generator, mapping network and style encoder of a checkpoint as ONNX files in --out'),
 )

@@ -62,7 +62,7 @@ def host_settings(cfg, verbose=True):
     if not os.environ.get('OMP_NUM_THREADS'):
         torch.set_num_threads(default_threads(cores))
     workers = min(cfg.num_workers, cores)
-    if verbose and cfg.get('mode') in ('train', 'demo', 'sample', 'translate', 'eval'):
+    if verbose and cfg.get('mode') in ('train', 'demo', 'sample', 'translate', 'eval', 'export'):
         source = 'OMP_NUM_THREADS' if os.environ.get('OMP_NUM_THREADS') else 'half the cores; set OMP_NUM_THREADS to change'
         capped = f' (--num_workers {cfg.num_workers} capped at the cores)' if workers != cfg.num_workers else ''
         print(f'host: {cores} usable cores, {torch.get_num_threads()} CPU threads ({source}), '
