@@ -187,20 +187,17 @@ class Translator:
             raise DomainError(f'{what} {domain} is out of range: the model has domains 0 to {self.cfg.num_domains - 1}')
         return y
 
-    def domain_of(self, path, what='reference'):
+    def domain_of(self, path, what='reference', hint='give its domain'):
         """The domain id named by the nearest folder above `path` (itself, if a folder) that is a domain."""
         folder = os.path.abspath(os.fspath(path))
         folder = folder if os.path.isdir(folder) else os.path.dirname(folder)
-        while self.cfg.domain_names:
-            if os.path.basename(folder) in self.cfg.domain_names:
-                return self.cfg.domain_names.index(os.path.basename(folder))
-            if os.path.dirname(folder) == folder:
-                break
+        names = self.cfg.domain_names or ()
+        while os.path.basename(folder) not in names and os.path.dirname(folder) != folder:
             folder = os.path.dirname(folder)
-        known = (f'the model\'s domains are {", ".join(self.cfg.domain_names)}' if self.cfg.domain_names
-                 else 'this checkpoint stores no domain names')
-        raise DomainError(f'{what} {path}: no folder above it is named after a domain ({known}); '
-                          f'give its domain')
+        if os.path.basename(folder) in names:
+            return names.index(os.path.basename(folder))
+        known = f'the model\'s domains are {", ".join(names)}' if names else 'this checkpoint stores no domain names'
+        raise DomainError(f'{what} {path}: no folder above it is named after a domain ({known}); {hint}')
 
     # ------------------------------------------------------------------------------------------
     # Styles

@@ -13,7 +13,7 @@ from core.config import parse_config
 from core.data.loader import EvalTransform
 from core.data.images import list_images, load_rgb
 from core.model import build_nets
-from core.sampling import draw_z
+from core.inference import draw_latents
 from main import main
 from test_video import read_video
 
@@ -218,7 +218,7 @@ def test_translate_with_reference_image_and_folder(trained, seasons32, tmp_path)
 
 def test_translate_style_k_is_the_grids_row_k(trained):
     cfg = parse_config(_translate_flags(trained, 'unused', '--src', '.', '--trg_domain', '0'))
-    assert torch.equal(draw_z(cfg, 2, 'cpu'), draw_z(cfg, 5, 'cpu')[:2])
+    assert torch.equal(draw_latents(cfg.seed, 2, 8), draw_latents(cfg.seed, 5, 8)[:2])
 
 
 def test_official_layout_checkpoint_loads_with_flags(seasons32, tmp_path, capsys):
@@ -241,7 +241,7 @@ def test_official_layout_checkpoint_loads_with_flags(seasons32, tmp_path, capsys
     # the output is the loaded networks' translation, not that of freshly initialised ones
     x = EvalTransform(32)(load_rgb(image)).unsqueeze(0)
     with torch.no_grad():
-        s = nets.mapping_network(draw_z(cfg, 1, 'cpu')[:, 0], torch.tensor([2]))
+        s = nets.mapping_network(draw_latents(cfg.seed, 1, cfg.latent_dim)[:, 0], torch.tensor([2]))
         expected = ((nets.generator(x, s)[0] + 1) / 2).clamp(0, 1).mul(255).round().permute(1, 2, 0).numpy()
     got = np.asarray(Image.open(written), dtype=np.float32)
     assert np.abs(got - expected).max() <= 1
@@ -273,7 +273,8 @@ def test_bad_input_one_clear_message_and_nothing_written(trained, seasons32, tmp
     _fails(_translate_flags(trained, out, '--src', src, '--trg_domain', 'monsoon'), capsys,
            "'monsoon' is not a domain", 'autumn (0), spring (1), summer (2), winter (3)')
     _fails(_translate_flags(trained, out, '--src', src, '--trg_domain', '4'), capsys, 'out of range')
-    _fails(_translate_flags(trained, out, '--src', src, '--ref', src), capsys, "'val' is not a domain", '--trg_domain')
+    _fails(_translate_flags(trained, out, '--src', src, '--ref', src), capsys, 'no folder above it is named after a domain',
+           '--trg_domain')
     _fails(_translate_flags(trained, out, '--src', src, '--ref', src, '--trg_domain', '0', '--psi', '0.5'),
            capsys, '--psi')
     _fails(_translate_flags(trained, out, '--trg_domain', '0'), capsys, '--src')
