@@ -216,6 +216,34 @@ def test_translate_with_reference_image_and_folder(trained, seasons32, tmp_path)
         f'{stem}_to_summer_ref_{os.path.splitext(os.path.basename(r))[0]}.png' for r in refs)
 
 
+def test_translate_keep_size_and_one_image_video(trained, seasons32, tmp_path):
+    """--keep_size: outputs at the input's own size (rounded to the generator's factor 2);
+    --video: one MP4 per input, the input above its translation, walking through the styles."""
+    photo = tmp_path / 'in' / 'photo.png'
+    photo.parent.mkdir()
+    load_rgb(list_images(str(seasons32 / 'val' / 'autumn'))[0]).resize((81, 40)).save(photo)
+    assert main(_translate_flags(trained, tmp_path / 'png', '--src', str(photo), '--trg_domain', 'winter',
+                                 '--keep_size')) == 0
+    assert _size(tmp_path / 'png' / 'photo_to_winter_z00.png') == (82, 40)
+    assert main(_translate_flags(trained, tmp_path / 'mp4', '--src', str(photo), '--trg_domain', 'winter',
+                                 '--num_styles', '3', '--psi', '0.7', '--video', '--video_frames', '3')) == 0
+    assert os.listdir(tmp_path / 'mp4') == ['photo_to_winter_latent_psi0.7.mp4']
+    frames, meta = read_video(tmp_path / 'mp4' / 'photo_to_winter_latent_psi0.7.mp4')
+    assert len(frames) == 2 * 3 + 1 and meta['size'] == (S, 2 * S)
+    refs = seasons32 / 'val' / 'summer'
+    assert main(_translate_flags(trained, tmp_path / 'ref', '--src', str(photo), '--ref', str(refs), '--video',
+                                 '--video_frames', '2', '--keep_size')) == 0
+    frames, meta = read_video(tmp_path / 'ref' / 'photo_to_summer_ref.mp4')
+    assert len(frames) == 2 * (len(list_images(str(refs))) - 1) + 1 and meta['size'] == (82, 80)
+
+
+def test_translate_video_needs_two_styles(trained, seasons32, tmp_path, capsys):
+    image = list_images(str(seasons32 / 'val' / 'autumn'))[0]
+    _fails(_translate_flags(trained, tmp_path / 'out', '--src', image, '--trg_domain', '0', '--video'), capsys,
+           '--video', '--num_styles 2')
+    assert not (tmp_path / 'out').exists()
+
+
 def test_translate_style_k_is_the_grids_row_k(trained):
     cfg = parse_config(_translate_flags(trained, 'unused', '--src', '.', '--trg_domain', '0'))
     assert torch.equal(draw_latents(cfg.seed, 2, 8), draw_latents(cfg.seed, 5, 8)[:2])
