@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F_nn
 from PIL import Image
+from tqdm import tqdm
 
 from core.checkpoint import DamagedCheckpoint, ckpt_path
 from core.config import NET_FIELDS, parse_config
@@ -97,7 +98,7 @@ class Translator:
 
     @classmethod
     def load(cls, path, device='auto', step=None, arch=None, img_size=None, num_domains=None,
-             domain_names=None, keep_size=False, **net_flags):
+             domain_names=None, keep_size=False, average_seed=None, **net_flags):
         """A Translator of a `_nets_ema.ckpt` file or of a run's checkpoint folder.
 
         A folder gives its newest step whose EMA file reads cleanly (a damaged newer one is
@@ -106,7 +107,7 @@ class Translator:
         Hneg_SRC file is described by arch=, img_size=, num_domains=, domain_names= and, when
         they differ from the defaults, style_dim=, latent_dim=, hidden_dim=, base_dim=,
         max_conv_dim= (the command line's flags; mistakes get the command line's messages).
-        device: 'auto' (CUDA when available), 'cpu' or 'cuda'.
+        device: 'auto' (CUDA when available), 'cpu' or 'cuda'. average_seed: see __init__.
         """
         unknown = sorted(set(net_flags) - set(LOAD_FLAGS))
         if unknown:
@@ -121,7 +122,7 @@ class Translator:
                 raise DomainError(f'domain_names has {len(domain_names)} names for {cfg.num_domains} domains')
             cfg = cfg.replace(domain_names=tuple(domain_names))
         dev = resolve_device(device)
-        return cls(_load_file_or_folder(cfg, os.fspath(path), step, dev), dev, keep_size)
+        return cls(_load_file_or_folder(cfg, os.fspath(path), step, dev), dev, keep_size, average_seed)
 
     @classmethod
     def from_config(cls, cfg, keep_size=False, verbose=True):
@@ -328,7 +329,9 @@ class Translator:
 
     def interpolate(self, image, styles, num_frames=VIDEO_FRAMES, as_tensor=False):
         """The list of frames of frames(image, styles, num_frames): frame i of it is frame i of write_video's MP4."""
-        return list(self.frames(image, styles, num_frames, as_tensor))
+        frames = self.frames(image, styles, num_frames, as_tensor)
+        total = self.num_frames(self._style_batch(styles).size(0), num_frames)
+        return list(tqdm(frames, total=total, desc='interpolate', unit='frame', disable=None, leave=False))
 
     def num_frames(self, num_styles, num_frames=VIDEO_FRAMES):
         """Length of the walk through `num_styles` styles (holds included)."""
