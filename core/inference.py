@@ -18,6 +18,11 @@ from core.runconfig import Config, NET_FIELDS
 from core.utils.errors import UserError
 from core.utils.fileio import CheckpointError
 from core.model import EMA_NETS, build_nets
+from core.utils.seeding import STREAM_SAMPLE, step_generator
+
+# Purposes within STREAM_SAMPLE (sample, translate, the Python API): each draws from its own generator.
+PURPOSE_Z = 0           # latent codes: style k of a seed is the k-th draw
+PURPOSE_AVERAGE = 1     # z averaged into the truncation centres
 
 # Generated images live in [-1, 1], but G's last layer is unbounded and overshoots: measured |x_fake| up to
 # 8.4 (untrained G of every --arch at 32 and 64 px, and the demo preset after 50 steps, over 64 random
@@ -64,6 +69,22 @@ def average_styles(mapping_network, latent_dim, num=10000, generator=None, devic
     return total / num
 
 
+def draw_latents(seed, num, latent_dim):
+    """The first `num` latent codes of `seed`, drawn on the CPU: (num, 1, latent_dim).
+
+    One draw per code, so the k-th code does not depend on how many are drawn,
+    and equal seeds give equal codes on every device.
+    """
+    gen = step_generator(seed, PURPOSE_Z, STREAM_SAMPLE)
+    return torch.stack([torch.randn(1, latent_dim, generator=gen) for _ in range(num)])
+
+
+def domain_averages(mapping_network, latent_dim, seed, device):
+    """Truncation centres of `seed`: the mean style of every domain, (num_domains, style_dim)."""
+    gen = step_generator(seed, PURPOSE_AVERAGE, STREAM_SAMPLE)
+    return average_styles(mapping_network, latent_dim, generator=gen, device=device)
+
+
 def truncate(s, s_avg, psi):
     """Truncation trick: move style s toward the domain average by 1 - psi."""
     return torch.lerp(s_avg, s, psi)
@@ -102,6 +123,12 @@ class LoadedModel(NamedTuple):
     path: str              # the file the weights came from
     step: Optional[int]    # its training step (None for a file whose name carries none)
     stored: Optional[Config] = None   # the run's config stored in the file (None for official files)
+
+
+def ema_steps(checkpoint_dir):
+    """Steps of checkpoint_dir that have an EMA weight file ({step:06d}_nets_ema.ckpt), ascending."""
+    steps = [re.fullmatch(r'(\d+)_nets_ema\.ckpt', name) for name in os.listdir(checkpoint_dir)]
+    return sorted(int(match.group(1)) for match in steps if match)
 
 
 def ema_checkpoint_path(cfg):

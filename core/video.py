@@ -131,24 +131,46 @@ def slide_column(x_prev, x_next, alpha, margin):
 
 
 @torch.no_grad()
-def style_path_frames(generator, x_src, styles, num_frames, x_ref=None, margin=0):
-    """Yield the frames of a video whose style walks through `styles` (K, style_dim) in order.
+def path_fakes(generator, x_src, styles, num_frames):
+    """Yield the translation (N, 3, H, W) of x_src for every frame of path_schedule(K, num_frames).
 
-    Frames are (3, 2H, N * W), or with x_ref (K, 3, H, W) the references'
-    slide column in front: (3, 2H, W + margin + N * W). The sources are
-    encoded once; a repeated schedule entry reuses the previous frame.
+    styles (K, style_dim) are walked through in order. `generator` needs
+    run_encoder and run_decoder; the sources are encoded once, and a repeated
+    schedule entry yields the previous tensor again instead of decoding it.
     """
     enc = generator.run_encoder(x_src)
-    last_key, frame = None, None
+    last_key, x_fake = None, None
     for key in path_schedule(styles.size(0), num_frames):
         if key != last_key:
             k_prev, k_next, alpha = key
             s = torch.lerp(styles[k_prev:k_prev + 1], styles[k_next:k_next + 1], alpha)   # (1, style_dim)
-            frame = source_strip(x_src, generator.run_decoder(enc, s))
-            if x_ref is not None:
-                frame = torch.cat([slide_column(x_ref[k_prev], x_ref[k_next], alpha, margin), frame], dim=2)
+            x_fake = generator.run_decoder(enc, s)
             last_key = key
+        yield x_fake
+
+
+def strip_frames(x_src, fakes, num_styles, num_frames, x_ref=None, margin=0):
+    """Yield video frames from the translations `fakes` of path_fakes (same num_styles, num_frames).
+
+    Frames are (3, 2H, N * W): every source above its translation; with x_ref
+    (K, 3, H, W) the references' slide column in front: (3, 2H, W + margin + N * W).
+    A repeated translation yields the previous frame again.
+    """
+    last, frame = None, None
+    for key, x_fake in zip(path_schedule(num_styles, num_frames), fakes):
+        if x_fake is not last:
+            frame = source_strip(x_src, x_fake)
+            if x_ref is not None:
+                k_prev, k_next, alpha = key
+                frame = torch.cat([slide_column(x_ref[k_prev], x_ref[k_next], alpha, margin), frame], dim=2)
+            last = x_fake
         yield frame
+
+
+def style_path_frames(generator, x_src, styles, num_frames, x_ref=None, margin=0):
+    """The frames (see strip_frames) of a video whose style walks through `styles` (K, style_dim) in order."""
+    fakes = path_fakes(generator, x_src, styles, num_frames)
+    return strip_frames(x_src, fakes, styles.size(0), num_frames, x_ref, margin)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -265,6 +265,13 @@ def load_rgb(path):
     return rgb
 
 
+def to_rgb(img):
+    """An opened PIL image as load_rgb makes a file's: 8-bit RGB, EXIF orientation applied
+    (images given in memory, e.g. through the Python API)."""
+    img.load()
+    return _to_rgb(_apply_exif_orientation(img))
+
+
 def _image_problem(path):
     """None if `path` loads as a usable image, else the reason it does not."""
     try:
