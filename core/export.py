@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from core.inference import load_model
+from core.inference import domain_averages, load_model
 from core.model import encoder_plan
-from core.sampling import domain_averages
+
 from core.utils.errors import UserError
 from core.utils.fileio import atomic_write_bytes, atomic_write_text, sha256_file
 
@@ -130,7 +130,8 @@ def model_meta(nets, cfg, path, step):
             'latent_dim': cfg.latent_dim, 'style_dim': cfg.style_dim,
             'generator_size_multiple': 2 ** encoder_plan(cfg.arch, cfg.img_size).num_down,
             'checkpoint': os.path.basename(path), 'step': step, 'opset': OPSET, 'pixels': PIXELS}
-    s_avg = domain_averages(nets, cfg, torch.device('cpu'))   # (num_domains, style_dim), as --psi uses
+    # (num_domains, style_dim): the centres --psi uses
+    s_avg = domain_averages(nets.mapping_network, cfg.latent_dim, cfg.seed, torch.device('cpu'))
     meta['style_average'] = [[float(str(v)) for v in row] for row in s_avg.numpy()]   # shortest float32 text
     meta['networks'] = {name: {'file': name + '.onnx', 'inputs': _describe(spec['inputs']),
                                'outputs': _describe(spec['outputs'])} for name, spec in network_specs(meta).items()}

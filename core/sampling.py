@@ -260,6 +260,11 @@ def reference_styles(translator, cfg, y):
     return styles, ['ref_' + stems[p].replace(os.sep, '-') for p in paths]
 
 
+def _count(num, noun):
+    """'1 image', '2 images'."""
+    return f'{num} {noun}' + ('' if num == 1 else 's')
+
+
 def translate_images(translator, cfg, sources, styles, name):
     """One PNG per source and style, named name(source path, style index); returns the paths written."""
     written = []
@@ -297,7 +302,7 @@ def target_domain(translator, cfg):
 def translate(cfg):
     """--mode translate: every --src image to the target domain, once per style (or as one video with --video)."""
     translator = Translator.from_config(cfg, keep_size=cfg.keep_size)
-    cfg = follow_run(translator.cfg, translator.model.stored, 'translate')
+    cfg = translator.cfg   # translate uses none of the run's sampling settings (follow_run)
     y = target_domain(translator, cfg)
     sources = image_paths(cfg.src, cfg.img_size, cfg.skip_bad_images)
     styles, tags = (reference_styles if cfg.ref else latent_styles)(translator, cfg, y)
@@ -306,8 +311,10 @@ def translate(cfg):
     if cfg.video:
         kind = 'ref' if cfg.ref else 'latent' + ('' if cfg.psi == 1 else f'_psi{cfg.psi:g}')
         written = translate_videos(translator, cfg, sources, styles, lambda p: stems[p] + prefix + kind + '.mp4')
-        print(f'translate: {len(written)} videos ({len(sources)} inputs, {len(tags)} styles) -> {cfg.result_dir}')
+        print(f'translate: {_count(len(written), "video")} ({_count(len(sources), "input")}, '
+              f'{_count(len(tags), "style")}) -> {cfg.result_dir}')
     else:
         written = translate_images(translator, cfg, sources, styles, lambda p, k: stems[p] + prefix + tags[k] + '.png')
-        print(f'translate: {len(written)} images ({len(sources)} inputs x {len(tags)} styles) -> {cfg.result_dir}')
+        print(f'translate: {_count(len(written), "image")} ({_count(len(sources), "input")} x '
+              f'{_count(len(tags), "style")}) -> {cfg.result_dir}')
     return written

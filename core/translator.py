@@ -33,7 +33,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from core.checkpoint import DamagedCheckpoint, ckpt_path
-from core.config import NET_FIELDS, parse_config
+from core.config import parse_config
+from core.runconfig import NET_FIELDS
 from core.data.images import BadImageError, DataError, load_rgb, to_rgb
 from core.data.loader import pil_to_tensor, squash
 from core.inference import (check_generated, domain_averages, draw_latents, ema_steps, load_model, translate_styles,
@@ -125,7 +126,7 @@ class Translator:
         if domain_names is not None:
             if len(domain_names) != cfg.num_domains:
                 raise DomainError(f'domain_names has {len(domain_names)} names for {cfg.num_domains} domains')
-            cfg = cfg.replace(domain_names=tuple(domain_names))
+            cfg = cfg.with_facts(domain_names=tuple(domain_names))
         dev = resolve_device(device)
         return cls(_load_file_or_folder(cfg, os.fspath(path), step, dev), dev, keep_size, average_seed)
 
@@ -143,7 +144,7 @@ class Translator:
     @property
     def domains(self):
         """Domain names by id ('domain<id>' for checkpoints that store none)."""
-        names = self.cfg.domain_names
+        names = self.cfg.facts.domain_names
         return list(names) if names else [f'domain{y}' for y in range(self.cfg.num_domains)]
 
     @property
@@ -176,7 +177,7 @@ class Translator:
 
     def domain_id(self, domain, what='domain'):
         """The id of a domain given by name or id; DomainError naming `what` otherwise."""
-        names = self.cfg.domain_names or ()
+        names = self.cfg.facts.domain_names or ()
         if isinstance(domain, str) and domain in names:
             return list(names).index(domain)
         if not names and isinstance(domain, str) and domain in self.domains:
@@ -197,7 +198,7 @@ class Translator:
         """The domain id named by the nearest folder above `path` (itself, if a folder) that is a domain."""
         folder = os.path.abspath(os.fspath(path))
         folder = folder if os.path.isdir(folder) else os.path.dirname(folder)
-        names = self.cfg.domain_names or ()
+        names = self.cfg.facts.domain_names or ()
         while os.path.basename(folder) not in names and os.path.dirname(folder) != folder:
             folder = os.path.dirname(folder)
         if os.path.basename(folder) in names:

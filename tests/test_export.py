@@ -18,8 +18,9 @@ from core.checkpoint import training_payloads, write_training_state
 from core.config import parse_config
 from core.data.images import list_images
 from core.data.loader import pil_to_tensor
+from core.inference import domain_averages
 from core.model import build_nets
-from core.sampling import domain_averages
+
 from core.visualize import to_uint8
 from main import main
 
@@ -89,7 +90,7 @@ def test_export_writes_three_onnx_files_and_model_json(exported):
     assert meta['generator_size_multiple'] == (4 if cfg.arch == 'hsrc' else 2)
     assert meta['pixels']['range'] == [-1.0, 1.0] and meta['pixels']['channel_order'] == 'RGB'
     export_cfg = cfg.replace(seed=parse_config(['--mode', 'export']).seed)   # --seed of the export, as translate
-    s_avg = domain_averages(nets_ema, export_cfg, torch.device('cpu'))     # the centre --psi uses
+    s_avg = domain_averages(nets_ema.mapping_network, export_cfg.latent_dim, export_cfg.seed, torch.device('cpu'))   # the centre --psi uses
     assert np.allclose(meta['style_average'], s_avg.numpy(), rtol=1e-6, atol=1e-6)
     for name in NETWORKS:
         entry = meta['networks'][name]
