@@ -206,9 +206,9 @@ def test_threads_share_one_translator(model, images):
 
 
 def documented_snippet():
-    """The first python block of the 'Python API' section of docs/api.md."""
-    with open(os.path.join(ROOT, 'docs', 'api.md'), encoding='utf-8') as f:
-        section = f.read().split('# Python API', 1)[1]
+    """The first python block of the README's 'Python API' section."""
+    with open(os.path.join(ROOT, 'README.md'), encoding='utf-8') as f:
+        section = f.read().split('## Python API', 1)[1]
     return re.search(r'```python\n(.*?)```', section, re.S).group(1)
 
 
@@ -217,7 +217,7 @@ def test_the_documented_snippet_runs(run, tmp_path, monkeypatch):
     assert code.count(DEMO_PATH) == 1
     shutil.copytree(os.path.join(ROOT, 'assets', 'representative'), tmp_path / 'assets' / 'representative')
     monkeypatch.chdir(tmp_path)
-    exec(compile(code.replace(DEMO_PATH, repr(str(run))), 'docs/api.md', 'exec'), {})
+    exec(compile(code.replace(DEMO_PATH, repr(str(run))), 'README.md', 'exec'), {})
     assert Image.open('winter.png').size == (S, S) and Image.open('summer.png').size == (S, S)
     frames, meta = read_video('walk.mp4')
     assert len(frames) == num_video_frames(3, 31) and meta['size'] == (S, 2 * S)

@@ -57,9 +57,13 @@ class Registry:
         """Class decorator: store the class under `name` and set cls.name.
 
         Registering another class under a taken name is an error; the same class
-        again (a module imported twice) is not.
+        again (a module imported twice) is not. A module run as a script
+        (python -m metrics.fid) registers nothing: its package copy registers the class.
         """
         def wrap(cls):
+            if cls.__module__ == '__main__':
+                cls.name = name
+                return cls
             old = self._classes.get(name)
             if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
                 raise ValueError(f'{self.kind} {name!r} is already registered by {old.__module__}.{old.__qualname__}')
