@@ -45,8 +45,13 @@ def _demo(cfg):
     run_demo(cfg)
 
 
+def _app(cfg):
+    from core.app import serve
+    serve(cfg)
+
+
 MODES = {'train': _train, 'sample': _sample, 'translate': _translate, 'eval': _eval,
-         'prepare': _prepare, 'demo': _demo}
+         'prepare': _prepare, 'demo': _demo, 'app': _app}
 
 
 def run(argv=None):

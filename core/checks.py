@@ -151,6 +151,7 @@ INPUT_CHECKS = {
                                                 if f in cfg.get('explicit_flags', ('src_dir', 'ref_dir'))]),
     'translate': _translate_errors,
     'prepare': _prepare_errors,
+    'app': lambda cfg: _exists_errors(cfg, 'checkpoint'),
 }
 
 

@@ -1,0 +1,61 @@
+"""The app in a real browser: headless Chromium (Debian's chromium + chromium-driver) driven by selenium.
+
+Outside CI (CI unset) the test skips when no Chromium is installed, saying so; in CI it must run
+(.ci/run installs Chromium).
+"""
+import os
+
+import pytest
+from PIL import Image
+
+from bench.app_screenshot import (EXAMPLE, chromium_paths, foreign_urls, page_message, requested_urls, save_page,
+                                  start_chromium, translate_latent, upload_source)
+from core.translator import Translator
+from test_app import S, png_claiming, serve_in_thread, tiny_checkpoint
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*(future.no_silent_downcasting|copy keyword is deprecated)")
+
+
+@pytest.fixture(scope='module')
+def browser(tmp_path_factory):
+    if chromium_paths() is None:
+        if os.environ.get('CI'):
+            pytest.fail('CI runs the browser test: install chromium and chromium-driver (.ci/run does, as root)')
+        pytest.skip('no Chromium installed (apt-get install chromium chromium-driver): browser test skipped')
+    driver = start_chromium(tmp_path_factory.mktemp('chromium-profile'))
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope='module')
+def url(tmp_path_factory):
+    translator = Translator.load(tiny_checkpoint(tmp_path_factory.mktemp('run')), device='cpu')
+    app, url = serve_in_thread(translator)
+    yield url
+    app.close()
+
+
+def test_upload_pick_domain_translate_in_chromium(browser, url, tmp_path):
+    sizes = translate_latent(browser, url, EXAMPLE, 'winter')
+    assert sizes == [(S, S)] * 4   # the default number of styles, at the model's size
+    shot = tmp_path / 'app.png'
+    width, height = save_page(browser, str(shot))
+    with Image.open(shot) as img:
+        assert img.size == (width, height) and width >= 1000 and height >= 700
+    assert not foreign_urls(requested_urls(browser))
+
+
+def test_a_bad_upload_is_one_message_in_the_page(browser, url, tmp_path):
+    bomb = png_claiming(tmp_path / 'bomb.png', 40000, 40000)
+    text = page_message_after(browser, url, bomb, 'megapixels')
+    assert 'Upload a smaller image' in text and 'Traceback' not in text
+    assert translate_latent(browser, url, EXAMPLE, 'summer') == [(S, S)] * 4   # and the server still serves
+    assert not foreign_urls(requested_urls(browser))
+
+
+def page_message_after(browser, url, image, words):
+    """Upload `image` on the Latent tab, press Translate, return the message the page shows."""
+    from selenium.webdriver.common.by import By
+    upload_source(browser, url, image)
+    browser.find_element(By.CSS_SELECTOR, '#latent-run').click()
+    return page_message(browser, words)
