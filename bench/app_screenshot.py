@@ -90,7 +90,8 @@ def foreign_urls(urls):
 # The page
 # ----------------------------------------------------------------------------------------------
 
-def _wait(driver, condition, what):
+def wait_for(driver, condition, what):
+    """condition(driver) once it is truthy (polled); BrowserError naming `what` after WAIT_SECONDS."""
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
     try:
@@ -108,31 +109,40 @@ def loaded_images(driver, selector):
     return [tuple(size) for size in sizes if size[0] > 0]
 
 
-def upload_source(driver, url, image):
-    """Open the page and upload `image` as the Latent tab's source (returns once the page shows it)."""
+def open_page(driver, url, tab=None):
+    """Load the app and wait for its tabs; click the tab named `tab` if given."""
     from selenium.webdriver.common.by import By
     driver.get(url)
-    upload = _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, '#latent-source input[type=file]'),
-                   'the source upload')
-    upload[0].send_keys(os.path.abspath(image))
-    _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, '#latent-source img'), 'the uploaded source')
+    tabs = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, 'button[role=tab]'), 'the tabs')
+    if tab:
+        next(t for t in tabs if t.text == tab).click()
+
+
+def upload(driver, elem_id, image):
+    """Upload `image` into the image input #elem_id (returns once the page shows it)."""
+    from selenium.webdriver.common.by import By
+    field = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, f'#{elem_id} input[type=file]'),
+                     f'the upload of #{elem_id}')
+    field[0].send_keys(os.path.abspath(image))
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, f'#{elem_id} img'), f'the image in #{elem_id}')
 
 
 def translate_latent(driver, url, image, domain):
     """On the Latent tab: upload `image`, pick `domain`, press Translate; returns the gallery's image sizes."""
     from selenium.webdriver.common.by import By
-    upload_source(driver, url, image)
+    open_page(driver, url)
+    upload(driver, 'latent-source', image)
     driver.find_element(By.CSS_SELECTOR, '#latent-domain input').click()
-    _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, f'li[role=option][aria-label="{domain}"]'),
-          f'the domain {domain!r} in the list')[0].click()
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, f'li[role=option][aria-label="{domain}"]'),
+             f'the domain {domain!r} in the list')[0].click()
     driver.find_element(By.CSS_SELECTOR, '#latent-run').click()
-    return _wait(driver, lambda d: loaded_images(d, '#latent-gallery'), 'the translations')
+    return wait_for(driver, lambda d: loaded_images(d, '#latent-gallery'), 'the translations')
 
 
 def page_message(driver, words):
     """The text of the page's error message containing `words` (waits for it)."""
     from selenium.webdriver.common.by import By
-    found = _wait(driver, lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, '[data-testid="toast-body"]')
+    found = wait_for(driver, lambda d: [e.text for e in d.find_elements(By.CSS_SELECTOR, '[data-testid="toast-body"]')
                                      if words in e.text], f'a message with {words!r}')
     return found[0]
 

@@ -108,10 +108,10 @@ def upload(payload, what):
     return read_upload(path)
 
 
-def upload_image(label, height, elem_id=None):
+def upload_image(label, height, elem_id=None, visible=True):
     """An image input for upload() (uploaded or pasted; the events read its file path)."""
     return gr.Image(label=label, height=height, type='filepath', image_mode=None, sources=['upload', 'clipboard'],
-                    elem_id=elem_id)
+                    elem_id=elem_id, visible=visible)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,7 +291,8 @@ def _reference_tab(actions, domains, examples_dir):
             domain = gr.Dropdown(domains, value=domains[0], label='Domain of the reference (the target domain)')
             pairs = example_pairs(examples_dir, 'ref', domains)
             if pairs:
-                gr.Examples([list(pair) for pair in pairs], [ref, domain], label='Example references')
+                gr.Examples([list(pair) for pair in pairs], [ref, domain], label='Example references',
+                            examples_per_page=4)
         with gr.Column():
             out = gr.Image(label='Translation', format='png', interactive=False, height=256)
             run = gr.Button('Translate', variant='primary')
@@ -307,14 +308,16 @@ def _style_slot(k, domains):
             kind = gr.Radio(['seed', 'reference'], value='seed', label='From', scale=1)
             domain = gr.Dropdown(domains, value=domains[k % len(domains)], label='Domain', scale=1)
             seed = gr.Number(k, label='Seed', precision=0, minimum=SEED_RANGE[0], maximum=SEED_RANGE[1], scale=1)
-            ref = upload_image('Reference', 120)
+        ref = upload_image('Reference', 120, visible=False)
+    kind.change(lambda chosen: [gr.update(visible=chosen == 'seed'), gr.update(visible=chosen == 'reference')],
+                kind, [seed, ref], api_visibility='private')
     return group, [kind, domain, seed, ref]
 
 
 def _interpolate_tab(actions, domains, examples_dir):
     with gr.Row():
         with gr.Column():
-            source = upload_image('Source', 256)
+            source = upload_image('Source', 256, elem_id='interp-source')
             _source_examples(source, examples_dir, domains)
         with gr.Column():
             num_styles = gr.Slider(2, MAX_PATH_STYLES, value=2, step=1, label='Number of styles')
@@ -330,8 +333,9 @@ def _interpolate_tab(actions, domains, examples_dir):
             frame = gr.Image(label='Frame at this position', format='png', interactive=False, height=256)
         with gr.Column():
             num_frames = gr.Slider(2, MAX_TRANSITION_FRAMES, value=31, step=1, label='Frames per transition')
-            render = gr.Button('Render video', variant='primary')
-            video = gr.Video(label='Interpolation video', interactive=False, buttons=['download'])
+            render = gr.Button('Render video', variant='primary', elem_id='interp-render')
+            video = gr.Video(label='Interpolation video', interactive=False, buttons=['download'], height=256,
+                             elem_id='interp-video')
     num_styles.change(lambda n: [gr.update(visible=k < int(n)) for k in range(MAX_PATH_STYLES)],
                       num_styles, groups, api_visibility='private')
     position.release(shown_as_errors(actions.frame), [source, num_styles, position, *slot_values], frame,

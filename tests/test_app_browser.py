@@ -5,12 +5,14 @@ Outside CI (CI unset) the test skips when no Chromium is installed, saying so; i
 """
 import os
 
+import httpx
 import pytest
 from PIL import Image
 
-from bench.app_screenshot import (EXAMPLE, chromium_paths, foreign_urls, page_message, requested_urls, save_page,
-                                  start_chromium, translate_latent, upload_source)
+from bench.app_screenshot import (EXAMPLE, chromium_paths, foreign_urls, open_page, page_message, requested_urls,
+                                  save_page, start_chromium, translate_latent, upload, wait_for)
 from core.translator import Translator
+from core.video import num_video_frames
 from test_app import S, png_claiming, serve_in_thread, tiny_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*(future.no_silent_downcasting|copy keyword is deprecated)")
@@ -56,6 +58,23 @@ def test_a_bad_upload_is_one_message_in_the_page(browser, url, tmp_path):
 def page_message_after(browser, url, image, words):
     """Upload `image` on the Latent tab, press Translate, return the message the page shows."""
     from selenium.webdriver.common.by import By
-    upload_source(browser, url, image)
+    open_page(browser, url)
+    upload(browser, 'latent-source', image)
     browser.find_element(By.CSS_SELECTOR, '#latent-run').click()
     return page_message(browser, words)
+
+
+def test_the_interpolation_video_plays_in_the_page_and_downloads(browser, url):
+    from selenium.webdriver.common.by import By
+    open_page(browser, url, 'Interpolate')
+    upload(browser, 'interp-source', EXAMPLE)
+    browser.find_element(By.CSS_SELECTOR, '#interp-render').click()
+    video = wait_for(browser, lambda d: d.execute_script(
+        'var v = document.querySelector("#interp-video video");'
+        'return v && v.readyState >= 2 ? {src: v.currentSrc, size: [v.videoWidth, v.videoHeight], '
+        'seconds: v.duration} : null;'), 'a playable video')
+    frames = num_video_frames(2, 31)   # two styles (the default), 31 frames per transition
+    assert video['size'] == [S, 2 * S] and video['seconds'] == pytest.approx(frames / 12.5, abs=0.1)
+    assert not foreign_urls([video['src']])
+    assert httpx.get(video['src'], timeout=30).content[4:8] == b'ftyp'   # the MP4 the download button saves
+    assert browser.find_elements(By.CSS_SELECTOR, '#interp-video [aria-label="Download"], #interp-video a[download]')
