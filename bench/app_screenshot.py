@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from urllib.parse import urlparse
 
 from PIL import Image
@@ -30,6 +31,7 @@ CHROMIUM_FLAGS = ('--headless', '--no-sandbox', '--disable-gpu', '--disable-quic
                   '--disable-background-networking', '--disable-component-update', '--disable-sync')
 WINDOW_WIDTH = 1280
 MIN_WINDOW_HEIGHT = 700
+RESIZE_ROUNDS = 5
 LOOPBACK = ('127.0.0.1', 'localhost', '::1', '[::1]')
 WAIT_SECONDS = 180            # for the page and a translation, on a busy CPU
 EXAMPLE = os.path.join(REPO, 'assets', 'representative', 'synthetic-seasons', 'src', 'summer', '00.png')
@@ -148,9 +150,16 @@ def page_message(driver, words):
 
 
 def save_page(driver, path):
-    """Screenshot of the whole page (the window made as tall as the page) as a palette PNG."""
-    height = driver.execute_script('return document.documentElement.scrollHeight')
-    driver.set_window_size(WINDOW_WIDTH, max(MIN_WINDOW_HEIGHT, height))
+    """Screenshot of the whole page (the viewport made as tall as the page) as a palette PNG."""
+    height = 0
+    for _ in range(RESIZE_ROUNDS):   # a taller viewport can re-flow the page: resize until it fits
+        needed = max(MIN_WINDOW_HEIGHT, driver.execute_script('return document.documentElement.scrollHeight'))
+        if needed == height:
+            break
+        height = needed
+        driver.execute_cdp_cmd('Emulation.setDeviceMetricsOverride',
+                               {'width': WINDOW_WIDTH, 'height': height, 'deviceScaleFactor': 1, 'mobile': False})
+        time.sleep(0.5)
     with tempfile.TemporaryDirectory() as tmp:
         raw = os.path.join(tmp, 'page.png')
         driver.save_screenshot(raw)

@@ -38,6 +38,7 @@ from PIL import Image  # noqa: E402
 
 from core.config import PRESETS, SEED_RANGE  # noqa: E402
 from core.data.images import BadImageError, list_images, load_rgb  # noqa: E402
+from core.inference import ema_steps  # noqa: E402
 from core.sampling import first_per_domain  # noqa: E402
 from core.translator import LOAD_FLAGS, Translator  # noqa: E402
 from core.utils.errors import UserError  # noqa: E402
@@ -51,6 +52,7 @@ QUEUE_SIZE = 32                  # requests waiting; more are turned away with a
 CACHE_LIFETIME = 3600            # seconds gradio keeps uploads and outputs (checked as often)
 VIDEO_NAME = 'interpolation.mp4'
 EXAMPLES_PER_TAB = 8
+GALLERY_HEIGHT = 220             # pixels: one row of up to MAX_STYLES translations
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -179,7 +181,7 @@ class Actions:
         image, domain, seed = upload(image, 'source'), self._domain(domain), _seed(seed)
         psi, num = _fraction(psi, 'psi'), _whole_number(num, 'The number of styles', 1, MAX_STYLES)
         outs = self.translator.latent(image, domain, seed=seed, psi=psi, num=num)
-        return [(out, f'{domain}, seed {seed}, style {k}') for k, out in enumerate(outs)]
+        return [(out, f'style {k}') for k, out in enumerate(outs)]
 
     def reference(self, image, ref, domain):
         """The source in the style of the reference, taken as an image of `domain`."""
@@ -274,8 +276,8 @@ def _latent_tab(actions, domains, examples_dir):
                             info='pulls the styles toward the domain average: 1 none, 0 the average')
             num = gr.Slider(1, MAX_STYLES, value=4, step=1, label='Number of styles')
             run = gr.Button('Translate', variant='primary', elem_id='latent-run')
-    gallery = gr.Gallery(label='Translations', columns=MAX_STYLES // 2, format='png', height='auto',
-                         elem_id='latent-gallery')
+    gallery = gr.Gallery(label='Translations', columns=MAX_STYLES, fit_columns=False, format='png',
+                         height=GALLERY_HEIGHT, elem_id='latent-gallery')
     shuffle.click(lambda: secrets.randbelow(SEED_RANGE[1] + 1), None, seed, api_name='random_seed')
     run.click(shown_as_errors(actions.latent), [source, domain, seed, psi, num], gallery, api_name='latent',
               preprocess=False)
@@ -389,7 +391,7 @@ def _model_source(cfg):
     step = cfg.resume_iter if isinstance(cfg.resume_iter, int) and cfg.resume_iter > 0 else None
     named = {'checkpoint_dir', 'preset'} & set(cfg.get('explicit_flags', ()))
     folder = cfg.checkpoint_dir if named else PRESETS['demo']['checkpoint_dir']
-    if not named and not os.path.isdir(folder):
+    if not named and not (os.path.isdir(folder) and ema_steps(folder)):
         raise AppError(f'no demo model in {folder}: run `python main.py --mode demo` first, or pass '
                        f'--checkpoint FILE or --checkpoint_dir DIR')
     return folder, step

@@ -97,7 +97,7 @@ def slots(*styles):
 def test_latent_gives_styles_at_the_model_size_equal_per_seed_as_translator(served, translator):
     _, _, client = served
     outs = client.predict(handle_file(SRC), 'winter', 5, 1.0, 3, api_name='/latent')
-    assert len(outs) == 3 and [o['caption'] for o in outs] == [f'winter, seed 5, style {k}' for k in range(3)]
+    assert len(outs) == 3 and [o['caption'] for o in outs] == [f'style {k}' for k in range(3)]
     assert all(Image.open(o['image']).size == (S, S) for o in outs)
     direct = translator.latent(SRC, 'winter', seed=5, num=3)
     assert all(same_image(o['image'], d) for o, d in zip(outs, direct))
@@ -292,9 +292,11 @@ def test_mode_app_serves_then_ctrl_c_stops_cleanly(ckpt, capsys, monkeypatch):
 
 def test_mode_app_without_a_model_says_what_to_do(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main(['--mode', 'app']) == 1
-    err = capsys.readouterr().err
-    assert err.count('\n') == 1 and 'run `python main.py --mode demo` first' in err
+    for _ in range(2):   # no demo folder, then an empty one (a demo stopped before its first checkpoint)
+        assert main(['--mode', 'app']) == 1
+        err = capsys.readouterr().err
+        assert err.count('\n') == 1 and 'run `python main.py --mode demo` first' in err
+        os.makedirs(tmp_path / 'expr' / 'checkpoints_demo', exist_ok=True)
     assert main(['--mode', 'app', '--checkpoint', 'missing.ckpt']) == 1
     assert "--checkpoint 'missing.ckpt' does not exist" in capsys.readouterr().err
     assert main(['--mode', 'app', '--port', '70000']) == 1
