@@ -61,33 +61,28 @@ def write_representative(root):
     return count
 
 
-def gif_frames(nets, cfg, device):
+def gif_frames(translator, cfg):
     """uint8 frames (H, W, 3) of the latent style walk for the first GIF_SOURCES sources."""
     import torch
-    from core.sampling import domain_averages, draw_z, latent_path_styles, load_domain_batch
-    from core.video import style_path_frames
+    from core.sampling import latent_walk_styles, load_domain_batch, walk_frames
     from core.visualize import to_uint8
-    src = load_domain_batch(cfg, 'src_dir', device)
+    src = load_domain_batch(cfg, 'src_dir', translator.device)
     picks = torch.arange(0, src.x.size(0), max(1, src.x.size(0) // GIF_SOURCES))[:GIF_SOURCES]
-    z_list = draw_z(cfg, GIF_STYLES_PER_DOMAIN, device)
-    styles = latent_path_styles(nets, z_list, domain_averages(nets, cfg, device), 1.0)
-    with torch.no_grad():
-        return [to_uint8(f).permute(1, 2, 0).cpu().numpy()
-                for f in style_path_frames(nets.generator, src.x[picks], styles, GIF_FRAMES)]
+    styles = latent_walk_styles(translator, cfg.seed, 1.0, GIF_STYLES_PER_DOMAIN)
+    return [to_uint8(f).permute(1, 2, 0).cpu().numpy()
+            for f in walk_frames(translator, src.x[picks], styles, GIF_FRAMES)]
 
 
 def write_figures(cfg, root):
     """Sample from the model into a temporary folder, keep two grids in root, and write the GIF there."""
-    from core.utils.device import resolve_device
-    from core.inference import load_model
     from core.sampling import follow_run, sample
-    device = resolve_device(cfg.device)
+    from core.translator import Translator
     with tempfile.TemporaryDirectory() as tmp:
         sample(cfg.replace(result_dir=tmp, video_frames=2, labels=True))
         shutil.copy(os.path.join(tmp, 'reference.jpg'), os.path.join(root, 'demo_reference.jpg'))
         shutil.copy(os.path.join(tmp, 'latent_psi_1.0.jpg'), os.path.join(root, 'demo_latent.jpg'))
-    model = load_model(cfg, device, verbose=False)
-    frames = gif_frames(model.nets, follow_run(model.cfg, model.stored, 'gif'), device)
+    translator = Translator.from_config(cfg, verbose=False)
+    frames = gif_frames(translator, follow_run(translator.cfg, translator.model.stored, 'gif'))
     scale = max(1, -(-GIF_MIN_WIDTH // frames[0].shape[1]))   # the demo's 32 px frames would be thumbnails
     images = [Image.fromarray(np.ascontiguousarray(f)).resize((f.shape[1] * scale, f.shape[0] * scale), Image.NEAREST)
               for f in frames]

@@ -296,6 +296,12 @@ def _add_sampling_flags(p):
                         'the name of the folder holding them')
     g.add_argument('--num_styles', type=int, default=1,
                    help='translate: random latent styles per input (without --ref)')
+    g.add_argument('--keep_size', action='store_true',
+                   help='translate: run the generator at each input\'s own size (rounded to its down-sampling '
+                        'factor) instead of --img_size; quality away from the training scale is not guaranteed')
+    g.add_argument('--video', action='store_true',
+                   help='translate: one MP4 per input instead of PNGs, its style walking through the styles '
+                        '(--num_styles 2+ random styles of --trg_domain, or the --ref images)')
     g.add_argument('--psi', type=float, default=1.0,
                    help='truncation: pull random styles toward the domain average (1: none, 0: the '
                         'average); used by translate and video_latent.mp4')

@@ -26,13 +26,21 @@ Sources and references are up to --val_batch_size images of --src_dir and
 more, the first images of each domain are taken in turn, so every domain is
 shown (upstream takes the first images in folder order, often one domain only).
 
-translate writes one PNG per input image and style into --result_dir,
-keeping the input's sub-folders:
+translate writes into --result_dir, keeping the input's sub-folders, one PNG
+per input image and style:
   <name>_to_<domain>_z<KK>.png         random style KK of --num_styles (--trg_domain, --psi)
   <name>_to_<domain>_ref_<ref>.png     the style of reference image <ref> (--ref)
+or with --video one MP4 per input image, the image above its translation while
+the style walks through those styles in order (at least two: --num_styles 2 or
+more, or a folder of references):
+  <name>_to_<domain>_latent.mp4 (_latent_psi<psi>.mp4 with --psi), <name>_to_<domain>_ref.mp4
 Style zKK is the style of the latent grids' row KK of that domain at psi 1
 (same --seed), so a style chosen from the grid can be applied to a folder.
+--keep_size runs the generator at each input's own size, rounded to a multiple
+of its down-sampling factor (references are still encoded at the training
+size); quality away from the training scale is not guaranteed.
 
+Both modes use the model through core.translator.Translator, the Python API.
 Everything random is drawn from --seed: equal seeds give equal files.
 """
 import collections
@@ -40,33 +48,19 @@ import os
 
 import torch
 from munch import Munch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from core.data.loader import EvalDataset, folder_dataset, stack_images
-from core.utils.device import resolve_device
+from core.data.loader import folder_dataset, stack_images
 from core.utils.errors import UserError
 from core.data.images import DataError, check_images, domain_tree
-from core.inference import (all_domain_styles, average_styles, load_model, style_codes, translate_styles,
-                            truncate)
-from core.utils.seeding import STREAM_SAMPLE, step_generator
-from core.video import (max_video_sources, max_video_styles, num_video_frames, slide_margin, style_path_frames,
-                        write_video)
+from core.translator import Translator
+from core.video import max_video_sources, max_video_styles, num_video_frames, slide_margin, strip_frames, write_video
 from core.visualize import (PSIS, domain_names, label_grid, latent_grid, latent_labels, reference_grid,
                             reference_labels, save_grid, save_image)
-
-# Purposes within STREAM_SAMPLE: each draws from its own generator.
-PURPOSE_Z = 0           # z of the latent grids, video_latent and translate (style k = k-th draw)
-PURPOSE_AVERAGE = 1     # z averaged into the truncation centres
-
 
 # Settings of sample/translate taken from the run stored in the checkpoint unless given as flags.
 RUN_SETTINGS = ('val_batch_size', 'num_outs_per_domain')
 RUN_FOLDERS = ('src_dir', 'ref_dir')   # taken only if the folder exists here
-
-
-class DomainError(UserError):
-    """A domain name or id that the model does not have."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -76,21 +70,6 @@ class DomainError(UserError):
 def domain_label(cfg, y):
     """The name of domain y, or 'domain<y>' for checkpoints without names."""
     return cfg.domain_names[y] if cfg.domain_names else f'domain{y}'
-
-
-def draw_z(cfg, num, device):
-    """The first `num` latent codes of --seed: (num, 1, latent_dim).
-
-    One draw per code, so the k-th code does not depend on how many are drawn.
-    """
-    gen = step_generator(cfg.seed, PURPOSE_Z, STREAM_SAMPLE)
-    return torch.stack([torch.randn(1, cfg.latent_dim, generator=gen) for _ in range(num)]).to(device)
-
-
-def domain_averages(nets, cfg, device):
-    """Truncation centres: the mean style of every domain, (num_domains, style_dim)."""
-    gen = step_generator(cfg.seed, PURPOSE_AVERAGE, STREAM_SAMPLE)
-    return average_styles(nets.mapping_network, cfg.latent_dim, generator=gen, device=device)
 
 
 def follow_run(cfg, stored, mode):
@@ -151,11 +130,15 @@ def load_domain_batch(cfg, flag, device):
     return Munch(x=x, y=torch.tensor([y for _, y in picked], dtype=torch.long, device=device))
 
 
-def latent_path_styles(nets, z_list, s_avg, psi):
-    """Styles of the latent video: every z for domain 0, then domain 1, ...: (D * num_z, style_dim)."""
-    s_all = all_domain_styles(nets.mapping_network, z_list[:, 0]).transpose(0, 1)   # (D, num_z, style_dim)
-    s_all = truncate(s_all, s_avg.unsqueeze(1), psi)
-    return s_all.reshape(-1, s_all.size(-1))                                        # (D * num_z, style_dim)
+def latent_walk_styles(translator, seed, psi, num):
+    """Styles of the latent video: `num` styles of domain 0, then of domain 1, ...: (D * num, style_dim)."""
+    return torch.cat([translator.styles(y, seed, psi, num) for y in range(translator.cfg.num_domains)])
+
+
+def walk_frames(translator, x_src, styles, num_frames, x_ref=None, margin=0):
+    """Video frames (core.video.strip_frames) of x_src while the style walks through `styles` (K, style_dim)."""
+    fakes = translator.frames(x_src, styles, num_frames, as_tensor=True)
+    return strip_frames(x_src, fakes, styles.size(0), num_frames, x_ref, margin)
 
 
 def video_styles(styles, num_frames, what):
@@ -176,22 +159,29 @@ def video_sources(x_src, img_size, ref_column):
     return x_src[:num]
 
 
-def write_grids(nets, cfg, src, ref, z_list, s_avg):
+def write_grids(translator, cfg, src, ref):
     """latent_psi_*.jpg and reference.jpg (labelled unless --no-labels), with one progress bar over all rows."""
-    rows = len(PSIS) * cfg.num_domains * z_list.size(0) + ref.x.size(0)
+    num_z, num_domains = cfg.num_outs_per_domain, cfg.num_domains
+    rows = len(PSIS) * num_domains * num_z + ref.x.size(0)
     cell, src_names = cfg.img_size, domain_names(cfg, src.y)
     paths = []
     with tqdm(total=rows, desc='grids', unit='row', disable=None, leave=False) as bar:
         for psi in PSIS:
             path = os.path.join(cfg.result_dir, f'latent_psi_{psi}.jpg')
-            grid = latent_grid(nets, src.x, z_list, s_avg, psi, cfg.num_domains, bar.update)
+            x_fakes = []
+            for y in range(num_domains):
+                x_fakes += translator.latent(src.x, y, cfg.seed, psi, num_z, as_tensor=True)
+                bar.update(num_z)
+            grid = latent_grid(src.x, x_fakes)
             if cfg.labels:
-                labels = latent_labels(src_names, domain_names(cfg, range(cfg.num_domains)), z_list.size(0), psi)
+                labels = latent_labels(src_names, domain_names(cfg, range(num_domains)), num_z, psi)
                 grid = label_grid(grid, cell, *labels)
             save_grid(grid, path)
             paths.append(path)
         path = os.path.join(cfg.result_dir, 'reference.jpg')
-        grid = reference_grid(nets, src.x, ref.x, ref.y, bar.update)
+        x_fakes = translator.apply(src.x, translator.style_of(ref.x, ref.y), as_tensor=True)
+        bar.update(ref.x.size(0))
+        grid = reference_grid(src.x, ref.x, x_fakes)
         if cfg.labels:
             grid = label_grid(grid, cell, *reference_labels(src_names, domain_names(cfg, ref.y)))
         save_grid(grid, path)
@@ -199,34 +189,30 @@ def write_grids(nets, cfg, src, ref, z_list, s_avg):
     return paths
 
 
-def write_videos(nets, cfg, src, ref, z_list, s_avg):
+def write_videos(translator, cfg, src, ref):
     """video_ref.mp4 and video_latent.mp4, streamed."""
-    G, T = nets.generator, cfg.video_frames
+    T = cfg.video_frames
     path_ref = os.path.join(cfg.result_dir, 'video_ref.mp4')
-    s_ref = video_styles(nets.style_encoder(ref.x, ref.y), T, 'reference')   # (R, style_dim)
-    frames = style_path_frames(G, video_sources(src.x, cfg.img_size, True), s_ref, T, x_ref=ref.x,
-                               margin=slide_margin(cfg.img_size))
+    s_ref = video_styles(translator.style_of(ref.x, ref.y), T, 'reference')   # (R, style_dim)
+    frames = walk_frames(translator, video_sources(src.x, cfg.img_size, True), s_ref, T, x_ref=ref.x,
+                         margin=slide_margin(cfg.img_size))
     write_video(path_ref, frames, num_video_frames(s_ref.size(0), T), cfg.fps)
 
     path_latent = os.path.join(cfg.result_dir, 'video_latent.mp4')
-    styles = video_styles(latent_path_styles(nets, z_list, s_avg, cfg.psi), T, 'latent')
-    frames = style_path_frames(G, video_sources(src.x, cfg.img_size, False), styles, T)
+    styles = video_styles(latent_walk_styles(translator, cfg.seed, cfg.psi, cfg.num_outs_per_domain), T, 'latent')
+    frames = walk_frames(translator, video_sources(src.x, cfg.img_size, False), styles, T)
     write_video(path_latent, frames, num_video_frames(styles.size(0), T), cfg.fps)
     return [path_ref, path_latent]
 
 
-@torch.no_grad()
 def sample(cfg):
     """--mode sample: reference.jpg, latent_psi_*.jpg, video_ref.mp4 and video_latent.mp4."""
-    device = resolve_device(cfg.device)
-    model = load_model(cfg, device)
-    nets, cfg = model.nets, follow_run(model.cfg, model.stored, 'sample')
-    src = load_domain_batch(cfg, 'src_dir', device)
-    ref = load_domain_batch(cfg, 'ref_dir', device)
-    z_list = draw_z(cfg, cfg.num_outs_per_domain, device)   # (num_outs, 1, latent_dim)
-    s_avg = domain_averages(nets, cfg, device)
-    paths = write_grids(nets, cfg, src, ref, z_list, s_avg)
-    paths += write_videos(nets, cfg, src, ref, z_list, s_avg)
+    translator = Translator.from_config(cfg)
+    cfg = follow_run(translator.cfg, translator.model.stored, 'sample')
+    src = load_domain_batch(cfg, 'src_dir', translator.device)
+    ref = load_domain_batch(cfg, 'ref_dir', translator.device)
+    paths = write_grids(translator, cfg, src, ref)
+    paths += write_videos(translator, cfg, src, ref)
     print(f'sample: {len(src.x)} sources, {len(ref.x)} references -> ' + ', '.join(paths))
     return paths
 
@@ -235,44 +221,14 @@ def sample(cfg):
 # --mode translate
 # ----------------------------------------------------------------------------------------------
 
-def _domain_of_refs(cfg):
-    """The domain named by the folder holding --ref (a folder of references is itself that folder)."""
-    folder = cfg.ref if os.path.isdir(cfg.ref) else os.path.dirname(os.path.abspath(cfg.ref))
-    name = os.path.basename(os.path.normpath(os.path.abspath(folder)))
-    if not cfg.domain_names or name not in cfg.domain_names:
-        known = f'the model\'s domains are {", ".join(cfg.domain_names)}' if cfg.domain_names else \
-            'this checkpoint stores no domain names'
-        raise DomainError(f'--ref: the folder name {name!r} is not a domain ({known}); pass --trg_domain '
-                          f'NAME_OR_ID, the domain of the reference images')
-    return name
-
-
-def resolve_domain(cfg, value):
-    """Domain id of --trg_domain given as a name (from the checkpoint) or a 0-based id."""
-    names = cfg.domain_names
-    if names and value in names:
-        return list(names).index(value)
-    try:
-        y = int(value)
-    except ValueError:
-        if names:
-            raise DomainError(f'--trg_domain {value!r} is not a domain of this model; its domains are '
-                              + ', '.join(f'{n} ({i})' for i, n in enumerate(names))) from None
-        raise DomainError(f'--trg_domain {value!r}: this checkpoint stores no domain names (official layout); '
-                          f'give the domain id, 0 to {cfg.num_domains - 1} (sorted folder order)') from None
-    if not 0 <= y < cfg.num_domains:
-        raise DomainError(f'--trg_domain {y} is out of range: the model has domains 0 to {cfg.num_domains - 1}')
-    return y
-
-
-def image_dataset(path, img_size, skip_bad):
-    """EvalDataset of one image file or of every image under a folder (recursive)."""
+def image_paths(path, img_size, skip_bad):
+    """The usable image files of --src or --ref: one file, or every image under a folder (recursive)."""
     if os.path.isdir(path):
-        return folder_dataset(path, img_size, skip_bad=skip_bad)
+        return folder_dataset(path, img_size, skip_bad=skip_bad).paths
     paths = check_images([path], skip_bad)
     if not paths:
         raise DataError(f'{path} cannot be used as an image')
-    return EvalDataset(paths, [-1], img_size)
+    return paths
 
 
 def output_stems(paths, root):
@@ -287,49 +243,74 @@ def output_stems(paths, root):
             for p, (stem, ext) in zip(paths, stems)}
 
 
-@torch.no_grad()
-def latent_styles(nets, cfg, y, device):
+def chunks(items, size):
+    """Consecutive slices of at most `size` items."""
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def latent_styles(translator, cfg, y):
     """--num_styles random styles of domain y, truncated by --psi: ((K, style_dim), tags)."""
-    z = draw_z(cfg, cfg.num_styles, device)[:, 0]   # (K, latent_dim)
-    s = nets.mapping_network(z, torch.full((z.size(0),), y, dtype=torch.long, device=device))
-    if cfg.psi != 1:
-        s = truncate(s, domain_averages(nets, cfg, device)[y:y + 1], cfg.psi)
     psi = '' if cfg.psi == 1 else f'_psi{cfg.psi:g}'
-    return s, [f'z{k:02d}{psi}' for k in range(z.size(0))]
+    styles = translator.styles(y, cfg.seed, cfg.psi, cfg.num_styles)
+    return styles, [f'z{k:02d}{psi}' for k in range(cfg.num_styles)]
 
 
-@torch.no_grad()
-def reference_styles(nets, cfg, y, device):
+def reference_styles(translator, cfg, y):
     """Styles of the --ref image(s) as domain y: ((R, style_dim), tags)."""
-    refs = image_dataset(cfg.ref, cfg.img_size, cfg.skip_bad_images)
-    styles = style_codes(nets.style_encoder, refs, y, cfg.val_batch_size, device)
-    stems = output_stems(refs.paths, cfg.ref)
-    return styles, ['ref_' + stems[p].replace(os.sep, '-') for p in refs.paths]
+    paths = image_paths(cfg.ref, cfg.img_size, cfg.skip_bad_images)
+    styles = torch.cat([translator.style_of(part, [y] * len(part)) for part in chunks(paths, cfg.val_batch_size)])
+    stems = output_stems(paths, cfg.ref)
+    return styles, ['ref_' + stems[p].replace(os.sep, '-') for p in paths]
 
 
-@torch.no_grad()
-def translate(cfg):
-    """--mode translate: every --src image to the target domain, once per style."""
-    device = resolve_device(cfg.device)
-    model = load_model(cfg, device)
-    nets, cfg = model.nets, follow_run(model.cfg, model.stored, 'translate')
-    y = resolve_domain(cfg, cfg.trg_domain if cfg.trg_domain is not None else _domain_of_refs(cfg))
-    sources = image_dataset(cfg.src, cfg.img_size, cfg.skip_bad_images)
-    styles, tags = (reference_styles if cfg.ref else latent_styles)(nets, cfg, y, device)
-    stems = output_stems(sources.paths, cfg.src)
-    prefix = f'_to_{domain_label(cfg, y)}_'
-    loader = DataLoader(sources, batch_size=cfg.val_batch_size, num_workers=cfg.num_workers,
-                        pin_memory=device.type == 'cuda')
+def translate_images(translator, cfg, sources, styles, name):
+    """One PNG per source and style, named name(source path, style index); returns the paths written."""
     written = []
-    with tqdm(total=len(sources) * len(tags), desc='translate', unit='img', disable=None, leave=False) as bar:
-        for x_src, _, paths in loader:
-            x_fakes = translate_styles(nets.generator, x_src.to(device), (styles[k:k + 1] for k in range(len(tags))))
-            for tag, x_fake in zip(tags, x_fakes):
-                x_fake = x_fake.cpu()
-                for i, path in enumerate(paths):
-                    out = os.path.join(cfg.result_dir, stems[path] + prefix + tag + '.png')
-                    save_image(x_fake[i:i + 1], 1, out)
+    with tqdm(total=len(sources) * styles.size(0), desc='translate', unit='img', disable=None, leave=False) as bar:
+        for part in chunks(sources, cfg.val_batch_size):
+            for k, x_fakes in enumerate(translator.apply(part, styles, as_tensor=True)):
+                for path, x_fake in zip(part, x_fakes):
+                    out = os.path.join(cfg.result_dir, name(path, k))
+                    save_image(x_fake.unsqueeze(0), 1, out)
                     written.append(out)
-                bar.update(len(paths))
-    print(f'translate: {len(written)} images ({len(sources)} inputs x {len(tags)} styles) -> {cfg.result_dir}')
+                bar.update(len(part))
+    return written
+
+
+def translate_videos(translator, cfg, sources, styles, name):
+    """One MP4 per source: the source above its translation while the style walks through `styles`."""
+    if styles.size(0) < 2:
+        raise UserError('--video walks from style to style and needs two or more: pass --num_styles 2 or more '
+                        '(random styles), or a folder of reference images as --ref')
+    styles = video_styles(styles, cfg.video_frames, 'translate')
+    written = []
+    for path in tqdm(sources, desc='videos', unit='video', disable=None, leave=False):
+        written.append(translator.write_video(os.path.join(cfg.result_dir, name(path)), path, styles,
+                                              cfg.video_frames, cfg.fps))
+    return written
+
+
+def target_domain(translator, cfg):
+    """The domain id of --trg_domain, else of the folder holding --ref."""
+    if cfg.trg_domain is not None:
+        return translator.domain_id(cfg.trg_domain, '--trg_domain')
+    return translator.domain_of(cfg.ref, '--ref', 'pass --trg_domain NAME_OR_ID, the domain of the reference images')
+
+
+def translate(cfg):
+    """--mode translate: every --src image to the target domain, once per style (or as one video with --video)."""
+    translator = Translator.from_config(cfg, keep_size=cfg.keep_size)
+    cfg = follow_run(translator.cfg, translator.model.stored, 'translate')
+    y = target_domain(translator, cfg)
+    sources = image_paths(cfg.src, cfg.img_size, cfg.skip_bad_images)
+    styles, tags = (reference_styles if cfg.ref else latent_styles)(translator, cfg, y)
+    stems = output_stems(sources, cfg.src)
+    prefix = f'_to_{domain_label(cfg, y)}_'
+    if cfg.video:
+        kind = 'ref' if cfg.ref else 'latent' + ('' if cfg.psi == 1 else f'_psi{cfg.psi:g}')
+        written = translate_videos(translator, cfg, sources, styles, lambda p: stems[p] + prefix + kind + '.mp4')
+        print(f'translate: {len(written)} videos ({len(sources)} inputs, {len(tags)} styles) -> {cfg.result_dir}')
+    else:
+        written = translate_images(translator, cfg, sources, styles, lambda p, k: stems[p] + prefix + tags[k] + '.png')
+        print(f'translate: {len(written)} images ({len(sources)} inputs x {len(tags)} styles) -> {cfg.result_dir}')
     return written

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F_nn
 from PIL import Image
+from tqdm import tqdm
 
 from core.checkpoint import DamagedCheckpoint, ckpt_path
 from core.config import NET_FIELDS, parse_config
@@ -97,7 +98,7 @@ class Translator:
 
     @classmethod
     def load(cls, path, device='auto', step=None, arch=None, img_size=None, num_domains=None,
-             domain_names=None, keep_size=False, **net_flags):
+             domain_names=None, keep_size=False, average_seed=None, **net_flags):
         """A Translator of a `_nets_ema.ckpt` file or of a run's checkpoint folder.
 
         A folder gives its newest step whose EMA file reads cleanly (a damaged newer one is
@@ -106,7 +107,7 @@ class Translator:
         Hneg_SRC file is described by arch=, img_size=, num_domains=, domain_names= and, when
         they differ from the defaults, style_dim=, latent_dim=, hidden_dim=, base_dim=,
         max_conv_dim= (the command line's flags; mistakes get the command line's messages).
-        device: 'auto' (CUDA when available), 'cpu' or 'cuda'.
+        device: 'auto' (CUDA when available), 'cpu' or 'cuda'. average_seed: see __init__.
         """
         unknown = sorted(set(net_flags) - set(LOAD_FLAGS))
         if unknown:
@@ -121,7 +122,7 @@ class Translator:
                 raise DomainError(f'domain_names has {len(domain_names)} names for {cfg.num_domains} domains')
             cfg = cfg.replace(domain_names=tuple(domain_names))
         dev = resolve_device(device)
-        return cls(_load_file_or_folder(cfg, os.fspath(path), step, dev), dev, keep_size)
+        return cls(_load_file_or_folder(cfg, os.fspath(path), step, dev), dev, keep_size, average_seed)
 
     @classmethod
     def from_config(cls, cfg, keep_size=False, verbose=True):
@@ -187,20 +188,17 @@ class Translator:
             raise DomainError(f'{what} {domain} is out of range: the model has domains 0 to {self.cfg.num_domains - 1}')
         return y
 
-    def domain_of(self, path, what='reference'):
+    def domain_of(self, path, what='reference', hint='give its domain'):
         """The domain id named by the nearest folder above `path` (itself, if a folder) that is a domain."""
         folder = os.path.abspath(os.fspath(path))
         folder = folder if os.path.isdir(folder) else os.path.dirname(folder)
-        while self.cfg.domain_names:
-            if os.path.basename(folder) in self.cfg.domain_names:
-                return self.cfg.domain_names.index(os.path.basename(folder))
-            if os.path.dirname(folder) == folder:
-                break
+        names = self.cfg.domain_names or ()
+        while os.path.basename(folder) not in names and os.path.dirname(folder) != folder:
             folder = os.path.dirname(folder)
-        known = (f'the model\'s domains are {", ".join(self.cfg.domain_names)}' if self.cfg.domain_names
-                 else 'this checkpoint stores no domain names')
-        raise DomainError(f'{what} {path}: no folder above it is named after a domain ({known}); '
-                          f'give its domain')
+        if os.path.basename(folder) in names:
+            return names.index(os.path.basename(folder))
+        known = f'the model\'s domains are {", ".join(names)}' if names else 'this checkpoint stores no domain names'
+        raise DomainError(f'{what} {path}: no folder above it is named after a domain ({known}); {hint}')
 
     # ------------------------------------------------------------------------------------------
     # Styles
@@ -331,7 +329,9 @@ class Translator:
 
     def interpolate(self, image, styles, num_frames=VIDEO_FRAMES, as_tensor=False):
         """The list of frames of frames(image, styles, num_frames): frame i of it is frame i of write_video's MP4."""
-        return list(self.frames(image, styles, num_frames, as_tensor))
+        frames = self.frames(image, styles, num_frames, as_tensor)
+        total = self.num_frames(self._style_batch(styles).size(0), num_frames)
+        return list(tqdm(frames, total=total, desc='interpolate', unit='frame', disable=None, leave=False))
 
     def num_frames(self, num_styles, num_frames=VIDEO_FRAMES):
         """Length of the walk through `num_styles` styles (holds included)."""

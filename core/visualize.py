@@ -146,42 +146,36 @@ def cycle_grid(nets, x_src, y_src, x_ref, y_ref):
     return make_grid(torch.cat([x_src, x_ref, x_fake, x_rec]), x_src.size(0))
 
 
-def _counted(rows, on_row):
-    """Pass rows through, calling on_row() after each one (progress bars)."""
-    for row in rows:
-        yield row
-        if on_row is not None:
-            on_row()
+def latent_grid(x_src, x_fakes):
+    """Row 0: the sources (N, 3, H, W); then one row per translated batch of x_fakes (each (N, 3, H, W))."""
+    return make_grid(torch.cat([x_src] + list(x_fakes)), x_src.size(0))
+
+
+def reference_grid(x_src, x_ref, x_fakes):
+    """Upstream's reference grid: a blank corner and the sources on top, then per reference
+    x_ref[r] the reference followed by x_fakes[r], every source translated with its style."""
+    blank = torch.ones_like(x_src[:1])
+    rows = [torch.cat([blank, x_src])] + [torch.cat([x_ref[r:r + 1], x_fake]) for r, x_fake in enumerate(x_fakes)]
+    return make_grid(torch.cat(rows), x_src.size(0) + 1)
 
 
 @torch.no_grad()
-def latent_grid(nets, x_src, z_list, s_avg, psi, num_domains, on_row=None):
-    """Row 0: sources; then one row per (domain, z): sources translated with the truncated style.
-
-    on_row, if given, is called after each translated row.
-    """
+def debug_latent_fakes(nets, x_src, z_list, s_avg, psi, num_domains):
+    """Training's latent rows: x_src translated with F(z, y) truncated by psi, per domain, per z."""
     G, F = nets.generator, nets.mapping_network
     styles = []
     for y in range(num_domains):
-        y_trg = torch.full((z_list.size(1),), y, dtype=torch.long, device=x_src.device)
+        y_trg = torch.full((1,), y, dtype=torch.long, device=x_src.device)
         for z in z_list:   # z: (1, latent_dim), shared by every source of the row
-            styles.append(truncate(F(z, y_trg[:1]), s_avg[y:y + 1], psi))
-    rows = [x_src] + list(_counted(translate_styles(G, x_src, styles), on_row))
-    return make_grid(torch.cat(rows), x_src.size(0))
+            styles.append(truncate(F(z, y_trg), s_avg[y:y + 1], psi))
+    return list(translate_styles(G, x_src, styles))
 
 
 @torch.no_grad()
-def reference_grid(nets, x_src, x_ref, y_ref, on_row=None):
-    """Upstream's reference grid: a blank corner and the sources on top, then per reference
-    the reference followed by every source translated with its style (on_row as latent_grid)."""
-    G, E = nets.generator, nets.style_encoder
-    s_ref = E(x_ref, y_ref)   # (R, style_dim)
-    blank = torch.ones_like(x_src[:1])
-    rows = [torch.cat([blank, x_src])]
-    x_fakes = translate_styles(G, x_src, (s_ref[r:r + 1] for r in range(x_ref.size(0))))
-    for r, x_fake in enumerate(_counted(x_fakes, on_row)):
-        rows.append(torch.cat([x_ref[r:r + 1], x_fake]))
-    return make_grid(torch.cat(rows), x_src.size(0) + 1)
+def debug_reference_fakes(nets, x_src, x_ref, y_ref):
+    """Training's reference rows: x_src translated with the style of every reference."""
+    s_ref = nets.style_encoder(x_ref, y_ref)   # (R, style_dim)
+    return list(translate_styles(nets.generator, x_src, (s_ref[r:r + 1] for r in range(x_ref.size(0)))))
 
 
 def domain_names(cfg, ys):
@@ -213,8 +207,10 @@ def debug_image(nets_ema, cfg, val, step, device):
     s_avg = average_styles(nets_ema.mapping_network, cfg.latent_dim, generator=gen, device=device)
     grids = {'cycle_consistency': cycle_grid(nets_ema, val.x_src, val.y_src, val.x_ref, val.y_ref)}
     for psi in PSIS:
-        grids[f'latent_psi_{psi}'] = latent_grid(nets_ema, val.x_src, z_list, s_avg, psi, num_domains)
-    grids['reference'] = reference_grid(nets_ema, val.x_src, val.x_ref, val.y_ref)
+        x_fakes = debug_latent_fakes(nets_ema, val.x_src, z_list, s_avg, psi, num_domains)
+        grids[f'latent_psi_{psi}'] = latent_grid(val.x_src, x_fakes)
+    grids['reference'] = reference_grid(val.x_src, val.x_ref,
+                                        debug_reference_fakes(nets_ema, val.x_src, val.x_ref, val.y_ref))
     if cfg.get('labels', True):
         grids = debug_labels(grids, cfg, val, num_domains)
     for name, grid in grids.items():

@@ -13,7 +13,7 @@ from core.config import parse_config
 from core.data.loader import EvalTransform
 from core.data.images import list_images, load_rgb
 from core.model import build_nets
-from core.sampling import draw_z
+from core.inference import draw_latents
 from main import main
 from test_video import read_video
 
@@ -216,9 +216,37 @@ def test_translate_with_reference_image_and_folder(trained, seasons32, tmp_path)
         f'{stem}_to_summer_ref_{os.path.splitext(os.path.basename(r))[0]}.png' for r in refs)
 
 
+def test_translate_keep_size_and_one_image_video(trained, seasons32, tmp_path):
+    """--keep_size: outputs at the input's own size (rounded to the generator's factor 2);
+    --video: one MP4 per input, the input above its translation, walking through the styles."""
+    photo = tmp_path / 'in' / 'photo.png'
+    photo.parent.mkdir()
+    load_rgb(list_images(str(seasons32 / 'val' / 'autumn'))[0]).resize((81, 40)).save(photo)
+    assert main(_translate_flags(trained, tmp_path / 'png', '--src', str(photo), '--trg_domain', 'winter',
+                                 '--keep_size')) == 0
+    assert _size(tmp_path / 'png' / 'photo_to_winter_z00.png') == (82, 40)
+    assert main(_translate_flags(trained, tmp_path / 'mp4', '--src', str(photo), '--trg_domain', 'winter',
+                                 '--num_styles', '3', '--psi', '0.7', '--video', '--video_frames', '3')) == 0
+    assert os.listdir(tmp_path / 'mp4') == ['photo_to_winter_latent_psi0.7.mp4']
+    frames, meta = read_video(tmp_path / 'mp4' / 'photo_to_winter_latent_psi0.7.mp4')
+    assert len(frames) == 2 * 3 + 1 and meta['size'] == (S, 2 * S)
+    refs = seasons32 / 'val' / 'summer'
+    assert main(_translate_flags(trained, tmp_path / 'ref', '--src', str(photo), '--ref', str(refs), '--video',
+                                 '--video_frames', '2', '--keep_size')) == 0
+    frames, meta = read_video(tmp_path / 'ref' / 'photo_to_summer_ref.mp4')
+    assert len(frames) == 2 * (len(list_images(str(refs))) - 1) + 1 and meta['size'] == (82, 80)
+
+
+def test_translate_video_needs_two_styles(trained, seasons32, tmp_path, capsys):
+    image = list_images(str(seasons32 / 'val' / 'autumn'))[0]
+    _fails(_translate_flags(trained, tmp_path / 'out', '--src', image, '--trg_domain', '0', '--video'), capsys,
+           '--video', '--num_styles 2')
+    assert not (tmp_path / 'out').exists()
+
+
 def test_translate_style_k_is_the_grids_row_k(trained):
     cfg = parse_config(_translate_flags(trained, 'unused', '--src', '.', '--trg_domain', '0'))
-    assert torch.equal(draw_z(cfg, 2, 'cpu'), draw_z(cfg, 5, 'cpu')[:2])
+    assert torch.equal(draw_latents(cfg.seed, 2, 8), draw_latents(cfg.seed, 5, 8)[:2])
 
 
 def test_official_layout_checkpoint_loads_with_flags(seasons32, tmp_path, capsys):
@@ -241,7 +269,7 @@ def test_official_layout_checkpoint_loads_with_flags(seasons32, tmp_path, capsys
     # the output is the loaded networks' translation, not that of freshly initialised ones
     x = EvalTransform(32)(load_rgb(image)).unsqueeze(0)
     with torch.no_grad():
-        s = nets.mapping_network(draw_z(cfg, 1, 'cpu')[:, 0], torch.tensor([2]))
+        s = nets.mapping_network(draw_latents(cfg.seed, 1, cfg.latent_dim)[:, 0], torch.tensor([2]))
         expected = ((nets.generator(x, s)[0] + 1) / 2).clamp(0, 1).mul(255).round().permute(1, 2, 0).numpy()
     got = np.asarray(Image.open(written), dtype=np.float32)
     assert np.abs(got - expected).max() <= 1
@@ -273,7 +301,8 @@ def test_bad_input_one_clear_message_and_nothing_written(trained, seasons32, tmp
     _fails(_translate_flags(trained, out, '--src', src, '--trg_domain', 'monsoon'), capsys,
            "'monsoon' is not a domain", 'autumn (0), spring (1), summer (2), winter (3)')
     _fails(_translate_flags(trained, out, '--src', src, '--trg_domain', '4'), capsys, 'out of range')
-    _fails(_translate_flags(trained, out, '--src', src, '--ref', src), capsys, "'val' is not a domain", '--trg_domain')
+    _fails(_translate_flags(trained, out, '--src', src, '--ref', src), capsys, 'no folder above it is named after a domain',
+           '--trg_domain')
     _fails(_translate_flags(trained, out, '--src', src, '--ref', src, '--trg_domain', '0', '--psi', '0.5'),
            capsys, '--psi')
     _fails(_translate_flags(trained, out, '--trg_domain', '0'), capsys, '--src')

@@ -1,6 +1,9 @@
 """core.translator.Translator, the Python API, on a tiny model trained for 2 steps."""
 import os
+import re
 import shutil
+import subprocess
+import sys
 import threading
 import warnings
 
@@ -22,6 +25,8 @@ from main import main
 from test_video import read_video
 
 S = 32
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_PATH = "'expr/checkpoints_demo'"   # the snippet's checkpoint, replaced by the tiny model's
 
 
 @pytest.fixture(scope='module')
@@ -198,3 +203,66 @@ def test_threads_share_one_translator(model, images):
         t.join()
     assert all(torch.equal(a, b) for k in range(4) for a, b in zip(results[k], expected))
     assert not expected[0].requires_grad
+
+
+def documented_snippet():
+    """The first python block of the 'Python API' section of docs/api.md."""
+    with open(os.path.join(ROOT, 'docs', 'api.md'), encoding='utf-8') as f:
+        section = f.read().split('# Python API', 1)[1]
+    return re.search(r'```python\n(.*?)```', section, re.S).group(1)
+
+
+def test_the_documented_snippet_runs(run, tmp_path, monkeypatch):
+    code = documented_snippet()
+    assert code.count(DEMO_PATH) == 1
+    shutil.copytree(os.path.join(ROOT, 'assets', 'representative'), tmp_path / 'assets' / 'representative')
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code.replace(DEMO_PATH, repr(str(run))), 'docs/api.md', 'exec'), {})
+    assert Image.open('winter.png').size == (S, S) and Image.open('summer.png').size == (S, S)
+    frames, meta = read_video('walk.mp4')
+    assert len(frames) == num_video_frames(3, 31) and meta['size'] == (S, 2 * S)
+
+
+def _packages_under(folder):
+    return sorted('.'.join(os.path.relpath(d, ROOT).split(os.sep)) for d, _, files in os.walk(os.path.join(ROOT, folder))
+                  if '__init__.py' in files)
+
+
+def test_the_install_lists_every_package():
+    tomllib = pytest.importorskip('tomllib')
+    with open(os.path.join(ROOT, 'pyproject.toml'), 'rb') as f:
+        listed = tomllib.load(f)['tool']['setuptools']['packages']
+    assert sorted(listed) == sorted(['stargan_src'] + ['stargan_src.' + p for p in _packages_under('core')
+                                                       + _packages_under('metrics')])
+
+
+def test_installed_copy_imports_from_anywhere_without_top_level_core(run, tmp_path):
+    """pip install --target (no dependencies, nothing global), then use it from another folder."""
+    pytest.importorskip('setuptools')
+    source = tmp_path / 'source'
+    for name in ('core', 'metrics', 'stargan_src'):
+        shutil.copytree(os.path.join(ROOT, name), source / name, ignore=shutil.ignore_patterns('__pycache__'))
+    for name in ('pyproject.toml', 'README.md'):
+        shutil.copy(os.path.join(ROOT, name), source / name)
+    target = tmp_path / 'site'
+    subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-deps', '--no-build-isolation', '--no-index',
+                    '--quiet', '--target', str(target), str(source)], check=True, capture_output=True)
+    assert {'__init__.py', 'core', 'metrics'} <= set(os.listdir(target / 'stargan_src'))
+    assert not (target / 'core').exists() and not (target / 'metrics').exists()   # nothing generic at the top
+    code = ('import sys, torch; from stargan_src import Translator; '
+            f'model = Translator.load({str(run)!r}); '
+            'print(model.domains, model.latent(torch.zeros(3, 8, 8), "winter")[0].size); '
+            'print(sys.modules["core"].__file__)')
+    env = dict(os.environ, PYTHONPATH=str(target))
+    out = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "['autumn', 'spring', 'summer', 'winter'] (32, 32)" in out.stdout
+    assert out.stdout.strip().endswith(os.path.join('site', 'stargan_src', 'core', '__init__.py'))
+    # a process that already holds another `core` gets one clear ImportError
+    other = tmp_path / 'other' / 'core'
+    other.mkdir(parents=True)
+    (other / '__init__.py').write_text('')
+    env['PYTHONPATH'] = f'{target}{os.pathsep}{other.parent}'
+    out = subprocess.run([sys.executable, '-c', 'import core, stargan_src'], cwd=tmp_path, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "already imported another 'core'" in out.stderr.strip().splitlines()[-1]
