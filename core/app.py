@@ -407,14 +407,9 @@ def _domain_folders(root):
     return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))) if os.path.isdir(root) else []
 
 
-def examples_folder(domains, src_dir=None):
-    """The folder holding the example trees src/<domain>/ and ref/<domain>/, or None.
-
-    The parent of src_dir when one is given; else the first assets/representative/<dataset>/
-    whose src/ folders are named after the model's domains.
-    """
-    if src_dir:
-        return os.path.dirname(os.path.normpath(src_dir))
+def examples_folder(domains):
+    """The first assets/representative/<dataset>/ whose src/ folders are named after the model's
+    domains (it holds the example trees src/<domain>/ and ref/<domain>/), or None."""
     root = os.path.join(REPO, 'assets', 'representative')
     for name in _domain_folders(root):
         if _domain_folders(os.path.join(root, name, 'src')) == sorted(domains):
@@ -445,8 +440,7 @@ def serve(cfg):
     """--mode app: load the model once, then serve the app on --host:--port until Ctrl-C."""
     start = time.perf_counter()
     translator = load_translator(cfg)
-    given_src = cfg.src_dir if 'src_dir' in cfg.get('explicit_flags', ()) else None
-    examples = examples_folder(translator.domains, given_src)
+    examples = examples_folder(translator.domains)
     with tempfile.TemporaryDirectory(prefix='app-videos-') as video_dir:
         app = build_app(translator, examples, video_dir, cfg.fps)
         url = launch(app, cfg.host, cfg.port or free_port(cfg.host), examples)
