@@ -443,7 +443,14 @@ def serve(cfg):
     examples = examples_folder(translator.domains)
     with tempfile.TemporaryDirectory(prefix='app-videos-') as video_dir:
         app = build_app(translator, examples, video_dir, cfg.fps)
-        url = launch(app, cfg.host, cfg.port or free_port(cfg.host), examples)
+        port = cfg.port or free_port(cfg.host)
+        try:
+            url = launch(app, cfg.host, port, examples)
+        except OSError:   # gradio's words name its own launch() arguments, not our flags
+            raise AppError(f'cannot serve on {cfg.host}:{port}: the port is in use or the address is not one of '
+                           f'this computer\'s; pass another --port (0: any free port) or --host') from None
+        if cfg.host not in ('127.0.0.1', 'localhost', '::1'):
+            print(f'app: note: --host {cfg.host} lets other computers open the app (there is no login)')
         print(f'app: serving {translator.path} (step {translator.step}) at {url}, '
               f'{time.perf_counter() - start:.1f} s after start; Ctrl-C stops it', flush=True)
         try:

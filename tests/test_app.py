@@ -3,6 +3,7 @@ through gradio_client, endpoint by endpoint, against Translator called directly.
 import io
 import os
 import re
+import socket
 import _thread
 import struct
 import threading
@@ -301,6 +302,17 @@ def test_mode_app_without_a_model_says_what_to_do(tmp_path, monkeypatch, capsys)
     assert "--checkpoint 'missing.ckpt' does not exist" in capsys.readouterr().err
     assert main(['--mode', 'app', '--port', '70000']) == 1
     assert '--port must be between 0 and 65535' in capsys.readouterr().err
+
+
+def test_mode_app_on_a_busy_port_says_so(ckpt, capsys):
+    with socket.socket() as busy:
+        busy.bind(('127.0.0.1', 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(['--mode', 'app', '--checkpoint', ckpt, '--port', str(port), '--device', 'cpu']) == 1
+    err = capsys.readouterr().err
+    assert err == (f'error: cannot serve on 127.0.0.1:{port}: the port is in use or the address is not one of this '
+                   f"computer's; pass another --port (0: any free port) or --host\n")
 
 
 def test_the_app_sets_itself_offline():

@@ -3,6 +3,7 @@
 Outside CI (CI unset) the test skips when no Chromium is installed, saying so; in CI it must run
 (.ci/run installs Chromium).
 """
+import io
 import os
 
 import httpx
@@ -13,7 +14,7 @@ from bench.app_screenshot import (EXAMPLE, chromium_paths, foreign_urls, open_pa
                                   save_page, start_chromium, translate_latent, upload, wait_for)
 from core.translator import Translator
 from core.video import num_video_frames
-from test_app import S, png_claiming, serve_in_thread, tiny_checkpoint
+from test_app import S, png_claiming, same_image, serve_in_thread, tiny_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*(future.no_silent_downcasting|copy keyword is deprecated)")
 
@@ -30,16 +31,22 @@ def browser(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def url(tmp_path_factory):
-    translator = Translator.load(tiny_checkpoint(tmp_path_factory.mktemp('run')), device='cpu')
+def translator(tmp_path_factory):
+    return Translator.load(tiny_checkpoint(tmp_path_factory.mktemp('run')), device='cpu')
+
+
+@pytest.fixture(scope='module')
+def url(translator):
     app, url = serve_in_thread(translator)
     yield url
     app.close()
 
 
-def test_upload_pick_domain_translate_in_chromium(browser, url, tmp_path):
+def test_upload_pick_domain_translate_in_chromium(browser, url, translator, tmp_path):
     sizes = translate_latent(browser, url, EXAMPLE, 'winter')
     assert sizes == [(S, S)] * 4   # the default number of styles, at the model's size
+    shown = [Image.open(io.BytesIO(httpx.get(src, timeout=30).content)) for src in gallery_urls(browser)]
+    assert len(shown) == 4 and all(same_image(a, b) for a, b in zip(shown, translator.latent(EXAMPLE, 'winter', num=4)))
     shot = tmp_path / 'app.png'
     width, height = save_page(browser, str(shot))
     with Image.open(shot) as img:
@@ -53,6 +60,11 @@ def test_a_bad_upload_is_one_message_in_the_page(browser, url, tmp_path):
     assert 'Upload a smaller image' in text and 'Traceback' not in text
     assert translate_latent(browser, url, EXAMPLE, 'summer') == [(S, S)] * 4   # and the server still serves
     assert not foreign_urls(requested_urls(browser))
+
+
+def gallery_urls(browser):
+    from selenium.webdriver.common.by import By
+    return [img.get_attribute('src') for img in browser.find_elements(By.CSS_SELECTOR, '#latent-gallery img')]
 
 
 def page_message_after(browser, url, image, words):
