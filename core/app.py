@@ -443,8 +443,9 @@ def serve(cfg):
     examples = examples_folder(translator.domains)
     with tempfile.TemporaryDirectory(prefix='app-videos-') as video_dir:
         app = build_app(translator, examples, video_dir, cfg.fps)
-        port = cfg.port or free_port(cfg.host)
+        port = cfg.port
         try:
+            port = port or free_port(cfg.host)
             url = launch(app, cfg.host, port, examples)
         except OSError:   # gradio's words name its own launch() arguments, not our flags
             raise AppError(f'cannot serve on {cfg.host}:{port}: the port is in use or the address is not one of '
