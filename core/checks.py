@@ -70,6 +70,11 @@ def export_errors(cfg):
     return errors(cfg)
 
 
+def app_errors(cfg):
+    """--mode app: a --checkpoint file, when one is given (else the run folder core.app opens)."""
+    return _exists_errors(cfg, 'checkpoint')
+
+
 def translate_errors(cfg):
     """--mode translate: --src, and --trg_domain or --ref."""
     errs = []

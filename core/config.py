@@ -260,6 +260,8 @@ def _add_sampling_flags(p):
     g.add_argument('--labels', action=argparse.BooleanOptionalAction, default=True,
                    help='label the grids (domain names of rows and columns, psi) in margins around the images; '
                         '--no-labels writes upstream\'s unlabelled images')
+    g.add_argument('--host', default='127.0.0.1', help='app: address to serve on (127.0.0.1: this computer only)')
+    g.add_argument('--port', type=int, default=7860, help='app: port to serve on (0: any free port)')
 
 
 def _names(value):
@@ -572,6 +574,8 @@ def _sampling_errors(cfg):
         errs.append('--num_styles must be at least 1')
     if not 0 <= cfg.psi <= 1:
         errs.append(f'--psi must be between 0 and 1 (got {cfg.psi})')
+    if not 0 <= cfg.port <= 65535:
+        errs.append(f'--port must be between 0 and 65535 (got {cfg.port})')
     if not cfg.fps > 0:
         errs.append('--fps must be > 0')
     if cfg.video_frames < 2:

@@ -54,6 +54,11 @@ def _export(cfg):
     return export(cfg)
 
 
+def _app(cfg):
+    from core.app import serve
+    return serve(cfg)
+
+
 def _table(*modes):
     return {mode.name: mode for mode in modes}
 
@@ -75,4 +80,6 @@ MODES: Dict[str, Mode] = _table(
          'synthetic data, a small trained model, its samples and quality figures, in minutes on a CPU'),
     Mode('export', _export, checks.export_errors, lambda cfg: checks.folders(cfg, 'out') if cfg.out else {},
          'the generator, mapping network and style encoder of a checkpoint as ONNX files in --out'),
+    Mode('app', _app, checks.app_errors, lambda cfg: {},
+         'a local web app on --host/--port: latent, reference and interpolation with a trained model'),
 )
