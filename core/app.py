@@ -389,7 +389,7 @@ def _model_source(cfg):
     if cfg.checkpoint:
         return cfg.checkpoint, None
     step = cfg.resume_iter if isinstance(cfg.resume_iter, int) and cfg.resume_iter > 0 else None
-    named = {'checkpoint_dir', 'preset'} & set(cfg.get('explicit_flags', ()))
+    named = {'checkpoint_dir', 'preset'} & set(cfg.facts.explicit_flags)
     folder = cfg.checkpoint_dir if named else PRESETS['demo']['checkpoint_dir']
     if not named and not (os.path.isdir(folder) and ema_steps(folder)):
         raise AppError(f'no demo model in {folder}: run `python main.py --mode demo` first, or pass '
@@ -399,7 +399,7 @@ def _model_source(cfg):
 
 def _official_arch(cfg):
     """Architecture keywords for a file that stores none (official StarGAN v2 / Hneg_SRC): the flags given."""
-    given = set(cfg.get('explicit_flags', ()))
+    given = set(cfg.facts.explicit_flags)
     return {k: cfg[k] for k in LOAD_FLAGS if k in given}
 
 

@@ -43,7 +43,7 @@ def tiny_checkpoint(folder):
     """A random-initialised 32 px model saved as step STEP of a run in `folder`; returns its EMA file."""
     cfg = parse_config(['--mode', 'train', '--img_size', str(S), '--num_domains', '4', '--base_dim', '8',
                         '--max_conv_dim', '16', '--hidden_dim', '32', '--style_dim', '16', '--latent_dim', '8',
-                        '--seed', '5']).replace(domain_names=DOMAINS)
+                        '--seed', '5']).with_facts(domain_names=DOMAINS)
     torch.manual_seed(0)
     nets, nets_ema = build_nets(cfg)
     write_training_state(str(folder), STEP, training_payloads(STEP, nets, nets_ema, {}, cfg))
