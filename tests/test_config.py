@@ -130,7 +130,7 @@ def test_cli_wrapper_turns_user_errors_and_ctrl_c_into_exit_codes(capsys):
 
 def test_every_mode_is_one_entry_that_main_checks_and_help_read_and_align_is_not_a_choice(capsys):
     action = next(a for a in build_parser()._actions if a.dest == 'mode')
-    assert action.choices == list(MODES) == ['train', 'sample', 'eval', 'translate', 'prepare', 'demo']
+    assert action.choices == list(MODES) == ['train', 'sample', 'eval', 'translate', 'prepare', 'demo', 'export', 'app']
     for name, mode in MODES.items():
         assert mode.name == name and callable(mode.run) and callable(mode.checks) and callable(mode.outputs)
         assert f'{name}: {mode.help}' in action.help
