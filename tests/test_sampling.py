@@ -267,39 +267,75 @@ def _fails(argv, capsys, *phrases):
         assert phrase in err, (phrase, err)
 
 
-def test_bad_input_one_clear_message_and_nothing_written(trained, seasons32, tmp_path, capsys):
-    out = tmp_path / 'out'
-    src = str(seasons32 / 'val')
-    _fails(_translate_flags(trained, out, '--src', src, '--trg_domain', 'monsoon'), capsys,
-           "'monsoon' is not a domain", 'autumn (0), spring (1), summer (2), winter (3)')
-    _fails(_translate_flags(trained, out, '--src', src, '--trg_domain', '4'), capsys, 'out of range')
-    _fails(_translate_flags(trained, out, '--src', src, '--ref', src), capsys, "'val' is not a domain", '--trg_domain')
-    _fails(_translate_flags(trained, out, '--src', src, '--ref', src, '--trg_domain', '0', '--psi', '0.5'),
-           capsys, '--psi')
-    _fails(_translate_flags(trained, out, '--trg_domain', '0'), capsys, '--src')
-    _fails(_translate_flags(trained, out, '--src', str(tmp_path / 'nope.jpg'), '--trg_domain', '0'), capsys,
-           'nope.jpg')
+def _broken_inputs(seasons32, tmp_path):
+    """A copy of one val domain with an undecodable 'image' in it."""
     broken = tmp_path / 'inputs'
     shutil.copytree(seasons32 / 'val' / 'autumn', broken)
     (broken / 'broken.jpg').write_bytes(b'not an image')
-    _fails(_translate_flags(trained, out, '--src', str(broken), '--trg_domain', '0'), capsys,
-           'broken.jpg', '--skip_bad_images')
-    _fails(_with_mode(trained, 'translate', '--resume_iter', '1', '--src', src, '--trg_domain', '0',
-                      '--result_dir', str(out)), capsys, 'checkpoint file not found', '--resume_iter')
-    # sample: reference folders that do not match the model's domains
+    return str(broken)
+
+
+def _three_domains(seasons32, tmp_path, *extra):
+    """A reference tree with three of the model's four domains, plus the `extra` (folder, domain) copies."""
     three = tmp_path / 'three'
     for domain in ('autumn', 'spring', 'summer'):
         shutil.copytree(seasons32 / 'val' / domain, three / domain)
-    _fails(_sample_flags(trained, out, '--src_dir', src, '--ref_dir', str(three)), capsys,
-           '--ref_dir', '3 domain folder(s)', '4 domains')
-    shutil.copytree(seasons32 / 'val' / 'winter', three / 'snow')
-    _fails(_sample_flags(trained, out, '--src_dir', src, '--ref_dir', str(three)), capsys,
-           '--ref_dir', 'autumn, spring, summer, winter')
-    _fails(_sample_flags(trained, out, '--src_dir', str(tmp_path / 'missing'), '--ref_dir', src), capsys,
-           '--src_dir')
+    for folder, domain in extra:
+        shutil.copytree(seasons32 / 'val' / domain, three / folder)
+    return str(three)
+
+
+# Bad input of sample and translate: argv(trained flags, data, tmp_path, output folder, source folder) and the
+# phrases of its one-line message.
+BAD_INPUTS = {
+    'unknown domain name': (
+        lambda t, d, tmp, out, src: _translate_flags(t, out, '--src', src, '--trg_domain', 'monsoon'),
+        ("'monsoon' is not a domain", 'autumn (0), spring (1), summer (2), winter (3)')),
+    'domain index out of range': (
+        lambda t, d, tmp, out, src: _translate_flags(t, out, '--src', src, '--trg_domain', '4'),
+        ('out of range',)),
+    'reference folder is not a domain': (
+        lambda t, d, tmp, out, src: _translate_flags(t, out, '--src', src, '--ref', src),
+        ("'val' is not a domain", '--trg_domain')),
+    'psi with a reference': (
+        lambda t, d, tmp, out, src: _translate_flags(t, out, '--src', src, '--ref', src, '--trg_domain', '0',
+                                                     '--psi', '0.5'),
+        ('--psi',)),
+    'no source': (
+        lambda t, d, tmp, out, src: _translate_flags(t, out, '--trg_domain', '0'),
+        ('--src',)),
+    'missing source file': (
+        lambda t, d, tmp, out, src: _translate_flags(t, out, '--src', str(tmp / 'nope.jpg'), '--trg_domain', '0'),
+        ('nope.jpg',)),
+    'undecodable source image': (
+        lambda t, d, tmp, out, src: _translate_flags(t, out, '--src', _broken_inputs(d, tmp), '--trg_domain', '0'),
+        ('broken.jpg', '--skip_bad_images')),
+    'missing checkpoint': (
+        lambda t, d, tmp, out, src: _with_mode(t, 'translate', '--resume_iter', '1', '--src', src, '--trg_domain', '0',
+                                               '--result_dir', str(out)),
+        ('checkpoint file not found', '--resume_iter')),
+    'reference folders miss a domain': (
+        lambda t, d, tmp, out, src: _sample_flags(t, out, '--src_dir', src, '--ref_dir', _three_domains(d, tmp)),
+        ('--ref_dir', '3 domain folder(s)', '4 domains')),
+    'reference folder of another name': (
+        lambda t, d, tmp, out, src: _sample_flags(t, out, '--src_dir', src,
+                                                  '--ref_dir', _three_domains(d, tmp, ('snow', 'winter'))),
+        ('--ref_dir', 'autumn, spring, summer, winter')),
+    'missing source folder': (
+        lambda t, d, tmp, out, src: _sample_flags(t, out, '--src_dir', str(tmp / 'missing'), '--ref_dir', src),
+        ('--src_dir',)),
+    'video of one frame': (
+        lambda t, d, tmp, out, src: _sample_flags(t, out, '--src_dir', src, '--ref_dir', src, '--video_frames', '1'),
+        ('--video_frames',)),
+}
+
+
+@pytest.mark.parametrize('case', BAD_INPUTS)
+def test_bad_input_one_clear_message_and_nothing_written(case, trained, seasons32, tmp_path, capsys):
+    argv, phrases = BAD_INPUTS[case]
+    out = tmp_path / 'out'
+    _fails(argv(trained, seasons32, tmp_path, out, str(seasons32 / 'val')), capsys, *phrases)
     assert not out.exists()
-    _fails(_sample_flags(trained, out, '--src_dir', src, '--ref_dir', src, '--video_frames', '1'), capsys,
-           '--video_frames')
 
 
 def test_failed_video_leaves_no_partial_file(trained, seasons32, tmp_path, capsys, monkeypatch):

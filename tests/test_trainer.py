@@ -5,7 +5,7 @@ import pytest
 import torch
 from munch import Munch
 
-from conftest import tiny_flags
+from conftest import assert_close_scaled, tiny_flags
 from core.checkpoint import (CheckpointError, atomic_save, ckpt_path, latest_step, safe_load,
                              save_training_state)
 from core.config import parse_config
@@ -100,7 +100,7 @@ def test_ema_update_formula():
     old = [p.clone() for p in run.nets_ema.generator.parameters()]
     update_ema(run.nets, run.nets_ema, 0.9)
     for e, o, n in zip(run.nets_ema.generator.parameters(), old, run.nets.generator.parameters()):
-        assert torch.allclose(e, 0.9 * o + 0.1 * n, atol=1e-6)
+        assert_close_scaled(e, 0.9 * o + 0.1 * n)
 
 
 def test_unsafe_checkpoint_is_refused(tmp_path):
