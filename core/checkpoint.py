@@ -25,14 +25,14 @@ import re
 import torch
 
 from core.config import ARCH_FIELDS, NET_FIELDS, Config, arch_differences
-from core.utils.fileio import CheckpointError, atomic_save, safe_load, state_dict_mismatch
+from core.utils.fileio import ModelFileError, atomic_save, safe_load, state_dict_mismatch
 
 KINDS = ('nets', 'nets_ema', 'optims')
 KIND_LABELS = {'nets': 'weight', 'nets_ema': 'EMA weight', 'optims': 'optimizer state'}
 DIGEST_KEY = 'digest'
 
 
-class DamagedCheckpoint(CheckpointError):
+class DamagedCheckpoint(ModelFileError):
     """A checkpoint file that cannot be used as it is: unreadable, changed since it was saved, or holding NaN/inf."""
 
 
@@ -66,7 +66,7 @@ def _describe(name, missing, unexpected, shapes, limit=8):
 def load_modules(modules, payload, path, hint=''):
     """Strictly load payload[name] into every module of the dict `modules`.
 
-    Raises one CheckpointError listing every missing net and mismatched key.
+    Raises one ModelFileError listing every missing net and mismatched key.
     """
     problems = []
     for name, module in modules.items():
@@ -80,7 +80,7 @@ def load_modules(modules, payload, path, hint=''):
             continue
         module.load_state_dict(state_dict, strict=True)
     if problems:
-        raise CheckpointError(f'{path} does not match the networks built from the current flags:\n'
+        raise ModelFileError(f'{path} does not match the networks built from the current flags:\n'
                               + '\n'.join(problems) + (f'\n{hint}' if hint else ''))
 
 
@@ -175,10 +175,10 @@ def read_checkpoint(path):
     """safe_load(path), refused with DamagedCheckpoint if unreadable, if its digest does not match
     its contents (official files have none), or if it holds NaN/inf."""
     if not os.path.isfile(path):
-        raise CheckpointError(f'checkpoint file not found: {path}')
+        raise ModelFileError(f'checkpoint file not found: {path}')
     try:
         payload = safe_load(path)
-    except CheckpointError as err:
+    except ModelFileError as err:
         raise DamagedCheckpoint(str(err)) from None
     if not isinstance(payload, dict):
         raise DamagedCheckpoint(f'{path} does not hold a dict of state_dicts; it is not a StarGAN v2 checkpoint')
@@ -201,7 +201,7 @@ def intact_step_before(checkpoint_dir, step, kinds=KINDS):
         try:
             for kind in kinds:
                 read_checkpoint(ckpt_path(checkpoint_dir, earlier, kind))
-        except CheckpointError:
+        except ModelFileError:
             continue
         return earlier
     return None
@@ -249,7 +249,7 @@ def save_training_state(checkpoint_dir, step, nets, nets_ema, optims, cfg):
     payloads = training_payloads(step, nets, nets_ema, optims, cfg)
     bad = nonfinite_term(payloads)
     if bad is not None:
-        raise CheckpointError(f'not saving step {step}: the {bad} holds NaN or infinite values')
+        raise ModelFileError(f'not saving step {step}: the {bad} holds NaN or infinite values')
     write_training_state(checkpoint_dir, step, payloads)
 
 
@@ -264,9 +264,9 @@ def load_training_state(checkpoint_dir, step, nets, nets_ema, optims, cfg):
     path, payload = ckpt_path(checkpoint_dir, step, 'optims'), payloads['optims']
     missing = [name for name in optims if name not in payload]
     if missing:
-        raise CheckpointError(f'{path} has no optimizer state for {", ".join(missing)}')
+        raise ModelFileError(f'{path} has no optimizer state for {", ".join(missing)}')
     for name, optim in optims.items():
         try:
             optim.load_state_dict(payload[name])
         except (ValueError, KeyError) as err:
-            raise CheckpointError(f'{path}: optimizer state of {name} does not match its network ({err})') from None
+            raise ModelFileError(f'{path}: optimizer state of {name} does not match its network ({err})') from None

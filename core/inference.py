@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from core.checkpoint import (DamagedCheckpoint, arch_hint, ckpt_path, latest_step, load_modules, read_checkpoint,
                              resume_advice, stored_config)
 from core.config import Config, NET_FIELDS
-from core.utils.fileio import CheckpointError
+from core.utils.fileio import ModelFileError
 from core.model import EMA_NETS, build_nets
 
 
@@ -90,11 +90,11 @@ def ema_checkpoint_path(cfg):
     if step == 'latest':
         step = latest_step(cfg.checkpoint_dir) if os.path.isdir(cfg.checkpoint_dir) else None
         if step is None:
-            raise CheckpointError(f'no complete checkpoint in {cfg.checkpoint_dir}; train first or pass '
+            raise ModelFileError(f'no complete checkpoint in {cfg.checkpoint_dir}; train first or pass '
                                   f'--checkpoint PATH/TO/xxxxxx_nets_ema.ckpt')
     path = ckpt_path(cfg.checkpoint_dir, step, 'nets_ema')
     if not os.path.isfile(path):
-        raise CheckpointError(f'checkpoint file not found: {path}; pass --resume_iter STEP (or latest) of a saved '
+        raise ModelFileError(f'checkpoint file not found: {path}; pass --resume_iter STEP (or latest) of a saved '
                               f'step in --checkpoint_dir, or --checkpoint PATH/TO/xxxxxx_nets_ema.ckpt')
     return path, step
 

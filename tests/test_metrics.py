@@ -13,7 +13,8 @@ from torchvision import transforms
 from conftest import assert_close_scaled
 from core.utils import weights as W
 from core.utils.errors import UserError
-from metrics.fid import FIDExtractor, feature_stats, frechet_distance, quantize
+from core.visualize import to_uint8
+from metrics.fid import FIDExtractor, feature_stats, frechet_distance
 from metrics.inception import StarGANInception, TFInception
 from metrics.lpips import build_lpips, copy_alexnet_trunk, lpips_diversity, lpips_features
 from metrics.resize import pil_bilinear_resize, pillow_resize_on_device, tf1_bilinear_resize
@@ -111,7 +112,7 @@ def test_stargan_preprocessing_equals_the_png_round_trip_bit_for_bit(extractors,
     gen = torch.Generator().manual_seed(img_size)
     x_fake = torch.randn(3, 3, img_size, img_size, generator=gen) * 0.8
     x_fake[0, 0, 0, :4] = torch.tensor([-1.5, 1.5, 0.0, 2 * 127.5 / 255 - 1])   # clamped and half-way values
-    ours = extractors['stargan-v2'].preprocess(quantize(x_fake))
+    ours = extractors['stargan-v2'].preprocess(to_uint8(x_fake))
     assert torch.equal(ours, official_inception_input(x_fake, img_size))
 
 
@@ -138,9 +139,9 @@ def test_tf1_resize_samples_without_half_pixel_offset():
     assert torch.equal(tf1_bilinear_resize(x, (4, 4))[0, 0], expected)
 
 
-def test_quantize_rounds_like_save_image():
+def test_to_uint8_rounds_like_save_image():
     x = torch.tensor([-2.0, -1.0, 0.0, 1.0, 3.0, 2 * 100.5 / 255 - 1]).view(1, 1, 1, 6)
-    assert quantize(x).flatten().tolist() == [0, 0, 128, 255, 255, 101]
+    assert to_uint8(x).flatten().tolist() == [0, 0, 128, 255, 255, 101]
 
 
 def test_tf_inception_matches_torch_fidelity(extractors, tmp_path):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import assert_close_scaled, scaled_gap
-from core.checkpoint import CheckpointError, load_modules
+from core.checkpoint import ModelFileError, load_modules
 from core.model import (ARCHS, Discriminator, EncoderPlan, Generator, HSRCGenerator, MappingNetwork,
                         StyleEncoder, build_generator, build_nets, default_taps, encoder_plan, he_init,
                         num_encoder_blocks)
@@ -218,6 +218,6 @@ def test_loading_official_layouts():
     load_modules({'generator': fresh}, {'generator': sd}, 'x.ckpt')
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), g.state_dict().values()))
     bigger = {f'module.{k}': v for k, v in Generator(64, 16, 32, base_dim=8).state_dict().items()}
-    with pytest.raises(CheckpointError) as err:
+    with pytest.raises(ModelFileError) as err:
         load_modules({'generator': Generator(32, 16, 32, base_dim=8)}, {'generator': bigger}, 'x.ckpt')
     assert 'unexpected keys' in str(err.value) and 'encode.' in str(err.value)

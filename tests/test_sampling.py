@@ -118,11 +118,11 @@ def test_labelled_grids_add_margins_and_keep_the_images(trained, tmp_path):
 
 
 def test_label_grid_draws_only_in_the_margins():
-    from core.visualize import label_grid, quantize
+    from core.visualize import label_grid, unit_to_uint8
     grid = torch.rand(3, 2 * S, 3 * S)
     labelled = label_grid(grid, S, ['input', 'winter z0'], ['autumn', 'spring', 'summer'], 'psi 0.5')
     top, left = labelled.shape[1] - grid.shape[1], labelled.shape[2] - grid.shape[2]
-    assert torch.equal(quantize(labelled[:, top:, left:]), quantize(grid.clone()))
+    assert torch.equal(unit_to_uint8(labelled[:, top:, left:]), unit_to_uint8(grid.clone()))
     assert labelled[:, :top].min() < 0.5 and labelled[:, top:, :left].min() < 0.5   # text drawn
     blank = label_grid(grid, S, ['', ''], ['', '', ''], '')
     top, left = blank.shape[1] - grid.shape[1], blank.shape[2] - grid.shape[2]
@@ -131,7 +131,7 @@ def test_label_grid_draws_only_in_the_margins():
 
 
 def test_column_labels_wider_than_a_tile_go_on_two_staggered_lines():
-    from core.visualize import label_grid, quantize
+    from core.visualize import label_grid, unit_to_uint8
     names = ['winter', 'summer', 'autumn', 'spring', 'winter']
     wide = label_grid(torch.rand(3, 64, 5 * 64), 64, ['input', 'z0'], names, 'psi 1.0')
     narrow_grid = torch.rand(3, 64, 5 * 32)
@@ -139,7 +139,7 @@ def test_column_labels_wider_than_a_tile_go_on_two_staggered_lines():
     wide_top, top = wide.shape[1] - 64, narrow.shape[1] - 64
     left = narrow.shape[2] - narrow_grid.shape[2]
     assert top > wide_top                                    # a second line of column labels
-    assert torch.equal(quantize(narrow[:, top:, left:]), quantize(narrow_grid.clone()))
+    assert torch.equal(unit_to_uint8(narrow[:, top:, left:]), unit_to_uint8(narrow_grid.clone()))
     first, second = narrow[:, :top // 2, left:], narrow[:, top // 2:top, left:]
     ink = lambda band: (band.min(0).values < 0.5).any(0)     # columns of pixels with text
     assert ink(first)[:32].any() and not ink(second)[:32].any()        # column 0's label on line 1

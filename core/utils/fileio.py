@@ -16,8 +16,9 @@ import torch
 from core.utils.errors import UserError
 
 
-class CheckpointError(UserError):
-    """A missing, unsafe, damaged or mismatched checkpoint or weight file; the message says what to do."""
+class ModelFileError(UserError):
+    """A model file (training checkpoint or pretrained weight file) that is missing, unsafe, damaged or does
+    not fit; the message says what to do. core.checkpoint.DamagedCheckpoint is the checkpoint-specific kind."""
 
 
 class WriteError(UserError, OSError):
@@ -168,11 +169,11 @@ def atomic_write_text(path, text):
 def safe_load(path):
     """torch.load with weights_only=True: tensors and plain containers only, never arbitrary code."""
     if not os.path.isfile(path):
-        raise CheckpointError(f'checkpoint file not found: {path}')
+        raise ModelFileError(f'checkpoint file not found: {path}')
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(
+        raise ModelFileError(
             f'{path} contains Python objects other than tensors and plain containers; refusing to '
             f'unpickle it because that could run arbitrary code. Re-save only its state_dicts '
             f'from a trusted environment. ({_first_line(err)})') from None
@@ -181,7 +182,7 @@ def safe_load(path):
     except (RuntimeError, EOFError, OSError, KeyError, ValueError, IndexError) as err:
         size = os.path.getsize(path)
         cause = 'the file is empty (0 bytes)' if size == 0 else _first_line(err)
-        raise CheckpointError(f'{path} is not a readable PyTorch checkpoint ({cause}); '
+        raise ModelFileError(f'{path} is not a readable PyTorch checkpoint ({cause}); '
                               f'it may be truncated or corrupt') from None
 
 

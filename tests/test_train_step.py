@@ -6,7 +6,7 @@ import torch
 from munch import Munch
 
 from conftest import assert_close_scaled, tiny_flags
-from core.checkpoint import (CheckpointError, atomic_save, ckpt_path, latest_step, safe_load,
+from core.checkpoint import (ModelFileError, atomic_save, ckpt_path, latest_step, safe_load,
                              save_training_state)
 from core.config import parse_config
 from core.utils.distributed import Runtime
@@ -106,11 +106,11 @@ def test_ema_update_formula():
 def test_unsafe_checkpoint_is_refused(tmp_path):
     path = tmp_path / 'evil.ckpt'
     torch.save({'generator': {'w': torch.zeros(1)}, 'payload': Munch(a=1)}, str(path))   # needs unpickling a class
-    with pytest.raises(CheckpointError) as err:
+    with pytest.raises(ModelFileError) as err:
         safe_load(str(path))
     assert 'refusing to unpickle' in str(err.value)
     (tmp_path / 'cut.ckpt').write_bytes(b'PK\x03\x04 truncated')
-    with pytest.raises(CheckpointError) as err:
+    with pytest.raises(ModelFileError) as err:
         safe_load(str(tmp_path / 'cut.ckpt'))
     assert 'truncated or corrupt' in str(err.value)
 
