@@ -2,10 +2,11 @@
 
 Every test starts real `torchrun --standalone --nproc_per_node 2` runs of tiny
 networks with one thread per process. Two processes average the gradients of
-two half batches; one process computes the whole batch: the sums run in another
-order, and Adam turns the rounding of near-zero gradient elements into
-lr-sized steps of either sign, which later iterations amplify. What is compared,
-network by network, between the checkpoints of the two runs:
+two half batches; one process computes the whole batch, with kernels chosen for
+its size and sums in another order. Adam turns the rounding of near-zero gradient
+elements into lr-sized steps of either sign, and later steps amplify them (most
+under some kernels: see the figures below). What is compared, network by
+network, between the checkpoints of the two runs:
   * the weights, as the norm of their difference over the norm of what training
     changed since the runs' common start, and the Adam moments, as the norm of
     their difference over their norm; each at most TOLERANCE;
