@@ -27,7 +27,7 @@ import re
 import torch
 
 from core.runconfig import ARCH_FIELDS, NET_FIELDS, arch_differences, read_config
-from core.utils.fileio import (CheckpointError, atomic_save, check_checkpoint_file, remove_quietly, safe_load,
+from core.utils.fileio import (ModelFileError, atomic_save, check_checkpoint_file, remove_quietly, safe_load,
                               state_dict_mismatch)
 
 KINDS = ('nets', 'nets_ema', 'optims')
@@ -35,7 +35,7 @@ KIND_LABELS = {'nets': 'weight', 'nets_ema': 'EMA weight', 'optims': 'optimizer 
 DIGEST_KEY = 'digest'
 
 
-class DamagedCheckpoint(CheckpointError):
+class DamagedCheckpoint(ModelFileError):
     """A checkpoint file that cannot be used as it is: unreadable, changed since it was saved, or holding NaN/inf."""
 
 
@@ -75,7 +75,7 @@ def _describe(name, missing, unexpected, shapes, limit=8):
 def load_modules(modules, payload, path, hint=''):
     """Strictly load payload[name] into every module of the dict `modules`.
 
-    Raises one CheckpointError listing every missing net and mismatched key.
+    Raises one ModelFileError listing every missing net and mismatched key.
     """
     problems = []
     for name, module in modules.items():
@@ -89,7 +89,7 @@ def load_modules(modules, payload, path, hint=''):
             continue
         module.load_state_dict(state_dict, strict=True)
     if problems:
-        raise CheckpointError(f'{path} does not match the networks built from the current flags:\n'
+        raise ModelFileError(f'{path} does not match the networks built from the current flags:\n'
                               + '\n'.join(problems) + (f'\n{hint}' if hint else ''))
 
 
@@ -218,7 +218,7 @@ def read_checkpoint(path):
     check_checkpoint_file(path)
     try:
         payload = safe_load(path)
-    except CheckpointError as err:
+    except ModelFileError as err:
         raise DamagedCheckpoint(str(err)) from None
     if not isinstance(payload, dict):
         raise DamagedCheckpoint(f'{path} does not hold a dict of state_dicts; it is not a StarGAN v2 checkpoint')
@@ -241,7 +241,7 @@ def intact_step_before(checkpoint_dir, step, kinds=KINDS):
         try:
             for kind in kinds:
                 read_checkpoint(ckpt_path(checkpoint_dir, earlier, kind))
-        except CheckpointError:
+        except ModelFileError:
             continue
         return earlier
     return None
@@ -302,7 +302,7 @@ def save_training_state(checkpoint_dir, step, nets, nets_ema, optims, cfg):
     payloads = training_payloads(step, nets, nets_ema, optims, cfg)
     bad = state_problem(payloads)
     if bad is not None:
-        raise CheckpointError(f'not saving step {step}: the {bad}')
+        raise ModelFileError(f'not saving step {step}: the {bad}')
     write_training_state(checkpoint_dir, step, payloads)
 
 
@@ -316,7 +316,7 @@ def check_domains(payload, cfg, path):
     names = stored.facts.domain_names if stored is not None else None
     current = cfg.facts.domain_names
     if names and current and tuple(names) != tuple(current):
-        raise CheckpointError(f'--train_img_dir {cfg.train_img_dir} has the domain folders '
+        raise ModelFileError(f'--train_img_dir {cfg.train_img_dir} has the domain folders '
                               f'{", ".join(current)} but the run being resumed ({path}) was trained on '
                               f'{", ".join(names)}; name the sub-folders after the run\'s domains, or train a '
                               f'new run in another --checkpoint_dir')
@@ -334,9 +334,9 @@ def load_training_state(checkpoint_dir, step, nets, nets_ema, optims, cfg):
     path, payload = ckpt_path(checkpoint_dir, step, 'optims'), payloads['optims']
     missing = [name for name in optims if name not in payload]
     if missing:
-        raise CheckpointError(f'{path} has no optimizer state for {", ".join(missing)}')
+        raise ModelFileError(f'{path} has no optimizer state for {", ".join(missing)}')
     for name, optim in optims.items():
         try:
             optim.load_state_dict(payload[name])
         except (ValueError, KeyError) as err:
-            raise CheckpointError(f'{path}: optimizer state of {name} does not match its network ({err})') from None
+            raise ModelFileError(f'{path}: optimizer state of {name} does not match its network ({err})') from None

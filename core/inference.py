@@ -16,7 +16,7 @@ from core.checkpoint import (DamagedCheckpoint, arch_hint, ckpt_path, latest_ste
                              resume_advice, stored_config)
 from core.runconfig import Config, NET_FIELDS
 from core.utils.errors import UserError
-from core.utils.fileio import CheckpointError
+from core.utils.fileio import ModelFileError
 from core.model import EMA_NETS, build_nets
 from core.utils.seeding import STREAM_SAMPLE, step_generator
 
@@ -143,12 +143,12 @@ def ema_checkpoint_path(cfg):
     if step == 'latest':
         step = latest_step(cfg.checkpoint_dir) if os.path.isdir(cfg.checkpoint_dir) else None
         if step is None:
-            raise CheckpointError(f'no complete checkpoint in {cfg.checkpoint_dir}; train first, or name the run: '
+            raise ModelFileError(f'no complete checkpoint in {cfg.checkpoint_dir}; train first, or name the run: '
                                   f'its --preset (the demo\'s: --preset demo), --checkpoint_dir, or '
                                   f'--checkpoint PATH/TO/xxxxxx_nets_ema.ckpt')
     path = ckpt_path(cfg.checkpoint_dir, step, 'nets_ema')
     if not os.path.isfile(path):
-        raise CheckpointError(f'checkpoint file not found: {path}; pass --resume_iter STEP (or latest) of a saved '
+        raise ModelFileError(f'checkpoint file not found: {path}; pass --resume_iter STEP (or latest) of a saved '
                               f'step in --checkpoint_dir, or --checkpoint PATH/TO/xxxxxx_nets_ema.ckpt')
     return path, step
 

@@ -18,12 +18,12 @@ import torch
 from munch import Munch
 
 from core.utils import distributed
-from core.checkpoint import (CheckpointError, DamagedCheckpoint, latest_step, load_training_state, lr_flag,
+from core.checkpoint import (ModelFileError, DamagedCheckpoint, latest_step, load_training_state, lr_flag,
                              resume_advice, state_problem, training_payloads, write_training_state)
 from core.runconfig import read_config
 from core.utils.errors import UserError
 from core.contrastive.objective import build_objective, tapped_layers
-from core.data.loader import load_val_batch, make_train_iterator, process_part
+from core.data.loader import load_val_batch, make_train_iterator
 from core.utils.fileio import atomic_write_text
 from core.data.images import domain_tree
 from core.utils.logger import RunLogger
@@ -94,7 +94,7 @@ def resolve_start_step(cfg):
     if cfg.resume_iter == 'latest' or (cfg.resume_iter == 0 and distributed.restarted()):
         return latest or 0
     if cfg.resume_iter == 0 and latest:
-        raise CheckpointError(
+        raise ModelFileError(
             f'{cfg.checkpoint_dir} already holds checkpoints up to step {latest}; pass --resume_iter latest '
             f'(or --resume_iter {latest}) to continue that run, or choose another --checkpoint_dir')
     return cfg.resume_iter
@@ -297,7 +297,7 @@ def train_step(run, cfg, batch, step, device):
     heads = [nets[n] for n in run.head_names]
     x_real, y_org = rt.images(batch.x_src), batch.y_src
     x_ref, x_ref2, y_trg = rt.images(batch.x_ref), rt.images(batch.x_ref2), batch.y_ref
-    part = process_part(cfg.batch_size, rt.rank, rt.world_size)
+    part = distributed.process_slice(cfg.batch_size, rank=rt.rank, world_size=rt.world_size)
     z_trg, z_trg2 = draw_latents(cfg, step, device, part)
     patch_gen = step_generator(cfg.seed, step, STREAM_PATCHES, device) if objective is not None else None
     taps = tapped_layers(objective)

@@ -41,7 +41,7 @@ from core.inference import (check_generated, domain_averages, draw_latents, ema_
                             truncate)
 from core.utils.device import resolve_device
 from core.utils.errors import UserError
-from core.utils.fileio import CheckpointError
+from core.utils.fileio import ModelFileError
 from core.video import (MAX_VIDEO_FRAMES, max_video_styles, num_video_frames, path_fakes, strip_frames,
                         write_video)
 from core.visualize import to_uint8
@@ -461,17 +461,17 @@ def _load_file_or_folder(cfg, path, step, device):
     """LoadedModel of a _nets_ema.ckpt file, or of a checkpoint folder at `step` (None: its newest intact step)."""
     if os.path.isfile(path):
         if step is not None:
-            raise CheckpointError(f'step={step} picks a step of a checkpoint folder; {path} is a file')
+            raise ModelFileError(f'step={step} picks a step of a checkpoint folder; {path} is a file')
         return load_model(cfg.replace(checkpoint=path), device, verbose=False)
     if not os.path.isdir(path):
-        raise CheckpointError(f'{path} does not exist; give a _nets_ema.ckpt file or a checkpoint folder')
+        raise ModelFileError(f'{path} does not exist; give a _nets_ema.ckpt file or a checkpoint folder')
     steps = ema_steps(path)
     if step is not None:
         if step not in steps:
-            raise CheckpointError(f'{path} has no step {step}; its steps are {", ".join(map(str, steps)) or "none"}')
+            raise ModelFileError(f'{path} has no step {step}; its steps are {", ".join(map(str, steps)) or "none"}')
         return load_model(cfg.replace(checkpoint=ckpt_path(path, step, 'nets_ema')), device, verbose=False)
     if not steps:
-        raise CheckpointError(f'{path} holds no _nets_ema.ckpt file; train first or give a checkpoint file')
+        raise ModelFileError(f'{path} holds no _nets_ema.ckpt file; train first or give a checkpoint file')
     for newest in reversed(steps):
         try:
             return load_model(cfg.replace(checkpoint=ckpt_path(path, newest, 'nets_ema')), device, verbose=False)

@@ -31,14 +31,15 @@ def denormalize(x):
     return ((x + 1) / 2).clamp_(0, 1)
 
 
-def quantize(x):
+def unit_to_uint8(x):
     """[0, 1] -> uint8 as torchvision.utils.save_image does: x * 255 + 0.5, clamped, truncated (half up)."""
     return x.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
 
 
 def to_uint8(x):
-    """(..., 3, H, W) in [-1, 1] -> uint8, rounded half up as save_image (video frames)."""
-    return quantize(denormalize(x.detach().float()))
+    """(..., 3, H, W) generator output in [-1, 1] -> uint8 exactly as StarGAN v2 writes its PNGs: denormalised
+    (clamped), then rounded half up as save_image (video frames, the evaluation's images)."""
+    return unit_to_uint8(denormalize(x.detach().float()))
 
 
 def make_grid(x, ncol):
@@ -48,7 +49,7 @@ def make_grid(x, ncol):
 
 def save_grid(grid, path):
     """Write a [0, 1] grid atomically; the format follows the extension (.jpg/.png)."""
-    array = quantize(grid.detach().float().cpu()).permute(1, 2, 0).numpy()
+    array = unit_to_uint8(grid.detach().float().cpu()).permute(1, 2, 0).numpy()
     buffer = io.BytesIO()
     fmt = 'JPEG' if path.lower().endswith(('.jpg', '.jpeg')) else 'PNG'
     Image.fromarray(array).save(buffer, format=fmt, **({'quality': 95} if fmt == 'JPEG' else {}))
@@ -99,7 +100,7 @@ def label_grid(grid, cell, row_labels=(), col_labels=(), corner=''):
     top = _align((2 if stagger else 1) * line) if (col_labels or corner) else 0
     height, width = grid.shape[1:]
     canvas = Image.new('RGB', (width + left, height + top), (255, 255, 255))
-    canvas.paste(Image.fromarray(quantize(grid.detach().float().cpu()).permute(1, 2, 0).numpy()), (left, top))
+    canvas.paste(Image.fromarray(unit_to_uint8(grid.detach().float().cpu()).permute(1, 2, 0).numpy()), (left, top))
     draw = ImageDraw.Draw(canvas)
     if corner:
         draw.text((LABEL_PAD, LABEL_PAD), _fit(draw, font, corner, left + cell - LABEL_PAD), fill=LABEL_INK, font=font)

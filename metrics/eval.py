@@ -35,9 +35,9 @@ from core.data.images import DataError, check_images, domain_tree, list_images
 from core.inference import check_generated, load_model, style_codes, translate_styles
 from core.data.manifest import verify_manifest
 from core.utils.seeding import STREAM_EVAL, step_generator
-from metrics.fid import quantize
+from core.visualize import to_uint8
 from metrics.registry import Batch, Task, build_metrics
-from metrics.sharding import batch_shard, gather_row_dict, num_rounds
+from metrics.sharding import gather_row_dict, num_rounds
 
 EVAL_MODES = ('latent', 'reference')
 STYLE_CHUNK = 256   # reference images per style-encoder batch
@@ -82,8 +82,9 @@ def _loader(paths, y, cfg):
     return DataLoader(dataset, batch_size=cfg.val_batch_size, shuffle=False, num_workers=cfg.num_workers)
 
 
-def reference_styles(nets, paths, y, cfg, device):
-    """Style codes E(x_ref, y) of every image in paths: (n_ref, style_dim)."""
+def domain_reference_styles(nets, paths, y, cfg, device):
+    """Style codes E(x_ref, y) of every val image of domain y (paths), the references of the tasks into y:
+    (n_ref, style_dim)."""
     dataset = EvalDataset(paths, [y] * len(paths), cfg.img_size, cfg.skip_bad_images)
     return style_codes(nets.style_encoder, dataset, y, STYLE_CHUNK, device, cfg.num_workers)
 
@@ -149,7 +150,7 @@ def generate(nets, x_src, first, styles, num_outs):
     """The Batch of the K outputs of sources x_src (N, 3, S, S), which are the task's first..first+N-1."""
     style_list = [styles(first, first + x_src.size(0), j) for j in range(num_outs)]
     x_fake = list(translate_styles(nets.generator, x_src, style_list))   # K x (N, 3, S, S)
-    images = [quantize(x) for x in x_fake]                               # the uint8 images upstream writes to PNG
+    images = [to_uint8(x) for x in x_fake]                               # the uint8 images upstream writes to PNG
     return Batch(x_src, x_fake, images, first)
 
 
@@ -164,12 +165,12 @@ def _rounds(loader, rounds):
 def run_task(nets, cfg, metrics, task, styles, device, writer=None, source='the model'):
     """Generate K outputs per source of `task`, once, and give every batch to each metric.
 
-    Each process generates its batch_shard of the sources; the rows the metrics
+    Each process generates its process_slice of the sources; the rows the metrics
     return are gathered (in source order) before each metric's end_task.
     """
     for metric in metrics:
         metric.begin_task(task)
-    part = batch_shard(len(task.paths), cfg.val_batch_size)
+    part = distributed.process_slice(len(task.paths), cfg.val_batch_size)
     loader = _loader(task.paths[part], task.y_src, cfg)
     rows = [{} for _ in metrics]   # per metric: {name: [rows of each batch]}
     first = part.start
@@ -231,7 +232,7 @@ def calculate_metrics(nets, cfg, step, mode, device, metrics, data=None):
     bar = tqdm(total=num_domains * (num_domains - 1), desc=f'eval {mode}', unit='task',
                disable=None if main else True)   # None: no bar (nor its escape codes) in a piped log
     for y_trg, trg in enumerate(data.domains):
-        s_ref = reference_styles(nets, data.val[trg], y_trg, cfg, device) if mode == 'reference' else None
+        s_ref = domain_reference_styles(nets, data.val[trg], y_trg, cfg, device) if mode == 'reference' else None
         for y_src, src in enumerate(data.domains):
             if src == trg:
                 continue

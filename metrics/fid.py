@@ -46,16 +46,6 @@ def protocols_of(choice):
     return PROTOCOLS if choice == 'both' else (choice,)
 
 
-def quantize(x):
-    """Generator output in [-1, 1] -> uint8 exactly as StarGAN v2 writes its PNGs: (N, 3, H, W).
-
-    utils.save_image denormalises to [0, 1] (clamped), then torchvision's
-    save_image rounds by adding 0.5 and truncating.
-    """
-    x = ((x.detach().float() + 1) / 2).clamp_(0, 1)
-    return x.mul_(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
-
-
 class FIDExtractor(nn.Module):
     """Protocol preprocessing + Inception: uint8 images (N, 3, H, W) -> features (N, 2048) float32.
 

@@ -1,7 +1,7 @@
 """The evaluation's work split over the processes of a torchrun run, and its results gathered back.
 
 A process takes a contiguous run of whole batches of the single-process loader
-(batch_shard), so every image goes through the networks in the same batch as
+(core.utils.distributed.process_slice), so every image goes through the networks in the same batch as
 in one process; the rows the processes compute, concatenated in rank order
 (gather_row_dict), are then the single-process rows in the same order, and every
 number equals a single-process evaluation's. Alone, both are no-ops.
@@ -13,15 +13,9 @@ import torch
 from core.utils import distributed
 
 
-def batch_shard(num, batch_size):
-    """This process's slice of range(num): whole batches of `batch_size` (it may be empty)."""
-    part = distributed.shard(math.ceil(num / batch_size))
-    return slice(min(part.start * batch_size, num), min(part.stop * batch_size, num))
-
-
 def num_rounds(num, batch_size):
-    """The most batches any process has in batch_shard(num, batch_size): rank 0's, which gets the extra ones."""
-    part = distributed.shard(math.ceil(num / batch_size), rank=0)
+    """The most batches any process has in process_slice(num, batch_size): rank 0's, which gets the extra ones."""
+    part = distributed.process_slice(math.ceil(num / batch_size), rank=0)
     return part.stop - part.start
 
 

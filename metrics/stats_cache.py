@@ -32,7 +32,7 @@ from core.utils.errors import UserError
 from core.utils.fileio import atomic_write_bytes, atomic_write_text
 from core.data.images import check_images
 from core.data.manifest import content_digest, file_records, records_from_json, records_to_json, relative_images
-from metrics.sharding import batch_shard, gather_row_dict
+from metrics.sharding import gather_row_dict
 
 class FeatureStats(NamedTuple):
     """Gaussian statistics of a feature set, with the eigen-decomposition of its covariance.
@@ -160,7 +160,7 @@ def real_statistics(folder, img_size, extractors, cache_dir, device, batch_size=
     missing = {p: e for p, e in extractors.items() if p in missed}
     if missing:
         paths = check_images([os.path.join(folder, rel) for rel in sorted(records)], skip_bad)
-        part = paths[batch_shard(len(paths), batch_size)]
+        part = paths[distributed.process_slice(len(paths), batch_size)]
         feats = extract_features(missing, part, img_size, device, batch_size, num_workers,
                                  desc=f'real {label}') if part else {}
         feats = gather_row_dict({p: torch.from_numpy(f) for p, f in feats.items()}, device)   # (N, 2048) each

@@ -4,6 +4,7 @@ import dataclasses
 import torch
 
 import core.contrastive as contrastive
+from conftest import assert_close_scaled, scaled_gap
 from core.config import parse_config
 from core.contrastive.base import PatchInputs
 
@@ -77,20 +78,22 @@ def replace_image(inp, b, other):
                                x_q=swap([inp.x_q], [other.x_q])[0], x_k=swap([inp.x_k], [other.x_k])[0])
 
 
-def assert_images_are_independent(loss_fn, inp, other, reduce=torch.mean, seed=100):
+def assert_images_are_independent(loss_fn, inp, other, reduce=torch.mean, seed=100, scale=None):
     """The batch loss is reduce(per-image losses), and changing image 0 changes only its own term.
 
     Patch positions are replayed from `seed`, so every call sees the same ones.
     A plug-in that mixes the images of a batch fails the first check (or the
     last); one whose value ignores its input, e.g. a constant, fails the second.
+    scale: that of the loss's rounding (conftest.scaled_gap), e.g. 1 / tau for logits; the change
+    of image 0 must move its loss by 1e-3 of the loss itself.
     """
     def value(x):
         return loss_fn(with_generator(x, seed))[0].detach()
 
     alone = torch.stack([value(image_slice(inp, b)) for b in range(inp.x_q.shape[0])])
-    assert torch.allclose(value(inp), reduce(alone), rtol=1e-5, atol=1e-6)
+    assert_close_scaled(value(inp), reduce(alone), scale=scale)
     changed = replace_image(inp, 0, other)
     changed_0 = value(image_slice(changed, 0))
-    assert not torch.allclose(changed_0, alone[0]), 'the loss of image 0 does not depend on image 0'
+    assert scaled_gap(changed_0, alone[0]) > 1e-3, 'the loss of image 0 does not depend on image 0'
     expected = reduce(torch.cat([changed_0[None], alone[1:]]))
-    assert torch.allclose(value(changed), expected, rtol=1e-5, atol=1e-6)
+    assert_close_scaled(value(changed), expected, scale=scale)

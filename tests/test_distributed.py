@@ -1,17 +1,26 @@
 """Training in several processes (torchrun, gloo on the CPU) against one process.
 
 Every test starts real `torchrun --standalone --nproc_per_node 2` runs of tiny
-networks with one thread per process. How the weights are compared: after one
-iteration everything must match to float tolerance. Later, parameters whose true
-gradient is zero (biases right before an instance norm) receive rounding noise
-that Adam normalises into full-size steps (beta1 = 0: each update is about
-lr * sign(noise)), so those parameters drift by up to lr per optimizer step and nudge
-later gradients by about 1e-2 relative; they are compared against that bound,
-and every other parameter to a tenth of lr per iteration, its Adam moments to 6e-2 of
-the tensor's scale (a gradient that is not averaged, or summed instead, is off
-by 50-100 %).
+networks with one thread per process. Two processes average the gradients of
+two half batches; one process computes the whole batch, with kernels chosen for
+its size and sums in another order. Adam turns the rounding of near-zero gradient
+elements into lr-sized steps of either sign, and later steps amplify them (most
+under some kernels: see the figures below). What is compared, network by
+network, between the checkpoints of the two runs:
+  * the weights, as the norm of their difference over the norm of what training
+    changed since the runs' common start, and the Adam moments, as the norm of
+    their difference over their norm; each at most TOLERANCE;
+  * parameters whose true gradient is zero (biases right before an instance norm,
+    gradient RMS below 1e-5 of the network's largest) only move by rounding noise
+    that Adam normalises: bounded by the farthest Adam can move them (adam_reach).
+Measured (1 to 6 iterations, SRC + hDCE; native AVX2 kernels and
+ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default): weights up to 0.062,
+moments up to 0.071. Gradients not averaged: at least 0.33 on every network;
+summed instead of averaged: moments off by exactly 1.0 and 3.0.
 """
+import collections
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -21,11 +30,16 @@ import pytest
 import torch
 
 from conftest import ROOT, tiny_flags
+from core import trainer
 from core.checkpoint import KINDS, ckpt_path, named_tensors
+from core.config import parse_config
+from core.utils.distributed import Runtime
 from core.utils.fileio import safe_load
 from main import main
 
 LR = 1e-4
+BETA2 = 0.99
+TOLERANCE = 0.2
 WORKER = os.path.join(ROOT, 'tests', 'dist_worker.py')
 
 
@@ -57,29 +71,61 @@ def assert_bitwise_equal(a, b):
             assert torch.equal(ta[name], tb[name]), f'{kind}{name}'
 
 
-def assert_same_training(single, multi, steps, moment_tol=6e-2):
-    """The comparison of the module docstring between two runs' checkpoints after `steps` iterations."""
+def adam_reach(first, last, lr=LR, beta2=BETA2):
+    """The farthest one element can move from iteration `first` to `last` (two Adam updates per
+    iteration, beta1 = 0): update t moves it by at most lr * sqrt((1 - beta2^t) / (1 - beta2))."""
+    return lr * sum(math.sqrt((1 - beta2 ** t) / (1 - beta2)) for t in range(2 * first + 1, 2 * last + 1))
+
+
+def initial_nets(argv):
+    """{network: state_dict} of the networks a run of `argv` starts from (built from its seed)."""
+    cfg = trainer.with_domain_names(parse_config(argv))
+    built = trainer.build_training(cfg, Runtime(0, 1, 0, torch.device('cpu')))
+    return {name: net.state_dict() for name, net in built.nets.items()}
+
+
+def relative_gap(a, b, scale):
+    """|a - b| / |scale|, each list of tensors taken as one vector (2-norms)."""
+    gap = math.sqrt(sum(float((x - y).pow(2).sum()) for x, y in zip(a, b)))
+    return gap / math.sqrt(sum(float(t.pow(2).sum()) for t in scale))
+
+
+Pair = collections.namedtuple('Pair', 'name m1 m2 v1 v2 w1 w2')
+
+
+def parameter_pairs(a, b, net):
+    """Pair(name, Adam moments and weight in run a, then in run b) of every parameter of `net` with Adam state."""
+    opt, params = a['optims'][net], a['nets'][net]
+    # Adam keeps state per parameter in parameters() order, which is the state_dict's order minus
+    # buffers: pair them by position among tensors that have state.
+    own = [k for k in params if params[k].dtype.is_floating_point][:len(opt['state'])]
+    pairs = []
+    for pid, name in zip(sorted(opt['state']), own):
+        sa, sb = opt['state'][pid], b['optims'][net]['state'][pid]
+        pairs.append(Pair(name, sa['exp_avg'], sb['exp_avg'], sa['exp_avg_sq'], sb['exp_avg_sq'], params[name],
+                          b['nets'][net][name]))
+    return pairs
+
+
+def assert_same_training(single, multi, start, first, last):
+    """The comparison of the module docstring between two runs' checkpoints of iteration `last`; both
+    ran from the weights `start` ({network: state_dict}) of iteration `first`."""
     checked = 0
     for net, opt in single['optims'].items():
         if not isinstance(opt, dict) or 'state' not in opt:
             continue
-        params = dict(single['nets'][net].items())
-        names = [k for k in params if k in dict(multi['nets'][net])]
-        # Adam keeps state per parameter in parameters() order, which is the state_dict's order
-        # minus buffers: pair them by position among tensors that have state.
-        own = [k for k in names if params[k].dtype.is_floating_point][:len(opt['state'])]
-        for pid, name in zip(sorted(opt['state']), own):
-            m1, m2 = opt['state'][pid]['exp_avg'], multi['optims'][net]['state'][pid]['exp_avg']
-            v1, v2 = opt['state'][pid]['exp_avg_sq'], multi['optims'][net]['state'][pid]['exp_avg_sq']
-            w1, w2 = single['nets'][net][name], multi['nets'][net][name]
-            if v1.sqrt().max() < 1e-5:   # true gradient zero: bounded drift only
-                # G steps twice per iteration, each moving such a parameter by up to lr in either run
-                assert (w1 - w2).abs().max() <= 4 * LR * steps + 1e-7, f'{net}.{name}'
-                continue
-            assert (m1 - m2).abs().max() <= moment_tol * m1.abs().max(), f'{net}.{name} exp_avg'
-            assert (v1 - v2).abs().max() <= 2 * moment_tol * v1.abs().max(), f'{net}.{name} exp_avg_sq'
-            assert (w1 - w2).abs().max() <= LR / 10 * steps, f'{net}.{name}'
-            checked += 1
+        pairs = parameter_pairs(single, multi, net)
+        noise = 1e-5 * max(float(p.v1.sqrt().max()) for p in pairs)
+        trained = [p for p in pairs if p.v1.sqrt().max() >= noise]
+        for p in pairs:
+            if p.v1.sqrt().max() < noise:   # true gradient zero
+                assert (p.w1 - p.w2).abs().max() <= 2 * adam_reach(first, last), f'{net}.{p.name}'
+        gaps = {'exp_avg': relative_gap([p.m1 for p in pairs], [p.m2 for p in pairs], [p.m1 for p in pairs]),
+                'exp_avg_sq': relative_gap([p.v1 for p in pairs], [p.v2 for p in pairs], [p.v1 for p in pairs]),
+                'weights': relative_gap([p.w1 for p in trained], [p.w2 for p in trained],
+                                        [p.w1 - start[net][p.name] for p in trained])}
+        assert max(gaps.values()) <= TOLERANCE, (net, gaps)
+        checked += len(trained)
     assert checked > 50
 
 
@@ -92,15 +138,17 @@ def runs(seasons32, tmp_path_factory):
     return root
 
 
-def test_two_processes_train_like_one(runs):
-    one, two = state(runs / 'single', 1), state(runs / 'multi', 1)
-    assert_same_training(one, two, 1, moment_tol=1e-4)
-    assert_same_training(state(runs / 'single', 3), state(runs / 'multi', 3), 3)
-    # the logged losses are averaged over the processes: they equal the single-process values
+def test_two_processes_train_like_one(runs, seasons32):
+    start = initial_nets(flags(seasons32, runs / 'single'))
+    for step in (1, 3, 6):
+        assert_same_training(state(runs / 'single', step), state(runs / 'multi', step), start, 0, step)
+    # The logged losses are averaged over the processes: they equal the single-process values. Up to
+    # the generator's first update both runs hold the same weights, so those losses of iteration 1
+    # differ by rounding only (measured 2.5e-7); later ones by up to 2.4e-3 (measured, as above).
     logs = [[json.loads(line) for line in open(runs / r / 'checkpoints' / 'stats.jsonl')] for r in ('single', 'multi')]
     for a, b in zip(*logs):
-        rel = 1e-5 if a['step'] <= 2 else 2e-3   # later steps see the drift described above
         for key in ('D/latent/real', 'D/ref/reg', 'G/latent/src', 'G/latent/hdce', 'G/ref/cyc'):
+            rel = 1e-5 if a['step'] == 1 and not key.startswith('G/ref/') else 1e-2
             assert b[key] == pytest.approx(a[key], rel=rel), (a['step'], key)
 
 
@@ -108,7 +156,7 @@ def test_two_processes_train_like_one_with_the_default_losses(seasons32, tmp_pat
     base = flags(seasons32, tmp_path, '--lambda_src', '0', '--lambda_dce', '0', '--total_iters', '3')
     assert main(base) == 0
     torchrun(flags(seasons32, tmp_path / 'multi', '--lambda_src', '0', '--lambda_dce', '0', '--total_iters', '3'))
-    assert_same_training(state(tmp_path, 3), state(tmp_path / 'multi', 3), 3)
+    assert_same_training(state(tmp_path, 3), state(tmp_path / 'multi', 3), initial_nets(base), 0, 3)
     assert 'patch_sample' not in state(tmp_path / 'multi', 3)['nets']
 
 
@@ -133,10 +181,12 @@ def test_checkpoints_move_between_process_counts(runs, seasons32):
     # tolerance of 3 iterations in different counts
     _resume_from(runs / 'multi', 3, runs / 'two_to_one')
     assert main(flags(seasons32, runs / 'two_to_one', '--resume_iter', '3')) == 0
-    assert_same_training(state(runs / 'multi', 6), state(runs / 'two_to_one', 6), 3)
+    assert_same_training(state(runs / 'multi', 6), state(runs / 'two_to_one', 6), state(runs / 'multi', 3)['nets'],
+                         3, 6)
     _resume_from(runs / 'single', 3, runs / 'one_to_two')
     torchrun(flags(seasons32, runs / 'one_to_two', '--resume_iter', '3'))
-    assert_same_training(state(runs / 'single', 6), state(runs / 'one_to_two', 6), 3)
+    assert_same_training(state(runs / 'single', 6), state(runs / 'one_to_two', 6),
+                         state(runs / 'single', 3)['nets'], 3, 6)
     for key in state(runs / 'one_to_two', 6)['nets']['generator']:
         assert not key.startswith('module.')
 

@@ -11,7 +11,7 @@ import torch
 
 from conftest import ROOT, interrupt_training, tiny_flags
 from core.checkpoint import DamagedCheckpoint, payload_digest, read_checkpoint
-from core.utils.fileio import CheckpointError, atomic_save, safe_load
+from core.utils.fileio import ModelFileError, atomic_save, safe_load
 from main import main
 
 
@@ -31,7 +31,7 @@ def test_unreadable_files_give_the_same_clear_message(tmp_path, content):
     """0 bytes (EOFError), a cut zip (RuntimeError) and garbage (KeyError inside torch.load) alike."""
     path = tmp_path / 'bad.ckpt'
     path.write_bytes(content)
-    with pytest.raises(CheckpointError) as err:
+    with pytest.raises(ModelFileError) as err:
         safe_load(str(path))
     assert str(path) in str(err.value) and 'truncated or corrupt' in str(err.value)
     assert ('0 bytes' in str(err.value)) == (content == b'')
@@ -41,7 +41,7 @@ def test_a_truncated_checkpoint_is_unreadable(tmp_path):
     path = tmp_path / 'cut.ckpt'
     torch.save({'w': torch.randn(4096)}, str(path))
     path.write_bytes(path.read_bytes()[:-1000])
-    with pytest.raises(CheckpointError, match='truncated or corrupt'):
+    with pytest.raises(ModelFileError, match='truncated or corrupt'):
         safe_load(str(path))
 
 

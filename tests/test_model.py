@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from core.checkpoint import CheckpointError, load_modules
+from conftest import assert_close_scaled, scaled_gap
+from core.checkpoint import ModelFileError, load_modules
 from core.model import (ARCHS, Discriminator, EncoderPlan, Generator, HSRCGenerator, MappingNetwork,
                         StyleEncoder, build_generator, build_nets, default_taps, encoder_plan, he_init,
                         num_encoder_blocks)
@@ -98,10 +99,10 @@ def test_heads_pick_the_requested_domain():
     z, y = torch.randn(5, 8), torch.tensor([0, 2, 1, 2, 0])
     s = f(z, y)
     for b in range(5):
-        assert torch.allclose(s[b], f.unshared[int(y[b])](f.shared(z[b:b + 1]))[0])
+        assert_close_scaled(s[b], f.unshared[int(y[b])](f.shared(z[b:b + 1]))[0])
     d = Discriminator(32, 3, max_conv_dim=16, base_dim=8)
     x = torch.randn(5, 3, 32, 32)
-    assert torch.allclose(d(x, y), d.main(x).flatten(1)[torch.arange(5), y])
+    assert_close_scaled(d(x, y), d.main(x).flatten(1)[torch.arange(5), y])
 
 
 def test_all_styles_equals_forward_for_every_domain():
@@ -136,11 +137,13 @@ def test_networks_treat_every_image_of_a_batch_independently(arch):
     for net, args in ((g, (x_mixed, s)), (e, (x_mixed, y)), (d, (x_mixed, y)), (f, (torch.randn(3, 4), y))):
         alone, batched = _alone_and_in_a_batch(net, *args)
         assert alone.shape == batched.shape
-        assert torch.allclose(alone, batched, rtol=1e-4, atol=1e-5), type(net).__name__
+        # A batch of 1 and of 3 take different kernels (oneDNN blocks by batch size): measured up to
+        # 2.3e-6 of the scale here (AVX2, SSE4.1, oneDNN off) and 3.1e-6 on an AVX-512 CPU.
+        assert_close_scaled(alone, batched, rel=3e-5, msg=type(net).__name__)
     # and the check can fail: batch statistics (train-mode batch norm) would couple the images
     bn = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).train()
     alone, batched = _alone_and_in_a_batch(bn, x_mixed)
-    assert not torch.allclose(alone, batched, rtol=1e-4, atol=1e-5)
+    assert scaled_gap(alone, batched) > 1e-2
 
 
 @pytest.mark.parametrize('cls,taps', [(Generator, (0, 2)), (HSRCGenerator, (1, 5))])
@@ -151,7 +154,7 @@ def test_encode_once_decode_many_equals_forward(cls, taps):
     enc = g.run_encoder(x, taps)
     assert torch.equal(g.run_decoder(enc, s1), g(x, s1))
     # a (1, style_dim) style broadcasts over the batch (used by the videos)
-    assert torch.allclose(g.run_decoder(enc, s2), g(x, s2.expand(2, -1)), rtol=1e-5, atol=1e-5)
+    assert_close_scaled(g.run_decoder(enc, s2), g(x, s2.expand(2, -1)), rel=3e-5)   # as in the test above
     assert [f.shape[1] for f in enc.feats] == g.tap_channels(taps)
     assert [f.shape[2] for f in enc.feats] == [g.plan.sizes[i] for i in taps]
 
@@ -215,6 +218,6 @@ def test_loading_official_layouts():
     load_modules({'generator': fresh}, {'generator': sd}, 'x.ckpt')
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), g.state_dict().values()))
     bigger = {f'module.{k}': v for k, v in Generator(64, 16, 32, base_dim=8).state_dict().items()}
-    with pytest.raises(CheckpointError) as err:
+    with pytest.raises(ModelFileError) as err:
         load_modules({'generator': Generator(32, 16, 32, base_dim=8)}, {'generator': bigger}, 'x.ckpt')
     assert 'unexpected keys' in str(err.value) and 'encode.' in str(err.value)

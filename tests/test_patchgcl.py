@@ -9,9 +9,12 @@ from core.contrastive import functional as LF
 from core.contrastive.patchgcl import (TAGConv, patch_graph, pooled_sizes, propagation_matrix, select_subgraph,
                                        top_k_pool, two_hop_reach, two_way_nce)
 from core.contrastive.sampler import l2_normalize
+from conftest import assert_close_scaled
 from plugin_helpers import (assert_images_are_independent, build_plugin, feature_inputs, image_slice, plugin_config,
                             with_generator)
 
+# The losses' fp32 rounding is that of their logits s / tau, which reach 1 / tau (--nce_T 0.07).
+LOGITS = 1 / 0.07
 PATH4 = torch.tensor([[1., 1., 0., 0.], [1., 1., 1., 0.], [0., 1., 1., 1.], [0., 0., 1., 1.]])
 
 
@@ -52,7 +55,7 @@ def test_tagconv_matches_dgl_by_hand_on_a_4_node_graph(self_loops, hops):
     x = torch.randn(4, 3)
     out = conv(x[None], propagation_matrix(PATH4[None], self_loops))[0]
     expected = ref_tagconv(PATH4, x, conv.linear.weight.detach(), conv.linear.bias.detach(), hops, self_loops)
-    assert torch.allclose(out.double(), expected, atol=1e-6)
+    assert_close_scaled(out, expected)
 
 
 def test_release_and_clean_self_loops_differ_only_in_the_diagonal_weight():
@@ -86,8 +89,8 @@ def test_top_k_pool_keeps_the_best_scored_nodes_scaled_by_their_score():
     assert (p > 0).all() and (p < 1).all()
     for b in range(2):
         order = p[b].argsort(descending=True)[:4]
-        assert torch.allclose(v2[b], p[b, order, None] * v[b, order])
-        assert torch.allclose(z2[b], p[b, order, None] * z[b, order])
+        assert_close_scaled(v2[b], p[b, order, None] * v[b, order])
+        assert_close_scaled(z2[b], p[b, order, None] * z[b, order])
 
 
 def test_pooled_sizes_follow_the_release():
@@ -100,7 +103,7 @@ def test_pooled_sizes_follow_the_release():
 
 def test_two_way_nce_of_identical_nodes_is_2_log_k():
     v = l2_normalize(torch.randn(1, 1, 8)).expand(3, 12, 8)
-    assert float(two_way_nce(v, v, 0.07)) == pytest.approx(2 * math.log(12), abs=1e-5)
+    assert_close_scaled(two_way_nce(v, v, 0.07), 2 * math.log(12), scale=LOGITS)
 
 
 # ----------------------------------------------------------------------------- plug-in
@@ -128,7 +131,7 @@ def test_identity_graph_without_pooling_is_two_way_patch_infonce(self_loops):
     loss, stats = loss_fn(inp)
     expected = [LF.patch_nce(eq, ek, 0.07).mean() + LF.patch_nce(ek, eq, 0.07).mean()
                 for eq, ek in _gathered_embeddings(loss_fn, inp)]
-    assert torch.allclose(loss, torch.stack(expected).mean(), atol=1e-5)
+    assert_close_scaled(loss, torch.stack(expected).mean(), scale=LOGITS)
     assert float(stats['degree']) == 0.0
     # With hops, an identity graph still never mixes nodes: each node is W [e, e, e] + b.
     hop_fn = build_plugin('patchgcl', *flags, '--gcl_num_hop', '2')
@@ -137,7 +140,7 @@ def test_identity_graph_without_pooling_is_two_way_patch_infonce(self_loops):
     for layer, (eq, ek) in zip(hop_fn.layers, _gathered_embeddings(hop_fn, inp)):
         node = lambda e: l2_normalize(layer.gnn.conv.linear(torch.cat([e, e, e], -1)))  # noqa: E731
         expected.append(two_way_nce(node(ek), node(eq), 0.07))
-    assert torch.allclose(loss, torch.stack(expected).mean(), atol=1e-5)
+    assert_close_scaled(loss, torch.stack(expected).mean(), scale=LOGITS)
 
 
 def test_adjacency_comes_from_the_source_image_only():
@@ -160,8 +163,8 @@ def test_pooling_levels_are_weighted_by_the_ratio():
         pooled.load_state_dict(plain.state_dict(), strict=False)  # same embedding and level-0 GNN
         values[ratio] = pooled(with_generator(inp, 100))[0]
     level0 = plain(with_generator(inp, 100))[0]
-    assert torch.allclose(2 * values['0'], level0, atol=1e-6)     # (L0 + 0 * L1) / 2
-    assert torch.allclose(values['0.5'], (values['0'] + values['1']) / 2, atol=1e-6)
+    assert_close_scaled(2 * values['0'], level0, scale=LOGITS)     # (L0 + 0 * L1) / 2
+    assert_close_scaled(values['0.5'], (values['0'] + values['1']) / 2, scale=LOGITS)
     assert values['1'] > values['0']
 
 
@@ -184,13 +187,14 @@ def test_batched_loss_equals_the_mean_of_per_image_losses():
     inp = feature_inputs(B=4)
     together, _ = loss_fn(inp)
     alone = [loss_fn(with_generator(image_slice(inp, b), 100))[0] for b in range(4)]
-    assert torch.allclose(together, torch.stack(alone).mean(), atol=1e-5)
+    assert_close_scaled(together, torch.stack(alone).mean(), scale=LOGITS)
 
 
 @pytest.mark.parametrize('B', [1, 3, 8])
 def test_any_batch_size_keeps_the_images_independent(B):
     # reference-losses.md 7: batched B > 1 equals a per-image loop (the release runs only at B = 1).
-    assert_images_are_independent(build_plugin('patchgcl'), feature_inputs(B=B), feature_inputs(B=B, seed=1))
+    assert_images_are_independent(build_plugin('patchgcl'), feature_inputs(B=B), feature_inputs(B=B, seed=1),
+                                  scale=LOGITS)
 
 
 def test_parameters_are_initialised_as_released_and_checkpointed():

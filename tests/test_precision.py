@@ -15,7 +15,7 @@ from core import checks, trainer
 from core.utils import distributed
 from core.config import ConfigError, parse_config
 from core.data.loader import make_train_iterator
-from core.checkpoint import ckpt_path
+from core.checkpoint import KINDS, ckpt_path, named_tensors
 from core.utils.fileio import safe_load
 from main import main
 
@@ -33,23 +33,43 @@ def losses(data, run, steps, *extra):
 
 
 def max_relative(a, b):
+    """The largest difference between two dicts of logged scalars, each relative to its own value."""
     return max(abs(a[k] - b[k]) / max(abs(a[k]), 1e-6) for k in a)
 
 
+# Every kind of network: G, F, E, D, the shared patch heads (SRC, hDCE) and a plug-in's own head.
+EVERY_NETWORK = ('--patch_loss', 'lsesim=1')
+NETWORKS = {'generator', 'mapping_network', 'style_encoder', 'discriminator', 'patch_sample', 'lsesim'}
+
+
 def test_bf16_trains_with_finite_losses_close_to_fp32(seasons32, tmp_path):
-    fp32, _ = losses(seasons32, tmp_path, 1)
-    bf16, run = losses(seasons32, tmp_path, 3, '--amp', 'bf16')
+    fp32, _ = losses(seasons32, tmp_path, 1, *EVERY_NETWORK)
+    bf16, run = losses(seasons32, tmp_path, 3, *EVERY_NETWORK, '--amp', 'bf16')
     assert all(math.isfinite(v) for step in bf16 for v in step.values())
     assert max_relative(fp32[0], bf16[0]) < 3e-2
     assert max_relative(fp32[0], bf16[0]) > 0   # autocast really ran in bf16
-    for net in run.nets.values():   # weights and optimizer moments stay fp32
-        assert all(p.dtype == torch.float32 for p in net.parameters())
+    # Weights, buffers and EMA copies of every network, and the Adam moments of every parameter, stay fp32.
+    assert set(run.nets) == set(run.optims) == NETWORKS
+    for kind, nets in (('nets', run.nets), ('nets_ema', run.nets_ema)):
+        for name, net in nets.items():
+            floats = [t for t in net.state_dict().values() if t.is_floating_point()]
+            assert floats and all(t.dtype == torch.float32 for t in floats), (kind, name)
+    for name, net in run.nets.items():
+        state = run.optims[name].state
+        for p in net.parameters():
+            assert p in state, (name, 'a parameter without Adam moments')
+            assert state[p]['exp_avg'].dtype == state[p]['exp_avg_sq'].dtype == torch.float32, name
 
 
 def test_bf16_checkpoints_are_fp32(seasons32, tmp_path):
-    assert main(tiny_flags(seasons32, tmp_path, '--amp', 'bf16', '--total_iters', '2')) == 0
-    payload = safe_load(ckpt_path(str(tmp_path / 'checkpoints'), 2, 'nets'))
-    assert all(t.dtype == torch.float32 for t in payload['generator'].values() if t.is_floating_point())
+    assert main(tiny_flags(seasons32, tmp_path, *EVERY_NETWORK, '--amp', 'bf16', '--total_iters', '2')) == 0
+    for kind in KINDS:   # every network, its EMA copy and its optimizer state (moments included)
+        payload = safe_load(ckpt_path(str(tmp_path / 'checkpoints'), 2, kind))
+        floats = {name: t.dtype for name, t in named_tensors(payload) if t.is_floating_point()}
+        expected = {'generator', 'mapping_network', 'style_encoder'} if kind == 'nets_ema' else NETWORKS
+        assert {name.split('/')[0] for name in floats} == expected, kind
+        assert kind != 'optims' or {name.split('/')[0] for name in floats if name.endswith('/exp_avg_sq')} == expected
+        assert [name for name, dtype in floats.items() if dtype != torch.float32] == [], kind
 
 
 def test_channels_last_matches_the_default_layout(seasons32, tmp_path):

@@ -6,8 +6,9 @@ import torch
 
 import core.contrastive as contrastive
 from core.contrastive import functional as LF
+from conftest import assert_close_scaled, scaled_gap
 from plugin_helpers import assert_images_are_independent, build_plugin, feature_inputs, plugin_config
-from test_contrastive import ref_dce, ref_patch_nce, unit
+from test_contrastive import LOGITS, ref_dce, ref_patch_nce, unit
 
 TAU = 0.07
 
@@ -49,15 +50,15 @@ def test_per_query_top_n_matches_hand_loop(n, decoupled):
     q, k = unit(2, 8, 16, seed=1), unit(2, 8, 16, seed=2)
     rows = LF.put_nce(q, k, TAU, n, decoupled)
     assert rows.shape == (2, 8) and rows.dtype == torch.float32
-    assert torch.allclose(rows.double(), ref_put(q, k, TAU, n, decoupled), atol=1e-4)
+    assert_close_scaled(rows, ref_put(q, k, TAU, n, decoupled), scale=LOGITS)
 
 
 def test_all_negatives_kept_is_patchnce_or_dce():
     q, k = unit(3, 10, 16, seed=3), unit(3, 10, 16, seed=4)
-    assert torch.allclose(LF.put_nce(q, k, TAU, 9), LF.patch_nce(q, k, TAU), atol=1e-5)
-    assert torch.allclose(LF.put_nce(q, k, TAU, 9, decoupled=True), LF.dce(q, k, TAU), atol=1e-5)
-    assert torch.allclose(LF.put_nce(q, k, TAU, 9).double(), ref_patch_nce(q, k, TAU), atol=1e-4)
-    assert torch.allclose(LF.put_nce(q, k, TAU, 9, True).double(), ref_dce(q, k, TAU), atol=1e-4)
+    assert_close_scaled(LF.put_nce(q, k, TAU, 9), LF.patch_nce(q, k, TAU), scale=LOGITS)
+    assert_close_scaled(LF.put_nce(q, k, TAU, 9, decoupled=True), LF.dce(q, k, TAU), scale=LOGITS)
+    assert_close_scaled(LF.put_nce(q, k, TAU, 9), ref_patch_nce(q, k, TAU), scale=LOGITS)
+    assert_close_scaled(LF.put_nce(q, k, TAU, 9, True), ref_dce(q, k, TAU), scale=LOGITS)
 
 
 def test_more_negatives_than_exist_are_clipped():
@@ -68,7 +69,7 @@ def test_more_negatives_than_exist_are_clipped():
 def test_keeping_more_negatives_never_lowers_the_loss():
     q, k = unit(2, 12, 16, seed=7), unit(2, 12, 16, seed=8)
     values = [LF.put_nce(q, k, TAU, n) for n in (1, 3, 6, 11)]
-    assert all((a <= b + 1e-6).all() for a, b in zip(values, values[1:]))
+    assert all((a <= b + 1e-7 * LOGITS).all() for a, b in zip(values, values[1:]))   # up to an ulp of the logits
     assert (values[0] > 0).all() and (values[-1] > values[0]).all()
 
 
@@ -78,13 +79,13 @@ def test_released_variant_reproduces_the_column_sort():
     rows = LF.put_nce_released(q, k, TAU, n)
     expected, ranked = ref_put_released(q, k, TAU, n)
     assert rows.shape == (B, K)
-    assert torch.allclose(rows.double(), expected, atol=1e-4)
+    assert_close_scaled(rows, expected, scale=LOGITS)
     # Each column holds B entries of -10 (the self pairs): after the sort the last B rows hold only those,
     # so those queries see no real negative and contribute about 0.
     assert all(all(v == -10.0 for v in ranked[r]) for r in range(B * K - B, B * K))
     assert rows.flatten()[-B:].max() < 1e-30
     # It is not the per-query ranking.
-    assert not torch.allclose(rows, LF.put_nce(q, k, TAU, n), atol=1e-3)
+    assert scaled_gap(rows, LF.put_nce(q, k, TAU, n), scale=LOGITS) > 1e-2
 
 
 @pytest.mark.parametrize('variant', ['per_query', 'released_column_sort'])
@@ -101,10 +102,10 @@ def test_plugin_with_all_negatives_equals_the_patchnce_plugin():
     inp = feature_inputs(B=3)
     put, _ = build_plugin('put', '--put_negatives', '1000')(inp)
     nce, _ = build_plugin('patchnce')(inp)
-    assert torch.allclose(put, nce, atol=1e-5)
+    assert_close_scaled(put, nce, scale=LOGITS)
     put_dce, _ = build_plugin('put', '--put_negatives', '1000', '--put_loss', 'dce')(inp)
     dce, _ = build_plugin('dce')(inp)
-    assert torch.allclose(put_dce, dce, atol=1e-5)
+    assert_close_scaled(put_dce, dce, scale=LOGITS)
 
 
 @pytest.mark.parametrize('B', [1, 3, 8])
@@ -114,7 +115,7 @@ def test_any_batch_size_keeps_the_images_independent(B):
     loss, _ = loss_fn(feature_inputs(B=B))
     assert torch.isfinite(loss) and loss > 0
     # Negatives are the other patches of the same image: the batch loss is the mean over images.
-    assert_images_are_independent(loss_fn, feature_inputs(B=B), feature_inputs(B=B, seed=1))
+    assert_images_are_independent(loss_fn, feature_inputs(B=B), feature_inputs(B=B, seed=1), scale=LOGITS)
 
 
 def test_validation_guards_zero_negatives_and_names_the_flags():

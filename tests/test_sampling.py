@@ -118,11 +118,11 @@ def test_labelled_grids_add_margins_and_keep_the_images(trained, tmp_path):
 
 
 def test_label_grid_draws_only_in_the_margins():
-    from core.visualize import label_grid, quantize
+    from core.visualize import label_grid, unit_to_uint8
     grid = torch.rand(3, 2 * S, 3 * S)
     labelled = label_grid(grid, S, ['input', 'winter z0'], ['autumn', 'spring', 'summer'], 'psi 0.5')
     top, left = labelled.shape[1] - grid.shape[1], labelled.shape[2] - grid.shape[2]
-    assert torch.equal(quantize(labelled[:, top:, left:]), quantize(grid.clone()))
+    assert torch.equal(unit_to_uint8(labelled[:, top:, left:]), unit_to_uint8(grid.clone()))
     assert labelled[:, :top].min() < 0.5 and labelled[:, top:, :left].min() < 0.5   # text drawn
     blank = label_grid(grid, S, ['', ''], ['', '', ''], '')
     top, left = blank.shape[1] - grid.shape[1], blank.shape[2] - grid.shape[2]
@@ -131,7 +131,7 @@ def test_label_grid_draws_only_in_the_margins():
 
 
 def test_column_labels_wider_than_a_tile_go_on_two_staggered_lines():
-    from core.visualize import label_grid, quantize
+    from core.visualize import label_grid, unit_to_uint8
     names = ['winter', 'summer', 'autumn', 'spring', 'winter']
     wide = label_grid(torch.rand(3, 64, 5 * 64), 64, ['input', 'z0'], names, 'psi 1.0')
     narrow_grid = torch.rand(3, 64, 5 * 32)
@@ -139,7 +139,7 @@ def test_column_labels_wider_than_a_tile_go_on_two_staggered_lines():
     wide_top, top = wide.shape[1] - 64, narrow.shape[1] - 64
     left = narrow.shape[2] - narrow_grid.shape[2]
     assert top > wide_top                                    # a second line of column labels
-    assert torch.equal(quantize(narrow[:, top:, left:]), quantize(narrow_grid.clone()))
+    assert torch.equal(unit_to_uint8(narrow[:, top:, left:]), unit_to_uint8(narrow_grid.clone()))
     first, second = narrow[:, :top // 2, left:], narrow[:, top // 2:top, left:]
     ink = lambda band: (band.min(0).values < 0.5).any(0)     # columns of pixels with text
     assert ink(first)[:32].any() and not ink(second)[:32].any()        # column 0's label on line 1
@@ -295,40 +295,75 @@ def _fails(argv, capsys, *phrases):
         assert phrase in err, (phrase, err)
 
 
-def test_bad_input_one_clear_message_and_nothing_written(trained, seasons32, tmp_path, capsys):
-    out = tmp_path / 'out'
-    src = str(seasons32 / 'val')
-    _fails(_translate_flags(trained, out, '--src', src, '--trg_domain', 'monsoon'), capsys,
-           "'monsoon' is not a domain", 'autumn (0), spring (1), summer (2), winter (3)')
-    _fails(_translate_flags(trained, out, '--src', src, '--trg_domain', '4'), capsys, 'out of range')
-    _fails(_translate_flags(trained, out, '--src', src, '--ref', src), capsys, 'no folder above it is named after a domain',
-           '--trg_domain')
-    _fails(_translate_flags(trained, out, '--src', src, '--ref', src, '--trg_domain', '0', '--psi', '0.5'),
-           capsys, '--psi')
-    _fails(_translate_flags(trained, out, '--trg_domain', '0'), capsys, '--src')
-    _fails(_translate_flags(trained, out, '--src', str(tmp_path / 'nope.jpg'), '--trg_domain', '0'), capsys,
-           'nope.jpg')
+def _broken_inputs(seasons32, tmp_path):
+    """A copy of one val domain with an undecodable 'image' in it."""
     broken = tmp_path / 'inputs'
     shutil.copytree(seasons32 / 'val' / 'autumn', broken)
     (broken / 'broken.jpg').write_bytes(b'not an image')
-    _fails(_translate_flags(trained, out, '--src', str(broken), '--trg_domain', '0'), capsys,
-           'broken.jpg', '--skip_bad_images')
-    _fails(_with_mode(trained, 'translate', '--resume_iter', '1', '--src', src, '--trg_domain', '0',
-                      '--result_dir', str(out)), capsys, 'checkpoint file not found', '--resume_iter')
-    # sample: reference folders that do not match the model's domains
+    return str(broken)
+
+
+def _three_domains(seasons32, tmp_path, *extra):
+    """A reference tree with three of the model's four domains, plus the `extra` (folder, domain) copies."""
     three = tmp_path / 'three'
     for domain in ('autumn', 'spring', 'summer'):
         shutil.copytree(seasons32 / 'val' / domain, three / domain)
-    _fails(_sample_flags(trained, out, '--src_dir', src, '--ref_dir', str(three)), capsys,
-           '--ref_dir', '3 domain folder(s)', '4 domains')
-    shutil.copytree(seasons32 / 'val' / 'winter', three / 'snow')
-    _fails(_sample_flags(trained, out, '--src_dir', src, '--ref_dir', str(three)), capsys,
-           '--ref_dir', 'autumn, spring, summer, winter')
-    _fails(_sample_flags(trained, out, '--src_dir', str(tmp_path / 'missing'), '--ref_dir', src), capsys,
-           '--src_dir')
+    for folder, domain in extra:
+        shutil.copytree(seasons32 / 'val' / domain, three / folder)
+    return str(three)
+
+
+# Bad input of sample and translate: argv(trained flags, data, tmp_path, output folder, source folder) and the
+# phrases of its one-line message.
+BAD_INPUTS = {
+    'unknown domain name': (
+        lambda t, d, tmp, out, src: _translate_flags(t, out, '--src', src, '--trg_domain', 'monsoon'),
+        ("'monsoon' is not a domain", 'autumn (0), spring (1), summer (2), winter (3)')),
+    'domain index out of range': (
+        lambda t, d, tmp, out, src: _translate_flags(t, out, '--src', src, '--trg_domain', '4'),
+        ('out of range',)),
+    'reference folder is not a domain': (
+        lambda t, d, tmp, out, src: _translate_flags(t, out, '--src', src, '--ref', src),
+        ('no folder above it is named after a domain', '--trg_domain')),
+    'psi with a reference': (
+        lambda t, d, tmp, out, src: _translate_flags(t, out, '--src', src, '--ref', src, '--trg_domain', '0',
+                                                     '--psi', '0.5'),
+        ('--psi',)),
+    'no source': (
+        lambda t, d, tmp, out, src: _translate_flags(t, out, '--trg_domain', '0'),
+        ('--src',)),
+    'missing source file': (
+        lambda t, d, tmp, out, src: _translate_flags(t, out, '--src', str(tmp / 'nope.jpg'), '--trg_domain', '0'),
+        ('nope.jpg',)),
+    'undecodable source image': (
+        lambda t, d, tmp, out, src: _translate_flags(t, out, '--src', _broken_inputs(d, tmp), '--trg_domain', '0'),
+        ('broken.jpg', '--skip_bad_images')),
+    'missing checkpoint': (
+        lambda t, d, tmp, out, src: _with_mode(t, 'translate', '--resume_iter', '1', '--src', src, '--trg_domain', '0',
+                                               '--result_dir', str(out)),
+        ('checkpoint file not found', '--resume_iter')),
+    'reference folders miss a domain': (
+        lambda t, d, tmp, out, src: _sample_flags(t, out, '--src_dir', src, '--ref_dir', _three_domains(d, tmp)),
+        ('--ref_dir', '3 domain folder(s)', '4 domains')),
+    'reference folder of another name': (
+        lambda t, d, tmp, out, src: _sample_flags(t, out, '--src_dir', src,
+                                                  '--ref_dir', _three_domains(d, tmp, ('snow', 'winter'))),
+        ('--ref_dir', 'autumn, spring, summer, winter')),
+    'missing source folder': (
+        lambda t, d, tmp, out, src: _sample_flags(t, out, '--src_dir', str(tmp / 'missing'), '--ref_dir', src),
+        ('--src_dir',)),
+    'video of one frame': (
+        lambda t, d, tmp, out, src: _sample_flags(t, out, '--src_dir', src, '--ref_dir', src, '--video_frames', '1'),
+        ('--video_frames',)),
+}
+
+
+@pytest.mark.parametrize('case', BAD_INPUTS)
+def test_bad_input_one_clear_message_and_nothing_written(case, trained, seasons32, tmp_path, capsys):
+    argv, phrases = BAD_INPUTS[case]
+    out = tmp_path / 'out'
+    _fails(argv(trained, seasons32, tmp_path, out, str(seasons32 / 'val')), capsys, *phrases)
     assert not out.exists()
-    _fails(_sample_flags(trained, out, '--src_dir', src, '--ref_dir', src, '--video_frames', '1'), capsys,
-           '--video_frames')
 
 
 def test_failed_video_leaves_no_partial_file(trained, seasons32, tmp_path, capsys, monkeypatch):

@@ -19,7 +19,7 @@ from core.data.loader import EvalTransform
 from core.inference import draw_latents
 from core.model import build_nets
 from core.translator import DomainError, StyleError, Translator
-from core.utils.fileio import CheckpointError
+from core.utils.fileio import ModelFileError
 from core.video import num_video_frames
 from main import main
 from test_video import read_video
@@ -58,9 +58,9 @@ def test_load_folder_file_and_step(run, model):
     assert model.device == torch.device('cpu') and 'step=4' in repr(model)
     assert Translator.load(run, step=2).step == 2
     assert Translator.load(run / '000002_nets_ema.ckpt').step == 2
-    with pytest.raises(CheckpointError, match='has no step 3; its steps are 2, 4'):
+    with pytest.raises(ModelFileError, match='has no step 3; its steps are 2, 4'):
         Translator.load(run, step=3)
-    with pytest.raises(CheckpointError, match='does not exist'):
+    with pytest.raises(ModelFileError, match='does not exist'):
         Translator.load(run / 'nope')
 
 
@@ -75,7 +75,7 @@ def test_load_skips_a_damaged_newest_step(run, tmp_path):
     (copy / '000002_nets_ema.ckpt').write_bytes(b'')
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        with pytest.raises(CheckpointError, match='no intact earlier step'):
+        with pytest.raises(ModelFileError, match='no intact earlier step'):
             Translator.load(copy)
 
 
@@ -94,7 +94,7 @@ def test_official_file_takes_the_architecture_as_keywords(tmp_path, images):
     assert _close(model.latent(images['spring'][0], 'c', as_tensor=True)[0], expected[0])
     assert Translator.load(path, num_domains=3, **{k: v for k, v in arch.items() if k != 'num_domains'}).domains == \
         ['domain0', 'domain1', 'domain2']
-    with pytest.raises(CheckpointError, match='does not match the networks'):
+    with pytest.raises(ModelFileError, match='does not match the networks'):
         Translator.load(path, **{**arch, 'style_dim': 12})
     with pytest.raises(Exception, match='--img_size must be a power of two'):
         Translator.load(path, **{**arch, 'img_size': 48})

@@ -13,7 +13,7 @@ import torch
 from torchvision.models.vgg import cfgs, make_layers
 
 import core.contrastive as contrastive
-from conftest import tiny_flags
+from conftest import assert_close_scaled, tiny_flags
 from core.checks import check_inputs
 from core.config import parse_config
 from core.utils.fileio import safe_load
@@ -70,7 +70,8 @@ def test_trunk_equals_torchvision_features(weights_present):
             if index in (11, 18, 22):
                 expected.append(h.clone())
     assert [tuple(m.shape) for m in maps] == [(2, 256, 8, 10), (2, 512, 4, 5), (2, 512, 4, 5)]
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(maps, expected))
+    for index, (a, b) in enumerate(zip(maps, expected)):
+        assert_close_scaled(a, b, msg=f'map {index}')
 
 
 def test_trunk_is_frozen_shared_and_outside_every_plugin(weights_present):

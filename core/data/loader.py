@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from core.data.images import (IMG_EXTENSIONS, BadImageError, DataError, check_images, domain_tree, list_images,
                          load_rgb)
 from core.data.manifest import verify_manifest
+from core.utils.distributed import process_slice
 from core.utils.seeding import STREAM_REFERENCE, STREAM_SOURCE, STREAM_VAL, step_generator
 
 RANDCROP_SCALE = (0.8, 1.0)   # upstream RandomResizedCrop(scale=...)
@@ -317,12 +318,6 @@ def _step_loader(dataset, sampler, num_workers, device):
                       persistent_workers=num_workers > 0)
 
 
-def process_part(batch_size, rank, world_size):
-    """This process's rows of a global batch of batch_size (which world_size divides)."""
-    local = batch_size // world_size
-    return slice(rank * local, (rank + 1) * local)
-
-
 def make_train_iterator(cfg, start_step, device, rank=0, world_size=1):
     """Endless TrainIterator over cfg.train_img_dir: the batches of steps start_step, start_step + 1, ...
 
@@ -335,7 +330,7 @@ def make_train_iterator(cfg, start_step, device, rank=0, world_size=1):
     dataset = TrainDataset(paths, labels, cfg.img_size, cfg.randcrop_prob, cfg.skip_bad_images)
     loaders = [_step_loader(dataset,
                             StepBatchSampler(labels, cfg.batch_size, cfg.seed, stream, start_step, pairs,
-                                             process_part(cfg.batch_size, rank, world_size)),
+                                             process_slice(cfg.batch_size, rank=rank, world_size=world_size)),
                             cfg.num_workers, device)
                for stream, pairs in ((STREAM_SOURCE, False), (STREAM_REFERENCE, True))]
     return TrainIterator(*loaders, device, start_step)

@@ -14,6 +14,7 @@ therefore applies the same update and holds the same weights, EMA and step.
 """
 import contextlib
 import datetime
+import math
 import os
 from typing import NamedTuple, Optional
 
@@ -190,10 +191,15 @@ def gather_objects(obj):
     return objects
 
 
-def shard(num, rank=None, world_size=None):
-    """The slice of range(num) that this process handles: contiguous, sizes differing by at most one."""
+def process_slice(num, batch_size=1, rank=None, world_size=None):
+    """This process's contiguous slice of range(num), made of whole batches of batch_size (the last one
+    may be short); the processes' batch counts differ by at most one, the first ranks get the extra ones.
+
+    rank and world_size default to this process's; alone, the slice is all of range(num).
+    """
     rank = dist.get_rank() if rank is None and active() else (rank or 0)
     world_size = dist.get_world_size() if world_size is None and active() else (world_size or 1)
-    per, extra = divmod(num, world_size)
-    start = rank * per + min(rank, extra)
-    return slice(start, start + per + (1 if rank < extra else 0))
+    per, extra = divmod(math.ceil(num / batch_size), world_size)
+    first = rank * per + min(rank, extra)
+    last = first + per + (1 if rank < extra else 0)
+    return slice(min(first * batch_size, num), min(last * batch_size, num))

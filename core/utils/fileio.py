@@ -16,8 +16,9 @@ import torch
 from core.utils.errors import UserError
 
 
-class CheckpointError(UserError):
-    """A missing, unsafe, damaged or mismatched checkpoint or weight file; the message says what to do."""
+class ModelFileError(UserError):
+    """A model file (training checkpoint or pretrained weight file) that is missing, unsafe, damaged or does
+    not fit; the message says what to do. core.checkpoint.DamagedCheckpoint is the checkpoint-specific kind."""
 
 
 class WriteError(UserError, OSError):
@@ -179,10 +180,10 @@ def not_a_file(path):
 
 
 def check_checkpoint_file(path):
-    """Raise CheckpointError unless `path` is a regular file."""
+    """Raise ModelFileError unless `path` is a regular file."""
     problem = not_a_file(path)
     if problem is not None:
-        raise CheckpointError(f'{problem}: {path}' if problem.endswith('not found') else f'{path} is {problem}')
+        raise ModelFileError(f'{problem}: {path}' if problem.endswith('not found') else f'{path} is {problem}')
 
 
 def safe_load(path):
@@ -191,7 +192,7 @@ def safe_load(path):
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(
+        raise ModelFileError(
             f'{path} contains Python objects other than tensors and plain containers; refusing to '
             f'unpickle it because that could run arbitrary code. Re-save only its state_dicts '
             f'from a trusted environment. ({_first_line(err)})') from None
@@ -200,7 +201,7 @@ def safe_load(path):
     except (RuntimeError, EOFError, OSError, KeyError, ValueError, IndexError) as err:
         size = os.path.getsize(path)
         cause = 'the file is empty (0 bytes)' if size == 0 else _first_line(err)
-        raise CheckpointError(f'{path} is not a readable PyTorch checkpoint ({cause}); '
+        raise ModelFileError(f'{path} is not a readable PyTorch checkpoint ({cause}); '
                               f'it may be truncated or corrupt') from None
 
 

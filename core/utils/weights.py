@@ -15,7 +15,7 @@ import sys
 from typing import NamedTuple, Optional
 
 from core.utils.errors import UserError, run_cli
-from core.utils.fileio import CheckpointError, safe_load, sha256_file, state_dict_mismatch
+from core.utils.fileio import ModelFileError, safe_load, sha256_file, state_dict_mismatch
 
 ENV_VAR = 'STARGAN_WEIGHTS_DIR'
 DEFAULT_DIR = os.path.join('~', '.cache', 'stargan-src', 'weights')
@@ -75,7 +75,7 @@ def load_weights(module, name):
     path = require_weight(name)
     try:
         state_dict = safe_load(path)
-    except CheckpointError as err:
+    except ModelFileError as err:
         raise UserError(f'{err}; delete it and run: bash download.sh {WEIGHTS[name].target}') from None
     missing, unexpected, shapes = (sorted(keys) for keys in state_dict_mismatch(module.state_dict(), state_dict))
     if missing or unexpected or shapes:

@@ -5,8 +5,8 @@ import pytest
 import torch
 from munch import Munch
 
-from conftest import tiny_flags
-from core.checkpoint import (CheckpointError, atomic_save, ckpt_path, latest_step, safe_load,
+from conftest import assert_close_scaled, tiny_flags
+from core.checkpoint import (ModelFileError, atomic_save, ckpt_path, latest_step, safe_load,
                              save_training_state)
 from core.config import parse_config
 from core.utils.distributed import Runtime
@@ -100,17 +100,17 @@ def test_ema_update_formula():
     old = [p.clone() for p in run.nets_ema.generator.parameters()]
     update_ema(run.nets, run.nets_ema, 0.9)
     for e, o, n in zip(run.nets_ema.generator.parameters(), old, run.nets.generator.parameters()):
-        assert torch.allclose(e, 0.9 * o + 0.1 * n, atol=1e-6)
+        assert_close_scaled(e, 0.9 * o + 0.1 * n)
 
 
 def test_unsafe_checkpoint_is_refused(tmp_path):
     path = tmp_path / 'evil.ckpt'
     torch.save({'generator': {'w': torch.zeros(1)}, 'payload': Munch(a=1)}, str(path))   # needs unpickling a class
-    with pytest.raises(CheckpointError) as err:
+    with pytest.raises(ModelFileError) as err:
         safe_load(str(path))
     assert 'refusing to unpickle' in str(err.value)
     (tmp_path / 'cut.ckpt').write_bytes(b'PK\x03\x04 truncated')
-    with pytest.raises(CheckpointError) as err:
+    with pytest.raises(ModelFileError) as err:
         safe_load(str(tmp_path / 'cut.ckpt'))
     assert 'truncated or corrupt' in str(err.value)
 
