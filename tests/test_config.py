@@ -1,4 +1,5 @@
 """Flags: upstream names and defaults, published command lines, presets, validation, immutability."""
+import importlib
 import json
 import os
 import shlex
@@ -133,6 +134,8 @@ def test_every_mode_is_one_entry_that_main_checks_and_help_read_and_align_is_not
     assert action.choices == list(MODES) == ['train', 'sample', 'eval', 'translate', 'prepare', 'demo', 'export', 'app']
     for name, mode in MODES.items():
         assert mode.name == name and callable(mode.run) and callable(mode.checks) and callable(mode.outputs)
+        module, function = mode.runner.split(':')   # the runner names a function that exists
+        assert callable(getattr(importlib.import_module(module), function)), mode.runner
         assert f'{name}: {mode.help}' in action.help
     with pytest.raises(SystemExit) as info:   # argparse's own rejection: usage line and exit status 2
         parse_config(['--mode', 'align'])
