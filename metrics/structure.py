@@ -14,7 +14,7 @@ import re
 import torch
 import torch.nn.functional as F
 
-from core.data.synthetic import MARKER, layout_seed, render_scene
+from core.data.synthetic import GENERATOR, MARKER, layout_seed, render_scene
 from metrics.registry import Metric, Series, register
 
 LUMA = (0.299, 0.587, 0.114)
@@ -43,7 +43,7 @@ def synthetic_params(val_dir):
             params = json.load(f)
     except (OSError, ValueError):
         return None
-    return params if params.get('generator') == 'core.data.synthetic' else None
+    return params if params.get('generator') == GENERATOR else None
 
 
 def ground_truth(params, path, src, trg, img_size):

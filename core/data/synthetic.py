@@ -45,6 +45,9 @@ DATASETS = {
 }
 
 MARKER = 'synthetic.json'
+# The marker's name of this renderer: a format identifier that datasets on disk carry, so it stays
+# as first written (the module was core/synthetic.py then) and datasets rendered before still match.
+GENERATOR = 'core.synthetic'
 # Bump when the renderer changes, so datasets drawn by an older renderer are
 # not silently reused as if they matched.
 VERSION = 2
@@ -684,7 +687,7 @@ def layout_seed(dataset, domain, split, index, seed=0):
 
 def _params(dataset, num_train, num_val, img_size, seed):
     """The marker contents that identify a generated dataset."""
-    return {'generator': 'core.data.synthetic', 'version': VERSION, 'dataset': dataset,
+    return {'generator': GENERATOR, 'version': VERSION, 'dataset': dataset,
             'domains': list(DATASETS[dataset]), 'num_train': num_train, 'num_val': num_val,
             'img_size': img_size, 'seed': seed}
 
