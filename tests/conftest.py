@@ -102,6 +102,18 @@ def tiny_flags(data_root, run_dir, *extra):
             '--eval_dir', str(run_dir / 'eval'), '--result_dir', str(run_dir / 'results'), *extra]
 
 
+def with_mode(flags, mode, *extra):
+    """Command-line flags (as tiny_flags gives them) with another --mode, plus `extra`."""
+    return replaced(flags, '--mode', mode) + list(extra)
+
+
+def replaced(flags, flag, value):
+    """A copy of the flags with the value of `flag` replaced."""
+    flags = list(flags)
+    flags[flags.index(flag) + 1] = value
+    return flags
+
+
 def interrupt_training(monkeypatch, at_step):
     """Make training stop with Ctrl-C when it reaches iteration `at_step` (0-based), as a kill would;
     returns a function that restores the real train_step."""

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, interrupt_training, tiny_flags
+from conftest import ROOT, interrupt_training, replaced, tiny_flags, with_mode
 from core.checkpoint import DamagedCheckpoint, payload_digest, read_checkpoint
 from core.utils.fileio import ModelFileError, atomic_save, safe_load
 from main import main
@@ -56,18 +56,6 @@ def _flip_middle(path, count=64):
     for i in range(middle - count // 2, middle + count // 2):
         data[i] ^= 0xFF
     path.write_bytes(bytes(data))
-
-
-def _with_mode(flags, mode, *extra):
-    flags = list(flags)
-    flags[flags.index('--mode') + 1] = mode
-    return flags + list(extra)
-
-
-def _replace(flags, flag, value):
-    flags = list(flags)
-    flags[flags.index(flag) + 1] = value
-    return flags
 
 
 @pytest.fixture(scope='module')
@@ -130,18 +118,18 @@ def test_flipped_bytes_are_refused_by_train_sample_and_translate(seasons32, copy
         _flip_middle(copy_of / 'checkpoints' / f'000004_{kind}.ckpt')
     before = _snapshot(copy_of)
 
-    assert main(_replace(flags, '--total_iters', '6') + ['--resume_iter', '4']) == 1
+    assert main(replaced(flags, '--total_iters', '6') + ['--resume_iter', '4']) == 1
     err = capsys.readouterr().err
     assert '000004_nets.ckpt' in err and 'Traceback' not in err
     assert 'newest intact earlier step is 2: pass --resume_iter 2' in err
 
     image = sorted((seasons32 / 'val' / 'spring').iterdir())[0]
     ema = str(copy_of / 'checkpoints' / '000004_nets_ema.ckpt')
-    assert main(_with_mode(flags, 'sample', '--checkpoint', ema, '--result_dir', str(copy_of / 'out'),
+    assert main(with_mode(flags, 'sample', '--checkpoint', ema, '--result_dir', str(copy_of / 'out'),
                            '--src_dir', str(seasons32 / 'val'), '--ref_dir', str(seasons32 / 'val'))) == 1
     err = capsys.readouterr().err
     assert ema in err and 'Traceback' not in err
-    assert main(_with_mode(flags, 'translate', '--resume_iter', '4', '--src', str(image), '--trg_domain', '0',
+    assert main(with_mode(flags, 'translate', '--resume_iter', '4', '--src', str(image), '--trg_domain', '0',
                            '--result_dir', str(copy_of / 'out'))) == 1
     err = capsys.readouterr().err
     assert ema in err and '--resume_iter 2' in err and 'Traceback' not in err
@@ -150,7 +138,7 @@ def test_flipped_bytes_are_refused_by_train_sample_and_translate(seasons32, copy
 
 def test_resume_latest_names_the_damaged_step_and_an_earlier_intact_one(seasons32, copy_of, capsys):
     (copy_of / 'checkpoints' / '000004_optims.ckpt').write_bytes(b'')   # e.g. a copy that stopped early
-    flags = _replace(tiny_flags(seasons32, copy_of, '--sample_every', '0'), '--total_iters', '6')
+    flags = replaced(tiny_flags(seasons32, copy_of, '--sample_every', '0'), '--total_iters', '6')
     assert main(flags + ['--resume_iter', 'latest']) == 1
     err = capsys.readouterr().err
     assert '000004_optims.ckpt' in err and 'the file is empty (0 bytes)' in err
@@ -190,7 +178,7 @@ def test_a_diverging_run_stops_before_saving_anything(seasons32, tmp_path, capsy
 def test_divergence_between_logging_steps_is_caught_at_the_save(seasons32, copy_of, capsys):
     """A huge loss weight blows up Adam's moments while the logged (unweighted) terms stay finite:
     the check of the state at the save stops the run, and the earlier checkpoints are left as they were."""
-    flags = _replace(tiny_flags(seasons32, copy_of, '--sample_every', '0', '--print_every', '1',
+    flags = replaced(tiny_flags(seasons32, copy_of, '--sample_every', '0', '--print_every', '1',
                                 '--save_every', '1', '--lambda_sty', '1e38'), '--total_iters', '10')
     assert main(flags + ['--resume_iter', 'latest']) == 1
     message = _error_line(capsys.readouterr().err)
@@ -227,11 +215,11 @@ def test_resume_and_inference_refuse_a_checkpoint_with_nan(seasons32, copy_of, c
         payload['generator']['from_rgb.bias'][0] = float('nan')
         atomic_save({**payload, 'digest': payload_digest(payload)}, str(path))
     flags = tiny_flags(seasons32, copy_of, '--sample_every', '0')
-    assert main(_replace(flags, '--total_iters', '6') + ['--resume_iter', 'latest']) == 1
+    assert main(replaced(flags, '--total_iters', '6') + ['--resume_iter', 'latest']) == 1
     message = _error_line(capsys.readouterr().err)
     assert '000004_nets.ckpt holds NaN or infinite values (generator/from_rgb.bias)' in message
     assert 'pass --resume_iter 2' in message
-    assert main(_with_mode(flags, 'sample', '--resume_iter', '4', '--result_dir', str(copy_of / 'out'),
+    assert main(with_mode(flags, 'sample', '--resume_iter', '4', '--result_dir', str(copy_of / 'out'),
                            '--src_dir', str(seasons32 / 'val'), '--ref_dir', str(seasons32 / 'val'))) == 1
     message = _error_line(capsys.readouterr().err)
     assert '000004_nets_ema.ckpt holds NaN or infinite values' in message and 'pass --resume_iter 2' in message
@@ -300,7 +288,7 @@ def test_a_finished_run_resumed_again_changes_no_file(seasons32, copy_of, capsys
 
 def test_config_changes_are_shown_before_config_json_is_rewritten(seasons32, copy_of, capsys):
     path = copy_of / 'checkpoints' / 'config.json'
-    flags = _replace(tiny_flags(seasons32, copy_of, '--sample_every', '0', '--print_every', '2'), '--total_iters', '6')
+    flags = replaced(tiny_flags(seasons32, copy_of, '--sample_every', '0', '--print_every', '2'), '--total_iters', '6')
     assert main(flags + ['--resume_iter', 'latest']) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if 'the config differs' in line]
     assert len(lines) == 1 and lines[0].startswith(f'train: the config differs from {path}: ')
@@ -309,7 +297,7 @@ def test_config_changes_are_shown_before_config_json_is_rewritten(seasons32, cop
         assert change in lines[0]
     assert lines[0].endswith('; writing the new one') and '--resume_iter' not in lines[0]
     assert json.loads(path.read_text())['total_iters'] == 6
-    assert main(_replace(flags, '--total_iters', '8') + ['--resume_iter', '6']) == 0
+    assert main(replaced(flags, '--total_iters', '8') + ['--resume_iter', '6']) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if 'the config differs' in line]
     assert lines == [f'train: the config differs from {path}: --total_iters 6 -> 8; writing the new one']
     assert _logged_steps(copy_of) == [1, 2, 3, 4, 6, 8]
@@ -317,7 +305,7 @@ def test_config_changes_are_shown_before_config_json_is_rewritten(seasons32, cop
 
 def test_a_resume_uses_the_learning_rate_of_its_flags(seasons32, copy_of):
     """The divergence message advises a lower --lr; resuming with one must not keep the saved one."""
-    flags = _replace(tiny_flags(seasons32, copy_of, '--sample_every', '0', '--lr', '5e-05'), '--total_iters', '6')
+    flags = replaced(tiny_flags(seasons32, copy_of, '--sample_every', '0', '--lr', '5e-05'), '--total_iters', '6')
     assert main(flags + ['--resume_iter', 'latest']) == 0
     optims = read_checkpoint(str(copy_of / 'checkpoints' / '000006_optims.ckpt'))
     assert [g['lr'] for g in optims['generator']['param_groups']] == [5e-05]

@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 
-from conftest import ROOT, tiny_flags
+from conftest import ROOT, replaced, tiny_flags, with_mode
 from core.checkpoint import ckpt_path, complete_steps, payload_digest, write_training_state
 from core.data.images import domain_tree
 from core.inference import GeneratedError, check_generated
@@ -28,18 +28,6 @@ def error_line(err):
     lines = [line for line in err.splitlines() if line.startswith('error: ')]
     assert len(lines) == 1 and 'Traceback' not in err, err[-3000:]
     return lines[0]
-
-
-def with_mode(flags, mode, *extra):
-    flags = list(flags)
-    flags[flags.index('--mode') + 1] = mode
-    return flags + list(extra)
-
-
-def replaced(flags, flag, value):
-    flags = list(flags)
-    flags[flags.index(flag) + 1] = value
-    return flags
 
 
 def temp_files(folder):

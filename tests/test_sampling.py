@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import core.video
-from conftest import tiny_flags
+from conftest import tiny_flags, with_mode
 from core.config import parse_config
 from core.data.loader import EvalTransform
 from core.data.images import list_images, load_rgb
@@ -18,12 +18,6 @@ from main import main
 from test_video import read_video
 
 S = 32   # image size of the tiny model
-
-
-def _with_mode(flags, mode, *extra):
-    flags = list(flags)
-    flags[flags.index('--mode') + 1] = mode
-    return flags + list(extra)
 
 
 @pytest.fixture(scope='module')
@@ -38,12 +32,12 @@ def trained(seasons32, tmp_path_factory):
 
 def _sample_flags(trained, out, *extra):
     ckpt = trained[trained.index('--checkpoint_dir') + 1]
-    return _with_mode(trained, 'sample', '--checkpoint', os.path.join(ckpt, '000002_nets_ema.ckpt'),
+    return with_mode(trained, 'sample', '--checkpoint', os.path.join(ckpt, '000002_nets_ema.ckpt'),
                       '--result_dir', str(out), *extra)
 
 
 def _translate_flags(trained, out, *extra):
-    return _with_mode(trained, 'translate', '--resume_iter', 'latest', '--result_dir', str(out), *extra)
+    return with_mode(trained, 'translate', '--resume_iter', 'latest', '--result_dir', str(out), *extra)
 
 
 def _size(path):
@@ -339,7 +333,7 @@ BAD_INPUTS = {
         lambda t, d, tmp, out, src: _translate_flags(t, out, '--src', _broken_inputs(d, tmp), '--trg_domain', '0'),
         ('broken.jpg', '--skip_bad_images')),
     'missing checkpoint': (
-        lambda t, d, tmp, out, src: _with_mode(t, 'translate', '--resume_iter', '1', '--src', src, '--trg_domain', '0',
+        lambda t, d, tmp, out, src: with_mode(t, 'translate', '--resume_iter', '1', '--src', src, '--trg_domain', '0',
                                                '--result_dir', str(out)),
         ('checkpoint file not found', '--resume_iter')),
     'reference folders miss a domain': (
