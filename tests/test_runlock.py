@@ -117,8 +117,7 @@ def test_a_kill_9_releases_the_lock(seasons32, tmp_path, capsys):
     assert run.returncode == -signal.SIGKILL
     assert (tmp_path / 'checkpoints' / LOCK_NAME).exists()   # left behind, but nobody holds it
     latest = complete_steps(str(tmp_path / 'checkpoints'))[-1]
-    done = list(flags)
-    done[done.index('--total_iters') + 1] = str(latest)   # nothing to do: the lock is taken and released
+    done = list(flags) + ['--total_iters', str(latest)]   # the last --total_iters wins: nothing left to do
     assert main(done + ['--resume_iter', 'latest']) == 0
     assert f'nothing to do: resuming at step {latest}' in capsys.readouterr().out
     assert not (tmp_path / 'checkpoints' / LOCK_NAME).exists()
