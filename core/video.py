@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F_nn
 from tqdm import tqdm
 
-from core.utils.errors import UserError
+from core.utils.errors import UserError, deferred_signals
 from core.utils.fileio import file_mode
 from core.visualize import to_uint8
 
@@ -193,20 +193,39 @@ class VideoWriter:
     """H.264 (libx264, yuv420p) MP4 written from uint8 frames piped into ffmpeg.
 
     Frames go to a temporary file next to `path`, renamed to `path` only when
-    ffmpeg succeeds; on any failure the temporary file is removed. Odd frame
-    sizes are padded with black to even ones. Use as a context manager.
+    ffmpeg succeeds; on any failure (Ctrl-C and SIGTERM included) the temporary
+    file is removed. Odd frame sizes are padded with black to even ones. Use as
+    a context manager, or call open() and then close() or abort().
     """
 
     def __init__(self, path, width, height, fps):
-        import ffmpeg
-        self.path = path
+        """Nothing starts here: open() (or entering the `with` block) makes the temporary file and starts ffmpeg."""
+        self.path, self.fps = path, fps
         self.width, self.height = width + width % 2, height + height % 2
         self.frames = 0
         self.finished = False
-        folder = os.path.dirname(os.path.abspath(path))
+        self.tmp = self.process = None
+
+    def open(self):
+        """Make the temporary file and start ffmpeg; returns self.
+
+        Signals wait meanwhile (deferred_signals), so that when one arrives both are
+        recorded on self and abort() removes them.
+        """
+        folder = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(folder, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
-        os.close(fd)
+        with deferred_signals():
+            fd, self.tmp = tempfile.mkstemp(prefix='.' + os.path.basename(self.path) + '.', suffix='.tmp', dir=folder)
+            os.close(fd)
+            try:
+                self.process = self._start_ffmpeg(self.fps)
+            except BaseException:
+                self._remove_tmp()
+                raise
+        return self
+
+    def _start_ffmpeg(self, fps):
+        import ffmpeg
         stream = (ffmpeg.input('pipe:', format='rawvideo', pix_fmt='rgb24', s=f'{self.width}x{self.height}',
                                framerate=fps)
                   .output(self.tmp, format='mp4', vcodec='libx264', pix_fmt='yuv420p', movflags='+faststart')
@@ -214,9 +233,8 @@ class VideoWriter:
                   .overwrite_output())
         exe = ffmpeg_executable()
         try:
-            self.process = stream.run_async(cmd=exe, pipe_stdin=True, pipe_stderr=True)
+            return stream.run_async(cmd=exe, pipe_stdin=True, pipe_stderr=True)
         except OSError as err:
-            self._remove_tmp()
             raise VideoError(f'cannot start ffmpeg ({exe}): {err}') from None
 
     def write(self, frame):
@@ -233,30 +251,36 @@ class VideoWriter:
 
     def close(self):
         """Finish encoding and move the file into place; VideoError if ffmpeg failed."""
-        self.finished = True
         try:
-            self.process.stdin.close()
-        except OSError:
-            pass
-        errors = self.process.stderr.read().decode(errors='replace')
-        if self.process.wait() != 0 or self.frames == 0:
+            try:
+                self.process.stdin.close()
+            except OSError:
+                pass
+            errors = self.process.stderr.read().decode(errors='replace')
+            status = self.process.wait()
+        except BaseException:   # Ctrl-C or SIGTERM while ffmpeg finishes: no partial file stays
+            self.abort()
+            raise
+        self.finished = True
+        if status != 0 or self.frames == 0:
             self._remove_tmp()
             raise VideoError(f'ffmpeg could not write {self.path}: {errors[-MAX_STDERR_CHARS:].strip() or "no frames"}')
         os.chmod(self.tmp, file_mode())   # mkstemp makes 0600 files; give the usual permissions
         os.replace(self.tmp, self.path)
 
     def abort(self):
-        """Stop ffmpeg and remove the partial file (does nothing once finished)."""
+        """Stop ffmpeg and remove the partial file (does nothing once finished, or before open())."""
         if self.finished:
             return
         self.finished = True
-        self.process.kill()
-        self.process.wait()
-        for pipe in (self.process.stdin, self.process.stderr):
-            try:
-                pipe.close()
-            except OSError:
-                pass
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            for pipe in (self.process.stdin, self.process.stderr):
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
         self._remove_tmp()
 
     def _fail(self, what):
@@ -266,11 +290,15 @@ class VideoWriter:
         raise VideoError(f'{what} while writing {self.path}: {errors[-MAX_STDERR_CHARS:].strip()}')
 
     def _remove_tmp(self):
-        if os.path.exists(self.tmp):
+        if self.tmp is not None and os.path.exists(self.tmp):
             os.remove(self.tmp)
 
     def __enter__(self):
-        return self
+        try:
+            return self.open()
+        except BaseException:   # a signal that waited during open()
+            self.abort()
+            raise
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
@@ -286,7 +314,8 @@ def write_video(path, frames, total, fps, desc=None):
         for frame in tqdm(frames, total=total, desc=desc or os.path.basename(path), unit='frame',
                           disable=None, leave=False):
             if writer is None:
-                writer = VideoWriter(path, frame.size(2), frame.size(1), fps)
+                writer = VideoWriter(path, frame.size(2), frame.size(1), fps)   # holds nothing yet
+                writer.open()
             writer.write(to_uint8(frame))
     except BaseException:
         if writer is not None:

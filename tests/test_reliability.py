@@ -330,3 +330,21 @@ def test_sigterm_during_an_atomic_write_leaves_no_temporary_file(tmp_path, monke
     assert run_cli(lambda: fileio.atomic_write_text(str(path), '{}')) == EXIT_TERMINATED
     assert capsys.readouterr().err == 'terminated\n'
     assert os.listdir(tmp_path) == []
+
+
+def test_sigterm_while_ffmpeg_starts_leaves_no_file(tmp_path, capsys, monkeypatch):
+    """The signal lands between the temporary file's creation and ffmpeg's start: it waits until both are
+    recorded, then the writer stops ffmpeg and removes the file."""
+    import core.video
+    real_start, started = core.video.VideoWriter._start_ffmpeg, []
+
+    def start_after_sigterm(self, fps):
+        os.kill(os.getpid(), signal.SIGTERM)
+        started.append(real_start(self, fps))
+        return started[-1]
+    monkeypatch.setattr(core.video.VideoWriter, '_start_ffmpeg', start_after_sigterm)
+    frames = (torch.zeros(3, 16, 16) for _ in range(3))
+    assert run_cli(lambda: core.video.write_video(str(tmp_path / 'clip.mp4'), frames, 3, fps=5)) == EXIT_TERMINATED
+    assert capsys.readouterr().err == 'terminated\n'
+    assert len(started) == 1 and started[0].poll() is not None   # ffmpeg was started, then stopped
+    assert os.listdir(tmp_path) == []

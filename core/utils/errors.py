@@ -56,6 +56,29 @@ def sigterm_raises(received):
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def deferred_signals():
+    """Within the block, Ctrl-C and SIGTERM are recorded and delivered when it ends (main thread only).
+
+    For the few lines that create a resource and record where clean-up finds it: a signal in
+    between would leave the resource behind. (Blocking the signals instead would not do: another
+    thread would take them, and child processes would inherit the block.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: pending.append(signum))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        for signum in pending:   # now, to the handlers of the rest of the program
+            signal.raise_signal(signum)
+
+
 def _one_line_warning(message, category, filename, lineno, line=None):
     """'warning: MESSAGE', without the Python file and source line (they are for developers)."""
     return f'warning: {message}\n'

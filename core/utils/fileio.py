@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from core.utils.errors import UserError
+from core.utils.errors import UserError, deferred_signals
 
 
 class ModelFileError(UserError):
@@ -99,10 +99,12 @@ class _RecordingFile:
 
 
 def _atomic(path, write):
-    fd, tmp = make_temp_file(path)
-    recorder = None
+    tmp, recorder = None, None
     try:
-        with os.fdopen(fd, 'wb') as f:
+        with deferred_signals():   # a Ctrl-C or SIGTERM waits until tmp is known to the clean-up below
+            fd, tmp = make_temp_file(path)
+            f = os.fdopen(fd, 'wb')
+        with f:
             recorder = _RecordingFile(f)
             write(recorder)
             f.flush()
@@ -110,7 +112,8 @@ def _atomic(path, write):
         os.chmod(tmp, file_mode())   # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)   # atomic on POSIX and Windows
     except BaseException as err:
-        remove_quietly(tmp)
+        if tmp is not None:
+            remove_quietly(tmp)
         if isinstance(err, OSError) and not isinstance(err, WriteError):
             raise WriteError(path, err) from None
         if isinstance(err, RuntimeError) and recorder is not None and recorder.error is not None:
