@@ -55,9 +55,9 @@ PRESETS = {
     'weather-reproduce': {**_paper('weather', 5, 0.1), **_dirs('weather-reproduce'), **_REPRODUCE},
     # Small networks on the synthetic seasons set, sized to finish in minutes on a 2-core CPU. The
     # resolution is the smallest that shows the method, so that the run reaches the iterations after
-    # which structure (metrics/benchmark.py) passes the input-unchanged baseline. Learning rates 20x
+    # which the kept edges (metrics/benchmark.py) pass the input-unchanged baseline. Learning rates 20x
     # upstream's (F's 200x: it must learn several styles per domain), a faster EMA and a cycle weight
-    # of 2 keep both structure and diversity; lambda_ds decays to 0 over the run, as upstream. The
+    # of 2 keep both the edges and the diversity; lambda_ds decays to 0 over the run, as upstream. The
     # measurements behind each choice are in docs/benchmarks.md ("The demo").
     'demo': dict(num_domains=4, img_size=32, base_dim=16, max_conv_dim=64, hidden_dim=128,
                  latent_dim=16, style_dim=32, batch_size=4, val_batch_size=8, total_iters=1200,
