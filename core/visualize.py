@@ -15,7 +15,6 @@ import os
 
 import numpy as np
 import torch
-import torchvision.utils as vutils
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -44,6 +43,7 @@ def to_uint8(x):
 
 def make_grid(x, ncol):
     """Rows of `ncol` images, no padding, values in [0, 1]: (3, H_grid, W_grid)."""
+    import torchvision.utils as vutils   # here, not at import: the metrics read this module, --help must stay light
     return vutils.make_grid(denormalize(x.detach().float().cpu()), nrow=ncol, padding=0)
 
 
