@@ -8,6 +8,7 @@ import sys
 
 from core.checks import check_inputs
 from core.config import parse_config
+from core.cut.options import is_cut
 from core.utils.device import host_settings
 from core.utils.errors import run_cli
 from metrics.preflight import metric_weight_errors
@@ -16,7 +17,10 @@ from metrics.preflight import metric_weight_errors
 # One function per --mode (core.config.MODES). Each imports its module when it runs, so that
 # --help and --dry_run stay fast.
 def _train(cfg):
-    from core.trainer import train
+    if is_cut(cfg):
+        from core.cut.trainer import train
+    else:
+        from core.trainer import train
     train(cfg)
 
 

@@ -17,6 +17,9 @@ import torch
 
 from core import contrastive
 from core.config import ConfigError, evaluates
+from core.cut.data import domain_folders
+from core.cut.options import is_cut
+from core.data.images import DataError
 from core.utils.distributed import env_world_size
 from core.utils.fileio import remove_stale_temp_files
 
@@ -94,6 +97,15 @@ def _training_errors(cfg):
     return speed_errors(cfg) + contrastive.requirement_errors(cfg)
 
 
+def _cut_train_errors(cfg):
+    """The CUT family's training inputs: --dataroot's A and B folders (core.cut.data), and what any run needs."""
+    try:
+        domain_folders(cfg, 'train')
+    except DataError as err:
+        return [str(err)] + _training_errors(cfg)
+    return _training_errors(cfg)
+
+
 def _nearest_existing(path):
     while not os.path.exists(path) and os.path.dirname(path) != path:
         path = os.path.dirname(path)
@@ -122,6 +134,9 @@ def writable_problem(folder):
 
 def output_folders(cfg):
     """{flag: folder} of the folders cfg.mode writes (for prepare: the folder holding the new split)."""
+    if is_cut(cfg):   # the run folder holds its sample grids
+        return {f: getattr(cfg, f) for f in {'train': ['checkpoint_dir', 'sample_dir'],
+                                             'translate': ['result_dir']}.get(cfg.mode, [])}
     flags = {'train': ['checkpoint_dir'] + (['sample_dir'] if 0 < cfg.sample_every <= cfg.total_iters else [])
              + (['eval_dir'] if evaluates(cfg) else []),
              'demo': ['checkpoint_dir', 'sample_dir', 'result_dir'],
@@ -151,12 +166,13 @@ INPUT_CHECKS = {
                                                 if f in cfg.get('explicit_flags', ('src_dir', 'ref_dir'))]),
     'translate': _translate_errors,
     'prepare': _prepare_errors,
+    ('cut', 'train'): _cut_train_errors,
 }
 
 
 def input_errors(cfg):
     """Problems with the input files and output folders of cfg.mode, each naming its flag."""
-    check = INPUT_CHECKS.get(cfg.mode)
+    check = INPUT_CHECKS.get(('cut', cfg.mode) if is_cut(cfg) else cfg.mode)
     return (check(cfg) if check else []) + _output_errors(cfg)
 
 

@@ -15,6 +15,7 @@ import math
 from collections.abc import Mapping
 
 from core import contrastive
+from core.cut import options as cut_options
 from core.utils.errors import UserError
 from core.model import ARCHS, default_base_dim, default_taps, num_encoder_blocks
 
@@ -377,6 +378,7 @@ def build_parser():
     _add_path_flags(p)
     _add_sampling_flags(p)
     _add_eval_flags(p)
+    cut_options.add_arguments(p)   # the CUT family's flags (--model cut)
     for name in contrastive.registered():
         contrastive.get(name).add_arguments(p)
     return p
@@ -482,7 +484,7 @@ def _range_errors(cfg):
         errs.append('--gamma_start and --gamma_end must be > 0 (they are temperatures)')
     if cfg.nce_T <= 0:
         errs.append('--nce_T must be > 0')
-    if isinstance(cfg.resume_iter, int) and not 0 <= cfg.resume_iter <= cfg.total_iters:
+    if isinstance(cfg.resume_iter, int) and not cut_options.is_cut(cfg) and not 0 <= cfg.resume_iter <= cfg.total_iters:
         errs.append(f'--resume_iter must be between 0 and --total_iters ({cfg.total_iters})')
     errs += _patch_loss_errors(cfg)
     errs += _sampling_errors(cfg)
@@ -539,8 +541,8 @@ def _patch_loss_errors(cfg):
         return errs
     if cfg.n_patch < 2:
         errs.append('--n_patch must be at least 2 (a patch needs at least one negative)')
-    if cfg.nce_layers is None and cfg.img_size not in (32, 64, 128, 256, 512):
-        return errs   # the --img_size error already explains this
+    if cut_options.is_cut(cfg) or (cfg.nce_layers is None and cfg.img_size not in (32, 64, 128, 256, 512)):
+        return errs + contrastive.config_errors(cfg)   # CUT's layers: core.cut.options; else --img_size explains
     num_blocks = num_encoder_blocks(cfg.arch, cfg.img_size, cfg.w_hpf)
     if not cfg.nce_layers or any(not 0 <= i < num_blocks for i in cfg.nce_layers):
         errs.append(f'--nce_layers must list encoder blocks between 0 and {num_blocks - 1} '
@@ -569,15 +571,22 @@ def parse_config(argv=None):
     Nothing here reads the file system: the inputs a mode needs are checked by
     core.checks before that mode runs.
     """
+    family, errs = cut_options.model_family(argv, PRESETS)   # see core/cut/options.py
+    if errs:
+        raise ConfigError('\n'.join(errs))
     parser = build_parser()
     preset = _preset_name(argv)
+    if family == 'cut':
+        parser.set_defaults(**cut_options.defaults(argv))
     if preset in PRESETS:
         parser.set_defaults(**PRESETS[preset], preset=preset)
     cfg = resolve(parser.parse_args(argv)).replace(explicit_flags=_explicit_flags(argv))
-    errs = _errors(cfg)
+    if family == 'cut':
+        cfg = Config(**cut_options.derive(cfg))
+    errs = _errors(cfg) + (cut_options.errors(cfg) if family == 'cut' else [])
     if errs:
-        raise ConfigError('\n'.join(errs))
-    return cfg
+        raise ConfigError('\n'.join(cut_options.rename_flags(e) if family == 'cut' else e for e in errs))
+    return Config(**cut_options.trim(cfg, family))
 
 
 def _explicit_flags(argv):

@@ -28,6 +28,12 @@ GENERATOR_BLOCKS = {'resnet_9blocks': 9, 'resnet_6blocks': 6}   # --netG -> resi
 DISCRIMINATORS = ('basic', 'n_layers')                        # --netD: 3 layers, or --n_layers_D
 
 
+def num_layers(n_blocks, antialias=True, antialias_up=True):
+    """Length of ResnetGenerator.model: stem 4, two down blocks of 4 (3 without blur), the residual
+    blocks, two up blocks of 4 (3 with transposed convs), head 3."""
+    return 4 + 2 * (4 if antialias else 3) + n_blocks + 2 * (4 if antialias_up else 3) + 3
+
+
 def binomial_filter(size):
     """(size, size) outer product of the binomial row of that length, normalised to sum 1."""
     row = torch.tensor([math.comb(size - 1, k) for k in range(size)], dtype=torch.float64)
