@@ -20,14 +20,15 @@ Losses, as the releases define them (reference: CUT cut_model.py, Hneg_SRC
 Single-modal cut_model.py): PatchNCE at --lambda_NCE unless a Hneg_SRC flag
 is given (--lambda_HDCE, --lambda_SRC, --dce_idt, --HDCE_gamma, ...), which
 selects hDCE + SRC as Single-modal trains them (--lambda_NCE then defaults to
-0); --choose_patch N (PUT) turns PatchNCE into PUT with N negatives;
---patch_loss NAME=W adds any registered loss.
+0); PatchGCL's flags (--lambda_GNN, --gnn_idt, --num_hop, ...) select its
+graph loss on VGG16 features in the same way; --choose_patch N (PUT) turns
+PatchNCE into PUT with N negatives; --patch_loss NAME=W adds any registered
+loss. Which terms also run on the identity path: see core/cut/trainer.py.
 """
 import argparse
 import os
 import sys
 
-from core import contrastive
 from core.cut.networks import DISCRIMINATORS, GENERATOR_BLOCKS, INIT_TYPES, NORMS, num_layers
 
 FAMILIES = ('stargan-v2', 'cut')
@@ -51,6 +52,11 @@ HSRC_DEFAULTS = dict(nce_idt=False, lambda_NCE=0.0, lambda_HDCE=1.0, lambda_SRC=
                      n_epochs=200, n_epochs_decay=200)
 HSRC_FLAGS = ('--lambda_HDCE', '--lambda_SRC', '--dce_idt', '--HDCE_gamma', '--HDCE_gamma_min', '--step_gamma',
               '--step_gamma_epoch', '--no_Hneg')
+# PatchGCL (also a CUT fork without the presets): its graph loss on VGG16 features, identity only with --gnn_idt.
+GCL_DEFAULTS = dict(nce_idt=False, lambda_NCE=0.0, lambda_GNN=1.0, flip_equivariance=False, n_epochs=200,
+                    n_epochs_decay=200)
+GCL_FLAGS = ('--lambda_GNN', '--gnn_idt', '--num_hop', '--pooling_num', '--pooling_ratio', '--down_scale',
+             '--nonzero_th', '--attn_layers')
 X_PATH_ONLY = ('src',)   # terms computed on the translation path only (Hneg_SRC); the others average both paths
 
 # StarGAN v2 flags this family never reads; given with --model cut they are refused.
@@ -199,6 +205,18 @@ def _add_objective_flags(p):
     g.add_argument('--no_Hneg', action='store_true', help='plain DCE instead of hDCE (no hard-negative weights)')
     g.add_argument('--choose_patch', type=int, default=None,
                    help='PUT: PatchNCE keeps the N most similar negatives of each query (the put loss)')
+    g = p.add_argument_group('CUT family: PatchGCL flags (the patchgcl loss on VGG16 relu3_1, relu4_1, relu4_3; '
+                             'they set its --gcl_* values)')
+    g.add_argument('--lambda_GNN', type=float, default=0.0, help='weight of the graph loss (PatchGCL default 1)')
+    g.add_argument('--gnn_idt', action='store_true', help='PatchGCL\'s identity term')
+    g.add_argument('--num_hop', type=int, default=2, help='hops of the graph convolution (--gcl_num_hop)')
+    g.add_argument('--pooling_num', type=int, default=1, help='pooling levels (--gcl_pooling_num)')
+    g.add_argument('--pooling_ratio', default='1, 1, 1',
+                   help='comma-separated level weights, the first (level 0) unused as released (--gcl_pooling_ratio)')
+    g.add_argument('--down_scale', type=int, default=8, help='pooling down-scale (--gcl_down_scale)')
+    g.add_argument('--nonzero_th', type=float, default=0.6, help='adjacency threshold (--gcl_threshold)')
+    g.add_argument('--attn_layers', default='4,7,9', choices=['4,7,9'],
+                   help='VGG16 slices (relu3_1, relu4_1, relu4_3; the only ones released)')
 
 
 def _add_schedule_flags(p):
@@ -308,13 +326,15 @@ def _foreign(flags, owner, model):
 def defaults(argv):
     """Defaults of the CUT family: the shared flags' CUT values, then --CUT_mode's (or Hneg_SRC's)."""
     argv = sys.argv[1:] if argv is None else argv
-    hsrc = any(flag in HSRC_FLAGS for flag in _given(argv))
+    given = _given(argv)
     mode = _value(argv, '--CUT_mode')
     try:
         mode = _cut_mode(mode) if mode else 'CUT'
     except argparse.ArgumentTypeError:
         mode = 'CUT'   # the full parse reports it
-    return {**SHARED_DEFAULTS, **(HSRC_DEFAULTS if hsrc else CUT_MODE_DEFAULTS[mode])}
+    fork = {**(HSRC_DEFAULTS if any(f in HSRC_FLAGS for f in given) else {}),
+            **(GCL_DEFAULTS if any(f in GCL_FLAGS for f in given) else {})}
+    return {**SHARED_DEFAULTS, **(fork or CUT_MODE_DEFAULTS[mode])}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -331,6 +351,8 @@ def patch_terms(fields):
         terms['src'] = fields['lambda_SRC']
     if fields['lambda_HDCE'] > 0:
         terms['dce' if fields['no_Hneg'] else 'hdce'] = fields['lambda_HDCE']
+    if fields['lambda_GNN'] > 0:
+        terms['patchgcl'] = fields['lambda_GNN']
     terms.update(dict(fields['patch_losses']))
     return tuple((name, float(weight)) for name, weight in terms.items())
 
@@ -341,10 +363,12 @@ def derive(fields):
     fields['model'] = 'cut'
     if fields['netG'] is None:
         fields['netG'] = 'resnet_9blocks' if fields['crop_size'] >= 256 else 'resnet_6blocks'
-    fields['identity'] = bool(fields['nce_idt'] or fields['dce_idt'])
+    fields['identity'] = bool(fields['nce_idt'] or fields['dce_idt'] or fields['gnn_idt'])
     fields['patch_losses'] = patch_terms(fields)
     if fields['choose_patch'] is not None:
         fields['put_negatives'] = fields['choose_patch']
+    if fields['lambda_GNN'] > 0:
+        fields.update(_gcl_fields(fields))
     run_dir = os.path.join(fields['checkpoints_dir'], fields['name'])
     batch = max(fields['batch_size'], 1)
     fields.update(
@@ -354,6 +378,17 @@ def derive(fields):
         print_every=max(1, fields['print_freq'] // batch), sample_every=max(1, fields['display_freq'] // batch),
         eval_every=0)
     return fields
+
+
+def _gcl_fields(fields):
+    """The patchgcl plug-in's values from PatchGCL's flags; level i weighs pooling_ratio[i], level 0 has none."""
+    try:
+        ratios = tuple(float(r) for r in fields['pooling_ratio'].split(','))[1:1 + fields['pooling_num']]
+    except ValueError:
+        ratios = (-1.0,)   # reported by the plug-in's check as a bad --gcl_pooling_ratio
+    return dict(gcl_features='vgg16', gcl_num_hop=fields['num_hop'], gcl_pooling_num=fields['pooling_num'],
+                gcl_pooling_ratio=ratios or (1.0,), gcl_down_scale=fields['down_scale'],
+                gcl_threshold=fields['nonzero_th'])
 
 
 def errors(cfg):
@@ -371,7 +406,7 @@ def errors(cfg):
                  'display_freq', 'num_test'):
         if getattr(cfg, flag) < 1:
             errs.append(f'--{flag} must be at least 1')
-    for flag in ('lambda_GAN', 'lambda_NCE', 'lambda_HDCE', 'lambda_SRC', 'init_gain'):
+    for flag in ('lambda_GAN', 'lambda_NCE', 'lambda_HDCE', 'lambda_SRC', 'lambda_GNN', 'init_gain'):
         if getattr(cfg, flag) < 0:
             errs.append(f'--{flag} must not be negative')
     if cfg.max_dataset_size is not None and cfg.max_dataset_size < 1:
