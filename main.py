@@ -30,7 +30,10 @@ def _sample(cfg):
 
 
 def _translate(cfg):
-    from core.sampling import translate
+    if is_cut(cfg):
+        from core.cut.inference import translate
+    else:
+        from core.sampling import translate
     translate(cfg)
 
 

@@ -18,7 +18,7 @@ import torch
 from core import contrastive
 from core.config import ConfigError, evaluates
 from core.cut.data import domain_folders
-from core.cut.options import is_cut
+from core.cut.options import generator_path, is_cut, with_run_flags
 from core.data.images import DataError
 from core.utils.distributed import env_world_size
 from core.utils.fileio import remove_stale_temp_files
@@ -106,6 +106,21 @@ def _cut_train_errors(cfg):
     return _training_errors(cfg)
 
 
+def _cut_translate_errors(cfg):
+    """The CUT family's translate inputs: the generator file and the --src or --dataroot test images."""
+    cfg = with_run_flags(cfg)
+    errs = [] if os.path.isfile(generator_path(cfg)) else [
+        f'--name/--epoch: {generator_path(cfg)} does not exist (train first, or give the --checkpoints_dir, '
+        f'--name and --epoch of a saved model)']
+    if cfg.src:
+        return errs + _exists_errors(cfg, 'src')
+    try:
+        domain_folders(cfg, cfg.phase)
+    except DataError as err:
+        errs.append(str(err))
+    return errs
+
+
 def _nearest_existing(path):
     while not os.path.exists(path) and os.path.dirname(path) != path:
         path = os.path.dirname(path)
@@ -167,6 +182,7 @@ INPUT_CHECKS = {
     'translate': _translate_errors,
     'prepare': _prepare_errors,
     ('cut', 'train'): _cut_train_errors,
+    ('cut', 'translate'): _cut_translate_errors,
 }
 
 

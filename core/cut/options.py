@@ -26,6 +26,7 @@ PatchNCE into PUT with N negatives; --patch_loss NAME=W adds any registered
 loss. Which terms also run on the identity path: see core/cut/trainer.py.
 """
 import argparse
+import json
 import os
 import sys
 
@@ -135,7 +136,8 @@ def _add_data_flags(p):
     g.add_argument('--name', default='experiment_name', help='experiment name: checkpoints_dir/name holds the run')
     g.add_argument('--checkpoints_dir', default='./checkpoints', help='where runs are saved')
     g.add_argument('--results_dir', default='./results/', help='translate: results_dir/name/<phase>_<epoch>/images')
-    g.add_argument('--phase', default='train', help='train, test, ...: the folders <phase>A and <phase>B')
+    g.add_argument('--phase', default='train',
+                   help='the folders <phase>A and <phase>B (or <phase>/<domain>) used: train; translate: test')
     g.add_argument('--direction', choices=['AtoB', 'BtoA'], default='AtoB', help='BtoA swaps the two domains')
     g.add_argument('--dataset_mode', choices=['unaligned'], default='unaligned',
                    help='unpaired A and B images (the one dataset CUT trains on)')
@@ -332,9 +334,10 @@ def defaults(argv):
         mode = _cut_mode(mode) if mode else 'CUT'
     except argparse.ArgumentTypeError:
         mode = 'CUT'   # the full parse reports it
+    phase = {'phase': 'test'} if _value(argv, '--mode') == 'translate' else {}   # CUT test.py's default
     fork = {**(HSRC_DEFAULTS if any(f in HSRC_FLAGS for f in given) else {}),
             **(GCL_DEFAULTS if any(f in GCL_FLAGS for f in given) else {})}
-    return {**SHARED_DEFAULTS, **(fork or CUT_MODE_DEFAULTS[mode])}
+    return {**SHARED_DEFAULTS, **(fork or CUT_MODE_DEFAULTS[mode]), **phase}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -457,6 +460,29 @@ def trim(fields, family):
     dropped = set(STARGAN_ONLY) - set(DERIVED) if family == 'cut' else cut_dests()
     kept = {k: v for k, v in fields.items() if k not in dropped and k not in IGNORED}
     return {**kept, 'total_iters': None} if family == 'cut' else kept
+
+
+# Flags that define the generator and its input size: translate takes them from the run's config.json.
+RUN_FLAGS = ('netG', 'ngf', 'normG', 'no_dropout', 'no_antialias', 'no_antialias_up', 'input_nc', 'output_nc',
+             'crop_size', 'preprocess', 'direction', 'domains')
+
+
+def generator_path(cfg):
+    """checkpoints_dir/name/<epoch>_net_G.pth, the generator --mode translate loads."""
+    return os.path.join(cfg.checkpoint_dir, f'{cfg.epoch}_net_G.pth')
+
+
+def with_run_flags(cfg):
+    """cfg with the RUN_FLAGS of the run in checkpoint_dir (its config.json) where the command line gives none."""
+    path = os.path.join(cfg.checkpoint_dir, 'config.json')
+    try:
+        with open(path, encoding='utf-8') as f:
+            stored = json.load(f)
+    except (OSError, ValueError):
+        return cfg
+    if not isinstance(stored, dict) or stored.get('model') != 'cut':
+        return cfg
+    return cfg.replace(**{k: stored[k] for k in RUN_FLAGS if k in stored and k not in cfg.explicit_flags})
 
 
 def is_cut(cfg):
