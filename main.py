@@ -48,7 +48,10 @@ def _prepare(cfg):
 
 
 def _demo(cfg):
-    from core.demo import run_demo
+    if is_cut(cfg):
+        from core.cut.demo import run_demo
+    else:
+        from core.demo import run_demo
     run_demo(cfg)
 
 

@@ -128,6 +128,7 @@ PRESETS = {
 # (its weight 0.5 is our choice: PatchGCL has no published StarGAN v2 setting).
 PRESETS['seasons-combined'] = {**PRESETS['seasons'], **_dirs('seasons-combined'), 'patch_loss': [('patchgcl', 0.5)]}
 PRESETS['demo-combined'] = {**PRESETS['demo'], **_dirs('demo-combined'), 'patch_loss': [('patchgcl', 0.5)]}
+PRESETS.update(cut_options.PRESETS)   # the CUT family's (--model cut)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -577,6 +578,7 @@ def parse_config(argv=None):
     parser = build_parser()
     preset = _preset_name(argv)
     if family == 'cut':
+        preset = cut_options.preset_name(argv, preset)
         parser.set_defaults(**cut_options.defaults(argv))
     if preset in PRESETS:
         parser.set_defaults(**PRESETS[preset], preset=preset)

@@ -36,7 +36,20 @@ FAMILIES = ('stargan-v2', 'cut')
 CUT_MODES = {'cut': 'CUT', 'fastcut': 'FastCUT'}
 PREPROCESS = ('resize_and_crop', 'resize', 'crop', 'scale_width', 'scale_width_and_crop', 'none')
 GAN_MODES = ('lsgan', 'vanilla', 'nonsaturating')
-MODES = ('train', 'translate')   # the --mode values this family runs
+MODES = ('train', 'translate', 'demo')   # the --mode values this family runs
+
+# Presets of this family (--preset; --mode demo --model cut implies demo-cut): defaults only, flags win.
+PRESETS = {
+    # Summer -> winter on the synthetic seasons at 32 px in about 5 minutes on 2 CPU cores: small
+    # networks, Single-modal's SRC + hDCE with the identity term, 64 patches (32 px maps have few
+    # positions), 15 + 10 epochs of the 60 summer images.
+    'demo-cut': dict(dataroot='data/synthetic-seasons-cut', domains='summer,winter', name='demo',
+                     checkpoints_dir='expr/cut', results_dir='expr/cut/results', crop_size=32, load_size=36,
+                     ngf=16, ndf=16, num_patches=64, n_epochs=15, n_epochs_decay=10, num_workers=0,
+                     print_freq=300, display_freq=300, save_epoch_freq=5, save_latest_freq=600, num_test=32,
+                     lambda_NCE=0.0, nce_idt=False, lambda_HDCE=0.1, lambda_SRC=0.05, dce_idt=True,
+                     use_curriculum=True, HDCE_gamma=50.0, HDCE_gamma_min=10.0, flip_equivariance=False),
+}
 
 # Shared flags whose defaults differ in the CUT family (CUT's base_options / train_options values).
 SHARED_DEFAULTS = dict(batch_size=1, lr=2e-4, beta1=0.5, beta2=0.999, weight_decay=0.0, nce_layers=(0, 4, 8, 12, 16),
@@ -291,7 +304,7 @@ def _value(argv, flag):
     return found
 
 
-def model_family(argv, stargan_presets=(), cut_presets=()):
+def model_family(argv, stargan_presets=()):
     """('cut' or 'stargan-v2', errors) of a command line, read before parsing (see the module doc)."""
     argv = sys.argv[1:] if argv is None else argv
     given = _given(argv)
@@ -299,7 +312,7 @@ def model_family(argv, stargan_presets=(), cut_presets=()):
     cut = [f for f in given if f in cut_flags]
     stargan = [f for f in given if f in {f'--{d}' for d in STARGAN_ONLY}]
     preset = _value(argv, '--preset')
-    if preset in cut_presets:
+    if preset in PRESETS:
         cut.append(f'--preset {preset}')
     elif preset in stargan_presets:
         stargan.append(f'--preset {preset}')
@@ -323,6 +336,12 @@ def _foreign(flags, owner, model):
     if not flags:
         return []
     return [f'{", ".join(dict.fromkeys(flags))}: {owner} flag(s), not used by --model {model}; drop them']
+
+
+def preset_name(argv, preset):
+    """The preset of a CUT command line: --mode demo without --preset means demo-cut."""
+    return 'demo-cut' if preset == 'demo' and _value(sys.argv[1:] if argv is None else argv, '--preset') is None \
+        else preset
 
 
 def defaults(argv):
