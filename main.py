@@ -38,7 +38,10 @@ def _translate(cfg):
 
 
 def _eval(cfg):
-    from metrics.eval import evaluate
+    if is_cut(cfg):
+        from core.cut.evaluate import evaluate
+    else:
+        from metrics.eval import evaluate
     evaluate(cfg)
 
 

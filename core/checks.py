@@ -151,6 +151,7 @@ def output_folders(cfg):
     """{flag: folder} of the folders cfg.mode writes (for prepare: the folder holding the new split)."""
     if is_cut(cfg):   # the run folder holds its sample grids
         return {f: getattr(cfg, f) for f in {'train': ['checkpoint_dir', 'sample_dir'], 'translate': ['result_dir'],
+                                             'eval': ['result_dir'],
                                              'demo': ['checkpoint_dir', 'sample_dir', 'result_dir']}.get(cfg.mode, [])}
     flags = {'train': ['checkpoint_dir'] + (['sample_dir'] if 0 < cfg.sample_every <= cfg.total_iters else [])
              + (['eval_dir'] if evaluates(cfg) else []),
@@ -183,6 +184,7 @@ INPUT_CHECKS = {
     'prepare': _prepare_errors,
     ('cut', 'train'): _cut_train_errors,
     ('cut', 'translate'): _cut_translate_errors,
+    ('cut', 'eval'): _cut_translate_errors,
     ('cut', 'demo'): _training_errors,
 }
 

@@ -77,3 +77,19 @@ def test_the_authors_test_lines_parse(line, phase, epoch, num_test, direction, c
     cfg = json.loads(capsys.readouterr().out)
     assert (cfg['model'], cfg['phase'], cfg['epoch'], cfg['num_test'], cfg['direction']) == \
         ('cut', phase, epoch, num_test, direction)
+
+
+def test_eval_writes_the_standard_fid_of_the_test_translations(cut_layout, tmp_path, monkeypatch, capsys):  # noqa: F811
+    from core.config import parse_config
+    from core.cut.evaluate import evaluate
+    from metrics.fid import FIDExtractor
+    assert main(cut_flags(cut_layout, tmp_path)) == 0
+    argv = ['--mode', 'eval', '--dataroot', str(cut_layout), '--name', 'run', '--checkpoints_dir', str(tmp_path),
+            '--results_dir', str(tmp_path / 'results')]
+    monkeypatch.setenv('STARGAN_WEIGHTS_DIR', str(tmp_path / 'no-weights'))
+    assert main(argv) != 0 and 'bash download.sh metric-weights' in capsys.readouterr().err
+    result = evaluate(parse_config(argv), extractor=FIDExtractor('standard', pretrained=False).eval())
+    written = json.loads((tmp_path / 'results' / 'run' / 'test_latest' / 'fid_standard.json').read_text())
+    assert written == result and written['FID'] >= 0 and written['protocol'].startswith('standard: TF-Inception')
+    assert written['num_fake'] == written['num_real'] == len(list_images(str(cut_layout / 'testA')))
+    assert written['real'] == str(cut_layout / 'testB')

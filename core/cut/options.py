@@ -36,7 +36,7 @@ FAMILIES = ('stargan-v2', 'cut')
 CUT_MODES = {'cut': 'CUT', 'fastcut': 'FastCUT'}
 PREPROCESS = ('resize_and_crop', 'resize', 'crop', 'scale_width', 'scale_width_and_crop', 'none')
 GAN_MODES = ('lsgan', 'vanilla', 'nonsaturating')
-MODES = ('train', 'translate', 'demo')   # the --mode values this family runs
+MODES = ('train', 'translate', 'eval', 'demo')   # the --mode values this family runs
 
 # Presets of this family (--preset; --mode demo --model cut implies demo-cut): defaults only, flags win.
 PRESETS = {
@@ -87,7 +87,8 @@ STARGAN_ONLY = ('arch', 'img_size', 'num_domains', 'latent_dim', 'hidden_dim', '
 # Fields of those flags that a CUT config keeps: derive() computes them from CUT's flags for the shared code
 # (plug-ins, checks, logging); total_iters is set by training, from the number of images.
 DERIVED = ('n_patch', 'patch_dim', 'gamma_start', 'gamma_end', 'query_side', 'checkpoint_dir', 'result_dir',
-           'sample_dir', 'print_every', 'sample_every', 'eval_every', 'total_iters', 'metrics', 'compile')
+           'sample_dir', 'print_every', 'sample_every', 'eval_every', 'total_iters', 'metrics', 'fid_protocol',
+           'compile')
 
 
 def str2bool(value):
@@ -150,7 +151,7 @@ def _add_data_flags(p):
     g.add_argument('--checkpoints_dir', default='./checkpoints', help='where runs are saved')
     g.add_argument('--results_dir', default='./results/', help='translate: results_dir/name/<phase>_<epoch>/images')
     g.add_argument('--phase', default='train',
-                   help='the folders <phase>A and <phase>B (or <phase>/<domain>) used: train; translate: test')
+                   help='the folders <phase>A and <phase>B (or <phase>/<domain>) used: train; translate and eval: test')
     g.add_argument('--direction', choices=['AtoB', 'BtoA'], default='AtoB', help='BtoA swaps the two domains')
     g.add_argument('--dataset_mode', choices=['unaligned'], default='unaligned',
                    help='unpaired A and B images (the one dataset CUT trains on)')
@@ -353,7 +354,7 @@ def defaults(argv):
         mode = _cut_mode(mode) if mode else 'CUT'
     except argparse.ArgumentTypeError:
         mode = 'CUT'   # the full parse reports it
-    phase = {'phase': 'test'} if _value(argv, '--mode') == 'translate' else {}   # CUT test.py's default
+    phase = {'phase': 'test'} if _value(argv, '--mode') in ('translate', 'eval') else {}   # CUT test.py's
     fork = {**(HSRC_DEFAULTS if any(f in HSRC_FLAGS for f in given) else {}),
             **(GCL_DEFAULTS if any(f in GCL_FLAGS for f in given) else {})}
     return {**SHARED_DEFAULTS, **(fork or CUT_MODE_DEFAULTS[mode]), **phase}
@@ -398,7 +399,7 @@ def derive(fields):
         gamma_end=fields['HDCE_gamma_min'], query_side='fake', checkpoint_dir=run_dir,
         sample_dir=os.path.join(run_dir, 'samples'), result_dir=os.path.join(fields['results_dir'], fields['name']),
         print_every=max(1, fields['print_freq'] // batch), sample_every=max(1, fields['display_freq'] // batch),
-        eval_every=0)
+        eval_every=0, metrics=('fid',), fid_protocol='standard')   # --mode eval: core/cut/evaluate.py
     return fields
 
 
