@@ -71,6 +71,12 @@ GCL_DEFAULTS = dict(nce_idt=False, lambda_NCE=0.0, lambda_GNN=1.0, flip_equivari
                     n_epochs_decay=200)
 GCL_FLAGS = ('--lambda_GNN', '--gnn_idt', '--num_hop', '--pooling_num', '--pooling_ratio', '--down_scale',
              '--nonzero_th', '--attn_layers')
+# Released flags accepted and ignored (they never enter the config).
+IGNORED_VALUE_FLAGS = ('--gpu_ids', '--gpu_id', '--display_id', '--display_server', '--display_env', '--display_port',
+                       '--display_winsize', '--display_ncols', '--update_html_freq', '--evaluation_freq', '--suffix',
+                       '--alpha', '--aspect_ratio')
+IGNORED_SWITCHES = ('--no_html', '--verbose', '--save_by_iter', '--eval')
+IGNORED = tuple(flag[2:] for flag in IGNORED_VALUE_FLAGS + IGNORED_SWITCHES)
 X_PATH_ONLY = ('src',)   # terms computed on the translation path only (Hneg_SRC); the others average both paths
 
 # StarGAN v2 flags this family never reads; given with --model cut they are refused.
@@ -85,7 +91,7 @@ STARGAN_ONLY = ('arch', 'img_size', 'num_domains', 'latent_dim', 'hidden_dim', '
                 'video_frames', 'raw_dir', 'val_per_domain', 'checkpoint', 'fid_protocol', 'metrics',
                 'save_eval_images', 'fid_stats_dir', 'labels')
 # Fields of those flags that a CUT config keeps: derive() computes them from CUT's flags for the shared code
-# (plug-ins, checks, logging); total_iters is set by training, from the number of images.
+# (plug-ins, checks, logging); total_iters is set by training, from the number of images; compile stays False.
 DERIVED = ('n_patch', 'patch_dim', 'gamma_start', 'gamma_end', 'query_side', 'checkpoint_dir', 'result_dir',
            'sample_dir', 'print_every', 'sample_every', 'eval_every', 'total_iters', 'metrics', 'fid_protocol',
            'compile')
@@ -256,19 +262,13 @@ def _add_schedule_flags(p):
 
 def _add_ignored_flags(p):
     g = p.add_argument_group('CUT family: accepted, ignored',
-                             'GPU selection (use CUDA_VISIBLE_DEVICES or --device), visdom and HTML display, '
-                             'and the release\'s unused flags: accepted so that published command lines parse')
+                             'GPU selection (use CUDA_VISIBLE_DEVICES or --device), visdom and HTML display, and '
+                             'the release\'s unused flags, accepted so that published command lines parse: '
+                             + ' '.join(IGNORED_VALUE_FLAGS + IGNORED_SWITCHES))
     for flag in IGNORED_VALUE_FLAGS:
         g.add_argument(flag, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     for flag in IGNORED_SWITCHES:
         g.add_argument(flag, action='store_true', default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-
-
-IGNORED_VALUE_FLAGS = ('--gpu_ids', '--gpu_id', '--display_id', '--display_server', '--display_env', '--display_port',
-                 '--display_winsize', '--display_ncols', '--update_html_freq', '--evaluation_freq', '--suffix',
-                       '--alpha', '--aspect_ratio')
-IGNORED_SWITCHES = ('--no_html', '--verbose', '--save_by_iter', '--eval')
-IGNORED = tuple(flag[2:] for flag in IGNORED_VALUE_FLAGS + IGNORED_SWITCHES)
 
 
 def _option_strings(add):
