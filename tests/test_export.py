@@ -91,7 +91,7 @@ def test_export_writes_three_onnx_files_and_model_json(exported):
     assert meta['pixels']['range'] == [-1.0, 1.0] and meta['pixels']['channel_order'] == 'RGB'
     export_cfg = cfg.replace(seed=parse_config(['--mode', 'export']).seed)   # --seed of the export, as translate
     s_avg = domain_averages(nets_ema.mapping_network, export_cfg.latent_dim, export_cfg.seed, torch.device('cpu'))   # the centre --psi uses
-    assert np.allclose(meta['style_average'], s_avg.numpy(), rtol=1e-6, atol=1e-6)
+    assert np.allclose(meta['style_average'], s_avg.numpy(), rtol=1e-6, atol=1e-6 * float(s_avg.abs().max()))
     for name in NETWORKS:
         entry = meta['networks'][name]
         assert entry['sha256'] == hashlib.sha256((out / entry['file']).read_bytes()).hexdigest()
