@@ -130,3 +130,10 @@ def test_each_epoch_visits_every_a_image_once_and_batches_depend_only_on_the_ste
     assert next(iter(fresh)) == sampler.batch(3)
     serial = UnalignedSampler(num_a=5, num_b=3, batch_size=1, seed=1, serial=True)
     assert [serial.batch(s)[0][:2] for s in range(5)] == [(0, 0), (1, 1), (2, 2), (3, 0), (4, 1)]
+
+
+def test_bf16_autocast_trains_with_fp32_losses(cut_layout, tmp_path):
+    assert main(cut_flags(cut_layout, tmp_path, '--amp', 'bf16')) == 0
+    line = stats(tmp_path)[-1]
+    assert all(math.isfinite(line[k]) for k in ('G/patchnce', 'G/idt/patchnce', 'G/GAN', 'D/real'))
+    assert all(v.dtype == torch.float32 for v in checkpoint(tmp_path, 2)['G'].values())
