@@ -2,13 +2,14 @@
 
     python main.py --mode train --preset seasons
     python main.py --mode demo
-Run with --help for every flag; the modes are the entries of core.modes.MODES.
+Run with --help for every flag; the modes are each model family's table (core.families; StarGAN v2's is
+core.modes.MODES).
 """
 import sys
 
 from core.checks import check_inputs
 from core.config import parse_config
-from core.modes import MODES
+from core.families import mode_of
 from core.utils.device import host_settings
 from core.utils.errors import run_cli
 from metrics.preflight import metric_weight_errors
@@ -19,7 +20,7 @@ def run(argv=None):
     if cfg.dry_run:
         print(cfg.to_json())
         return
-    mode = MODES[cfg.mode]
+    mode = mode_of(cfg)
     check_inputs(cfg, mode, metric_weight_errors(cfg))   # input folders and the weight files of its metrics
     mode.run(host_settings(cfg))                         # CPU threads and data-loader workers, decided once
 

@@ -36,7 +36,8 @@ import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from core.config import PRESETS, SEED_RANGE  # noqa: E402
+from core.config import SEED_RANGE  # noqa: E402
+from core.families.stargan_v2 import PRESETS  # noqa: E402
 from core.data.images import BadImageError, list_images, load_rgb  # noqa: E402
 from core.inference import ema_steps  # noqa: E402
 from core.sampling import first_per_domain  # noqa: E402

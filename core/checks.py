@@ -38,7 +38,7 @@ def _folder_errors(cfg, *flags):
     return errs
 
 
-def _exists_errors(cfg, *flags):
+def exists_errors(cfg, *flags):
     return [f'--{flag} {getattr(cfg, flag)!r} does not exist'
             for flag in flags if getattr(cfg, flag) is not None and not os.path.exists(getattr(cfg, flag))]
 
@@ -72,7 +72,7 @@ def export_errors(cfg):
 
 def app_errors(cfg):
     """--mode app: a --checkpoint file, when one is given (else the run folder core.app opens)."""
-    return _exists_errors(cfg, 'checkpoint')
+    return exists_errors(cfg, 'checkpoint')
 
 
 def translate_errors(cfg):
@@ -82,7 +82,7 @@ def translate_errors(cfg):
         errs.append('--mode translate needs --src IMAGE_OR_FOLDER')
     if cfg.ref is None and cfg.trg_domain is None:
         errs.append('--mode translate needs --trg_domain NAME_OR_ID (random styles) or --ref IMAGE_OR_FOLDER')
-    return errs + _exists_errors(cfg, 'src', 'ref')
+    return errs + exists_errors(cfg, 'src', 'ref')
 
 
 def prepare_errors(cfg):

@@ -19,62 +19,9 @@ import difflib
 import math
 import sys
 
-from core import contrastive
-from core.model import ARCHS, default_base_dim, default_taps, num_encoder_blocks
-from core.modes import MODES
+from core import contrastive, families
+from core.model import ARCHS, default_base_dim, default_taps
 from core.runconfig import Config, ConfigError, evaluates
-
-# ----------------------------------------------------------------------------------------------
-# Presets: defaults a preset changes; explicit flags still win.
-# ----------------------------------------------------------------------------------------------
-
-def _paper(dataset, num_domains, lambda_dce):
-    """The SRC paper's StarGAN v2 settings (Hneg_SRC run_train.sh) for one dataset."""
-    return dict(num_domains=num_domains, w_hpf=0, lambda_reg=1.0, lambda_sty=1.0, lambda_ds=2.0,
-                lambda_cyc=1.0, lambda_src=0.1, lambda_nce=0.0, lambda_dce=lambda_dce,
-                use_curriculum=True, use_hard=True, n_patch=128,
-                train_img_dir=f'data/{dataset}/train', val_img_dir=f'data/{dataset}/val',
-                src_dir=f'data/{dataset}/val', ref_dir=f'data/{dataset}/val')
-
-
-def _dirs(run):
-    return dict(checkpoint_dir=f'expr/checkpoints_{run}', sample_dir=f'expr/samples_{run}',
-                eval_dir=f'expr/eval_{run}', result_dir=f'expr/results_{run}')
-
-
-# Exactly the released Hneg_SRC behaviour: its generator, its identity "cycle"
-# term, its gradient side (query = real), its hard-negative weighting and its
-# head update (latent step only).
-_REPRODUCE = dict(arch='hsrc', cyc_mode='identity', query_side='real', hdce_mode='release',
-                  patch_head_update='latent')
-
-PRESETS = {
-    'seasons': {**_paper('seasons', 4, 1.0), **_dirs('seasons')},
-    'weather': {**_paper('weather', 5, 0.1), **_dirs('weather')},
-    'seasons-reproduce': {**_paper('seasons', 4, 1.0), **_dirs('seasons-reproduce'), **_REPRODUCE},
-    'weather-reproduce': {**_paper('weather', 5, 0.1), **_dirs('weather-reproduce'), **_REPRODUCE},
-    # Small networks on the synthetic seasons set, sized to finish in minutes on a 2-core CPU. The
-    # resolution is the smallest that shows the method, so that the run reaches the iterations after
-    # which the kept edges (metrics/benchmark.py) pass the input-unchanged baseline. Learning rates 20x
-    # upstream's (F's 200x: it must learn several styles per domain), a faster EMA and a cycle weight
-    # of 2 keep both the edges and the diversity; lambda_ds decays to 0 over the run, as upstream. The
-    # measurements behind each choice are in docs/benchmarks.md ("The demo").
-    'demo': dict(num_domains=4, img_size=32, base_dim=16, max_conv_dim=64, hidden_dim=128,
-                 latent_dim=16, style_dim=32, batch_size=4, val_batch_size=8, total_iters=1200,
-                 lambda_ds=2.0, ds_iter=1200, lambda_cyc=2.0, lambda_src=0.1, lambda_dce=1.0, use_hard=True,
-                 use_curriculum=True, n_patch=64, randcrop_prob=0.0, num_outs_per_domain=3,
-                 lr=2e-3, f_lr=2e-4, ema_beta=0.99, num_workers=0, print_every=100, sample_every=300,
-                 save_every=300, eval_every=0,
-                 train_img_dir='data/synthetic-seasons/train', val_img_dir='data/synthetic-seasons/val',
-                 src_dir='assets/representative/synthetic-seasons/src',
-                 ref_dir='assets/representative/synthetic-seasons/ref',
-                 **_dirs('demo')),
-}
-# Several plug-ins with their own weights in one run: the paper's SRC + hDCE plus PatchGCL
-# (its weight 0.5 is our choice: PatchGCL has no published StarGAN v2 setting).
-PRESETS['seasons-combined'] = {**PRESETS['seasons'], **_dirs('seasons-combined'), 'patch_loss': [('patchgcl', 0.5)]}
-PRESETS['demo-combined'] = {**PRESETS['demo'], **_dirs('demo-combined'), 'patch_loss': [('patchgcl', 0.5)]}
-
 
 # ----------------------------------------------------------------------------------------------
 # Flags
@@ -313,11 +260,11 @@ class FlagParser(argparse.ArgumentParser):
     def __init__(self, **kwargs):
         super().__init__(allow_abbrev=False, **kwargs)
         self.register('action', 'append', AppendFlag)   # repeatable flags that start from UNSET (given)
-        self._argv = []   # the arguments being parsed, for error()
+        self.argv = []   # the arguments being parsed, for error() and --help
 
     def error(self, message):
         # A missing required flag is often a mistyped one (--mod for --mode): name the unknown flag too.
-        unknown = [arg for arg in self._argv if arg.startswith('--') and not self._known(arg.split('=', 1)[0])]
+        unknown = [arg for arg in self.argv if arg.startswith('--') and not self._known(arg.split('=', 1)[0])]
         if unknown and message.startswith('the following arguments are required'):
             message += f'; {self.unknown_message(unknown)}'
         self.exit(2, f'error: {message}\n')
@@ -326,7 +273,7 @@ class FlagParser(argparse.ArgumentParser):
         return any(flag in action.option_strings for action in self._actions)
 
     def parse_args(self, args=None, namespace=None):
-        self._argv = list(args) if args is not None else sys.argv[1:]
+        self.argv = list(args) if args is not None else sys.argv[1:]
         ns, extra = self.parse_known_args(args, namespace)
         if extra:
             self.error(self.unknown_message(extra))
@@ -364,10 +311,16 @@ class FlagParser(argparse.ArgumentParser):
         return f'unknown flag {flags[0]}{hint}'
 
 
-def preset_of(values):
-    """The name of the preset that values (the flags given so far) select: --preset, or demo for --mode demo."""
+def preset_of(values, family):
+    """The name of the preset that values (the flags given so far) select: --preset, or the family's demo preset
+    for --mode demo."""
     preset, mode = values.get('preset', UNSET), values.get('mode', UNSET)
-    return preset if preset not in (UNSET, None) else ('demo' if mode == 'demo' else None)
+    return preset if preset not in (UNSET, None) else (family.demo_preset if mode == 'demo' else None)
+
+
+def family_defaults(family, preset, argv):
+    """{dest: value} that a command line's family and preset give, over the flags' own defaults."""
+    return {**family.defaults(argv), **families.presets().get(preset, {}), 'preset': preset}
 
 
 class PresetHelp(argparse.Action):
@@ -377,7 +330,8 @@ class PresetHelp(argparse.Action):
         super().__init__(option_strings, dest, default=default, nargs=0, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        parser.set_defaults(**PRESETS.get(preset_of(vars(namespace)), {}))
+        family = families.select(parser.argv)[0]
+        parser.set_defaults(**family_defaults(family, preset_of(vars(namespace), family), parser.argv))
         parser.print_help()
         parser.exit()
 
@@ -399,10 +353,15 @@ def build_parser():
         formatter_class=argparse.ArgumentDefaultsHelpFormatter, add_help=False)
     p.add_argument('-h', '--help', action=PresetHelp,
                    help='show this message (with the defaults of a --preset given before it) and exit')
-    p.add_argument('--mode', required=True, choices=list(MODES),
-                   help='what to run: ' + '; '.join(f'{m.name}: {m.help}' for m in MODES.values()))
-    p.add_argument('--preset', choices=sorted(PRESETS), default=None,
-                   help='named set of defaults (explicit flags still win): ' + ', '.join(sorted(PRESETS)))
+    modes = {name: mode for family in reversed(families.in_order()) for name, mode in family.modes().items()}
+    p.add_argument('--mode', required=True, choices=families.mode_names(),
+                   help='what to run: ' + '; '.join(f'{name}: {modes[name].help}' for name in families.mode_names()))
+    p.add_argument('--model', default=None,
+                   help='model family: ' + '; '.join(f'{f.name}: {f.help}' for f in families.in_order()) +
+                        ' (without it, the family whose own flags the command line uses; docs/cut.md)')
+    presets = sorted(families.presets())
+    p.add_argument('--preset', choices=presets, default=None,
+                   help='named set of defaults (explicit flags still win): ' + ', '.join(presets))
     p.add_argument('--dry_run', action='store_true', help='print the resolved config and exit')
     _add_model_flags(p)
     _add_loss_flags(p)
@@ -411,7 +370,7 @@ def build_parser():
     _add_path_flags(p)
     _add_sampling_flags(p)
     _add_eval_flags(p, metrics)
-    for registry in (contrastive.PATCH_LOSSES, metrics.METRICS):
+    for registry in (families.FAMILIES, contrastive.PATCH_LOSSES, metrics.METRICS):
         registry.add_arguments(p)
     return p
 
@@ -597,12 +556,7 @@ def _patch_loss_errors(cfg):
         return errs
     if cfg.n_patch < 2:
         errs.append('--n_patch must be at least 2 (a patch needs at least one negative)')
-    if cfg.nce_layers is None and cfg.img_size not in (32, 64, 128, 256, 512):
-        return errs   # the --img_size error already explains this
-    num_blocks = num_encoder_blocks(cfg.arch, cfg.img_size, cfg.w_hpf)
-    if not cfg.nce_layers or any(not 0 <= i < num_blocks for i in cfg.nce_layers):
-        errs.append(f'--nce_layers must list encoder blocks between 0 and {num_blocks - 1} '
-                    f'for --arch {cfg.arch} at --img_size {cfg.img_size}')
+    # --nce_layers names layers of a family's network: the family checks it (Family.errors)
     errs += contrastive.config_errors(cfg)
     return errs
 
@@ -619,33 +573,48 @@ def resolve(fields):
     return Config.from_fields(fields)
 
 
-def parse_flags(parser, argv=None):
+def parse_flags(parser, family, argv):
     """(flags, explicit): every flag's value after one pass over argv, and the dests argv gives, sorted.
 
-    A flag takes its value from argv, else from the preset (--preset, or demo for
-    --mode demo), else its default; a repeatable flag (--patch_loss) adds argv's
-    entries to the preset's.
+    A flag takes its value from argv, else from the preset (--preset, or the
+    family's demo preset for --mode demo), else the default the family gives it,
+    else its own; a repeatable flag (--patch_loss) adds argv's entries to the preset's.
     """
     given = parser.given(argv)
-    preset = preset_of(given)
-    values = {**parser.defaults(), **PRESETS.get(preset, {}), 'preset': preset}
+    values = {**parser.defaults(), **family_defaults(family, preset_of(given, family), argv)}
     repeatable = parser.repeatable()
     for dest, value in given.items():
         values[dest] = list(values[dest]) + value if dest in repeatable else value
     return values, tuple(sorted(given))
 
 
-def parse_config(argv=None):
-    """Parse (once), apply the preset, resolve and validate the values. Raises ConfigError naming the flag(s).
+def _foreign_fields(family):
+    """The fields a config of `family` leaves out: the other families' own flags, but those it computes, and
+    --model for the default family (whose configs, as before the families existed, do not name it)."""
+    others = set().union(*(f.own_dests() for f in families.in_order() if f is not family))
+    return (others - family.computed()) | ({'model'} if family.default else set())
 
-    The flags the command line gave are kept as cfg.facts.explicit_flags: modes
+
+def parse_config(argv=None):
+    """Parse (once), apply the family's defaults and the preset, resolve and validate the values.
+    Raises ConfigError naming the flag(s).
+
+    The family comes first (core.families.select: it changes defaults). The
+    flags the command line gave are kept as cfg.facts.explicit_flags: modes
     that adopt a run's stored settings (sample, translate) keep those. Nothing
     here reads the file system: the inputs a mode needs are checked by
     core.checks before that mode runs.
     """
-    flags, explicit = parse_flags(build_parser(), argv)
-    cfg = resolve(flags).with_facts(explicit_flags=explicit)
-    errs = _errors(cfg)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    family, errs = families.select(argv)
     if errs:
         raise ConfigError('\n'.join(errs))
-    return cfg
+    flags, explicit = parse_flags(build_parser(), family, argv)
+    if flags['mode'] not in family.modes():
+        raise ConfigError(f'--mode {flags["mode"]} is not available for --model {family.name} '
+                          f'(it runs {", ".join(family.modes())})')
+    cfg = family.derive(resolve({**flags, 'model': family.name}).with_facts(explicit_flags=explicit))
+    errs = [family.shared_message(e) for e in _errors(cfg)] + family.errors(cfg)
+    if errs:
+        raise ConfigError('\n'.join(dict.fromkeys(errs)))
+    return cfg.without(_foreign_fields(family))

@@ -76,6 +76,10 @@ class Config(Mapping):
         """A new Config with some flags changed and the same facts (the original is untouched)."""
         return Config(self.facts, **{**self._fields, **changes})
 
+    def without(self, names):
+        """A new Config without the fields in `names` (those it does not have are ignored), with the same facts."""
+        return Config(self.facts, **{k: v for k, v in self._fields.items() if k not in set(names)})
+
     def with_facts(self, **changes):
         """A new Config with the same flags and some RunFacts fields changed."""
         return Config(replace(self.facts, **changes), **self._fields)

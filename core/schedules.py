@@ -28,3 +28,25 @@ def gamma_at(step, gamma_start, gamma_end, total_iters, use_curriculum):
         return float(gamma_start)
     frac = min(max(step / total_iters, 0.0), 1.0)
     return float(gamma_start + (gamma_end - gamma_start) * frac)
+
+
+def linear_decay_factor(epoch, n_epochs, n_epochs_decay):
+    """CUT's --lr_policy linear: the learning-rate factor during the 1-based `epoch`.
+
+    1 for the first n_epochs, then 1 - (epoch - n_epochs) / (n_epochs_decay + 1):
+    the release's LambdaLR, which steps once per epoch and never reaches 0.
+    """
+    return 1.0 - max(0, epoch - n_epochs) / (n_epochs_decay + 1)
+
+
+def epoch_gamma_at(epoch, gamma_start, gamma_end, num_epochs, use_curriculum, step_epoch=None):
+    """hDCE temperature g of Hneg_SRC Single-modal during the 1-based `epoch` (per epoch, not per step).
+
+    With the curriculum g = gamma_start + (gamma_end - gamma_start) * epoch / num_epochs,
+    and with --step_gamma (step_epoch set) g = 1 after step_epoch; without it, gamma_start.
+    """
+    if not use_curriculum:
+        return float(gamma_start)
+    if step_epoch is not None and epoch > step_epoch:
+        return 1.0
+    return float(gamma_start + (gamma_end - gamma_start) * epoch / num_epochs)

@@ -129,6 +129,17 @@ def test_cli_wrapper_turns_user_errors_and_ctrl_c_into_exit_codes(capsys):
         run_cli(lambda: 1 / 0)
 
 
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`python main.py ... --dry_run | head -1`: the pipe closes before the config is printed."""
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, 'main.py', '--mode', 'train', '--dry_run'], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc.stdout.close()   # before the child has imported anything: its print meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ''
+
+
 def test_every_mode_is_one_entry_that_main_checks_and_help_read_and_align_is_not_a_choice(capsys):
     action = next(a for a in build_parser()._actions if a.dest == 'mode')
     assert action.choices == list(MODES) == ['train', 'sample', 'eval', 'translate', 'prepare', 'demo', 'export', 'app']

@@ -15,7 +15,8 @@ from torch import nn
 import core.contrastive as contrastive
 from conftest import tiny_flags
 from core.checkpoint import ckpt_path, safe_load
-from core.config import PRESETS, ConfigError, parse_config
+from core.config import ConfigError, parse_config
+from core.families.stargan_v2 import PRESETS
 from core.contrastive import base
 from main import main
 

@@ -6,6 +6,7 @@ traceback; any other exception is a bug and keeps its traceback.
 """
 import contextlib
 import os
+import select
 import signal
 import sys
 import threading
@@ -26,6 +27,7 @@ class Terminated(KeyboardInterrupt):
 
 EXIT_INTERRUPTED = 130   # 128 + SIGINT, what a shell reports for Ctrl-C
 EXIT_TERMINATED = 143    # 128 + SIGTERM
+EXIT_BROKEN_PIPE = 141   # 128 + SIGPIPE: what a shell reports when the reader of the output left (| head)
 
 
 @contextlib.contextmanager
@@ -95,6 +97,22 @@ def cli_warnings():
         warnings.formatwarning = previous
 
 
+def _stdout_closed():
+    """True if stdout is a pipe whose reader has gone (poll reports an error on its write end); then stdout
+    is pointed at the null device, so that the interpreter's own flush at exit does not fail a second time.
+    Any other broken pipe (a helper process that died) is not this and keeps its traceback."""
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        closed = any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, ValueError, OSError):   # no real stdout (a test capture) or no poll
+        return False
+    if closed:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return closed
+
+
 def run_cli(action):
     """Exit status of a command-line entry point: action()'s own (0 if it returns None),
     1 after printing a UserError's message, 130 after Ctrl-C, 143 after SIGTERM; never a traceback
@@ -114,5 +132,7 @@ def run_cli(action):
         if isinstance(err, KeyboardInterrupt):
             print('interrupted', file=sys.stderr)
             return EXIT_INTERRUPTED
+        if isinstance(err, BrokenPipeError) and _stdout_closed():
+            return EXIT_BROKEN_PIPE   # the reader has what it wanted (| head): nothing to report
         raise
     return 0 if status is None else status

@@ -1,0 +1,45 @@
+"""--mode eval for the CUT family: FID of the translated test A images against the real test B images.
+
+The protocol is the one CUT and Hneg_SRC report (`python -m pytorch_fid fake_B
+testB`): the TF-Inception (2015-12-05) FID of pytorch-fid / clean-fid, labelled
+'standard' in this toolkit (metrics/fid.py). The translations are those of
+--mode translate (the first --num_test test A images, CUT's result layout);
+both folders are read at --crop_size, the size the test loader gives the
+translations (the released test sets are 256 x 256 already). The result goes
+to results_dir/name/<phase>_<epoch>/fid_standard.json.
+"""
+import json
+import os
+
+from core.cut.data import domain_folders
+from core.cut.inference import translate
+from core.cut.options import with_run_flags
+from core.data.images import list_images
+from core.utils.device import resolve_device
+from core.utils.fileio import atomic_write_text
+from metrics.fid import FIDExtractor, fid_given_paths
+
+PROTOCOL = 'standard'
+PROTOCOL_LABEL = 'standard: TF-Inception (2015-12-05) FID, as pytorch-fid and clean-fid compute it'
+
+
+def evaluate(cfg, extractor=None):
+    """Translate test A, then FID(real test B, fake B); returns the result dict (also written as JSON).
+
+    extractor: a metrics.fid.FIDExtractor of the standard protocol (built with the cached weights when None).
+    """
+    cfg = with_run_flags(cfg)
+    device = resolve_device(cfg.device)
+    out_dir = translate(cfg)
+    real_dir, fake_dir = domain_folders(cfg, cfg.phase)[1], os.path.join(out_dir, 'fake_B')
+    extractor = extractor or FIDExtractor(PROTOCOL).eval().requires_grad_(False).to(device)
+    value = fid_given_paths([real_dir, fake_dir], cfg.crop_size, protocol=PROTOCOL, device=device,
+                            extractor=extractor)
+    result = {'FID': float(value), 'protocol': PROTOCOL_LABEL, 'feature_network': extractor.identity,
+              'real': real_dir, 'fake': fake_dir, 'num_real': len(list_images(real_dir)),
+              'num_fake': len(list_images(fake_dir)), 'epoch': cfg.epoch, 'direction': cfg.direction}
+    path = os.path.join(os.path.dirname(out_dir), f'fid_{PROTOCOL}.json')
+    atomic_write_text(path, json.dumps(result, indent=2) + '\n')
+    print(f'eval: FID ({PROTOCOL}, TF-Inception) of {result["num_fake"]} translations against {result["num_real"]} '
+          f'images of {real_dir}: {value:.2f} -> {path}')
+    return result

@@ -1,0 +1,101 @@
+"""--mode translate for the CUT family (CUT test.py): A -> B for the test A images or the --src images.
+
+The model is checkpoints_dir/name/<epoch>_net_G.pth (--epoch latest, best, 5,
+...), a plain state_dict as the release saves it and as this family's
+training writes it beside its checkpoints; it loads strictly. Network flags
+come from the command line; for a run of ours, those not given come from the
+run's config.json, so a small run translates without repeating --ngf.
+Output, in CUT's layout: results_dir/name/<phase>_<epoch>/images/real_A and
+fake_B/<name>.png, with 8-bit values truncated as the release writes them
+(util.tensor2im), the files FID is computed on. Test images are resized to
+--crop_size (CUT test.py: load_size = crop_size, no flip).
+"""
+import io
+import os
+import re
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from core.checkpoint import DamagedCheckpoint, first_bad_tensor, load_modules
+from core.cut.data import domain_folders, eval_transform
+from core.cut.networks import GENERATOR_BLOCKS
+from core.cut.options import generator_path, with_run_flags
+from core.cut.trainer import build_generator
+from core.data.images import DataError, check_images, list_images
+from core.data.loader import read_image
+from core.sampling import output_stems
+from core.utils.device import resolve_device
+from core.utils.fileio import atomic_write_bytes, safe_load
+
+CHUNK = 8   # images per forward pass
+
+
+def stored_netG(state, default):
+    """The --netG whose residual-block count the state_dict has (its model.<i>.conv_block keys), else default.
+
+    The default --netG follows --crop_size; a released resnet_9blocks model translated at another
+    size keeps its 9 blocks.
+    """
+    blocks = {m.group(1) for k in state for m in [re.match(r'(?:module\.)?model\.(\d+)\.conv_block\.', k)] if m}
+    return next((name for name, n in GENERATOR_BLOCKS.items() if n == len(blocks)), default)
+
+
+def load_generator(cfg, device):
+    """The generator of generator_path(cfg), strictly loaded, in eval mode on `device`."""
+    path = generator_path(cfg)
+    state = safe_load(path)
+    if not isinstance(state, dict):
+        raise DamagedCheckpoint(f'{path} does not hold a state_dict')
+    bad = first_bad_tensor(state)
+    if bad is not None:
+        raise DamagedCheckpoint(f'{path} holds {bad[1]} ({bad[0]}); it cannot be used')
+    if 'netG' not in cfg.facts.explicit_flags:
+        cfg = cfg.replace(netG=stored_netG(state, cfg.netG))
+    G = build_generator(cfg)
+    load_modules({'G': G}, {'G': state}, path,
+                 'Pass the flags the model was trained with (--netG, --ngf, --normG, --no_antialias, '
+                 '--no_antialias_up, --no_dropout).')
+    return G.to(device).eval()
+
+
+def source_images(cfg):
+    """(paths, root) to translate: --src (all of it), else the first --num_test A images of --phase."""
+    if cfg.src:
+        paths = list_images(cfg.src) if os.path.isdir(cfg.src) else [cfg.src]
+        root = cfg.src
+    else:
+        root = domain_folders(cfg, cfg.phase)[0]
+        paths = list_images(root)[:cfg.num_test]
+    paths = check_images(paths, cfg.skip_bad_images)
+    if not paths:
+        raise DataError(f'no usable images in {root}')
+    return paths, root
+
+
+def truncated_png(x):
+    """(3, H, W) in [-1, 1] -> PNG bytes of floor((x + 1) / 2 * 255), the release's conversion."""
+    pixels = ((x.float().clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8)   # float -> uint8 truncates
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy()).save(buffer, format='PNG')
+    return buffer.getvalue()
+
+
+@torch.no_grad()
+def translate(cfg):
+    """Translate every source image A -> B; returns the output folder (results_dir/name/<phase>_<epoch>/images)."""
+    cfg = with_run_flags(cfg)
+    device = resolve_device(cfg.device)
+    G = load_generator(cfg, device)
+    paths, root = source_images(cfg)
+    stems = output_stems(paths, root)
+    out_dir = os.path.join(cfg.result_dir, f'{cfg.phase}_{cfg.epoch}', 'images')
+    for start in tqdm(range(0, len(paths), CHUNK), desc='translate', unit='batch', disable=None, leave=False):
+        chunk = paths[start:start + CHUNK]
+        x = torch.stack([eval_transform(read_image(p), cfg.crop_size, cfg.preprocess) for p in chunk]).to(device)
+        for path, real, fake in zip(chunk, x, G(x)):
+            for label, image in (('real_A', real), ('fake_B', fake)):
+                atomic_write_bytes(os.path.join(out_dir, label, stems[path] + '.png'), truncated_png(image))
+    print(f'translate: {len(paths)} images from {root} -> {os.path.join(out_dir, "fake_B")}')
+    return out_dir
