@@ -1,14 +1,16 @@
 """The Cityscapes label->photo scores: palette mapping, confusion-matrix scores on hand-computed cases, the
 released scripts' quirks, the DRN-D-22 network against its release key list, its weight loading, and the
-command line on a few tiny PNGs with random weights."""
+command line on a few tiny PNGs with random weights, and the download targets."""
+import os
 import re
+import subprocess
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import assert_close_scaled
+from conftest import ROOT, assert_close_scaled
 from core.utils import weights as W
 from core.utils.errors import UserError
 from metrics import cityscapes_seg as cs
@@ -263,3 +265,18 @@ def test_command_line_prints_scores_consistent_with_the_pure_functions(tmp_path,
             assert 0 <= value <= 100, (quirks, key, value)
             assert_close_scaled(value, expected[key], rel=1e-6, scale=100, msg=f'{key} quirks={quirks}')
     assert cm.sum() == sum(int((cs.label_ids(p) < 19).sum()) for p in labels) > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# download.sh (no network here: the listing and the manual steps only)
+# ----------------------------------------------------------------------------------------------
+
+def test_download_script_lists_the_targets_and_prints_the_manual_steps():
+    script = os.path.join(ROOT, 'download.sh')
+    listing = subprocess.run(['bash', script], capture_output=True, text=True, timeout=60).stdout
+    for target in ('drn', 'horse2zebra', 'cityscapes', 'cityscapes-val-cut', 'pretrained-cut',
+                   'pretrained-hsrc-single-modal'):
+        assert re.search(rf'^  {target}\b', listing, flags=re.M), target
+    steps = subprocess.run(['bash', script, 'cityscapes'], capture_output=True, text=True, timeout=60)
+    assert steps.returncode == 0 and 'leftImg8bit_trainvaltest.zip' in steps.stdout
+    assert 'python -m metrics.cityscapes_seg --fake' in steps.stdout and 'bash download.sh drn' in steps.stdout
