@@ -40,7 +40,7 @@ and what is inferred:
   fixed bilinear `up` transposed conv (which has a weight, so the file holds
   `up.weight`), and that the released .pth is loaded strictly into DRNSeg.
 * Inferred from that module structure, not checked against the released file
-  (it could not be opened here): the key names. `base.<i>` numbers the nine
+  (not inspected yet): the key names. `base.<i>` numbers the nine
   stages in the order DRN registers them (layer0 ... layer8); a conv stage is a
   Sequential (conv `.0`, BatchNorm `.1`, ReLU); a block stage is a Sequential of
   blocks whose parts are named conv1, bn1, conv2, bn2 and downsample (`.0`
