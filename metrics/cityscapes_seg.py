@@ -28,9 +28,10 @@ so our numbers are not byte-comparable with theirs where these bite):
   ids with the RGB palette. Pure colours then land on other classes (car ->
   bicycle, sky -> fence, wall -> road, truck -> ignore, person -> motorcycle), in
   the labels and the predictions alike, so pixAcc and classAcc score a
-  scrambled class set. Its labels are resized with OpenCV's nearest filter
-  (source pixel floor(i * src / dst)); the prediction colours are those of the
-  saved colour PNGs. A prediction that the swap maps to "ignore" (truck) falls in
+  scrambled class set. Its labels are resized with OpenCV's nearest filter,
+  reproduced here without OpenCV as its documented rule (source pixel
+  floor(i * src / dst)) and not compared with OpenCV itself; the prediction
+  colours are those of the saved colour PNGs, assumed to use this palette. A prediction that the swap maps to "ignore" (truck) falls in
   no class: it is left out of the matrix here (the release's handling of it is
   not known).
 * get_Acc.py's pixAcc divides by the constant 128 * 256 * 500, the pixel count of
