@@ -25,6 +25,9 @@ known_sha256() {  # known_sha256 KEY
         stargan-v2-afhq.ckpt) echo "" ;;
         hsrc_seasons) echo "" ;;
         hsrc_weather) echo "" ;;
+        horse2zebra.zip) echo "" ;;
+        cityscapes_val_for_CUT.tar) echo "" ;;
+        cut_pretrained_models.tar) echo "" ;;
         *) echo "" ;;
     esac
 }
@@ -39,16 +42,23 @@ not recorded yet, give the one you trust: STARGAN_SHA256=<hex> bash download.sh 
 metric weights (into $STARGAN_WEIGHTS_DIR, default ~/.cache/stargan-src/weights; SHA-256 checked)
   metric-weights                  Inception v3 (torchvision and TF-FID) and AlexNet for --mode eval
   vgg16                           torchvision VGG16 (features of some patch-loss plug-ins)
+  drn [FILE]                      DRN-D-22 Cityscapes segmenter (a web page: run without FILE for the steps)
 datasets (split into data/<name>/train and data/<name>/val with a manifest, see --mode prepare)
   seasons                         ComboGAN alps_seasons (4 seasons; 100 val images per season)
   weather [ARCHIVE]               Five-class weather dataset (needs a login: run without ARCHIVE for the steps)
   synthetic-seasons               procedural stand-in for seasons (data/synthetic-seasons), no download
   synthetic-weather               procedural stand-in for weather (data/synthetic-weather), no download
   celeba-hq-dataset, afhq-dataset, afhq-v2-dataset     StarGAN v2's datasets (into data/)
+unpaired two-domain datasets in CUT's layout (data/<name>/trainA, trainB, testA, testB)
+  horse2zebra                     CycleGAN/CUT horse2zebra
+  cityscapes                      prints the manual steps (cityscapes-dataset.com needs a login)
+  cityscapes-val-cut              CUT's resized and JPEG-compressed Cityscapes val set (data/cityscapes_val_cut)
 pretrained networks (into expr/checkpoints/)
   pretrained-stargan-v2-afhq        (alias pretrained-network-afhq)      official AFHQ, 100k
   pretrained-hsrc-seasons           Hneg_SRC release, Seasons (Google Drive)
   pretrained-hsrc-weather           Hneg_SRC release, Weather (Google Drive)
+  pretrained-cut                    CUT and FastCUT generators: horse2zebra, cityscapes, cat2dog
+  pretrained-hsrc-single-modal      prints the manual steps (Hneg_SRC's one-sided models, Google Drive)
 EOF
 }
 
@@ -222,6 +232,113 @@ hsrc_pretrained() {  # hsrc_pretrained NAME FILE_ID: the release's file (a zip o
 }
 
 # --------------------------------------------------------------------------------------------
+# Unpaired datasets in CUT's layout, CUT's generators, and the segmenter of the Cityscapes scores
+# --------------------------------------------------------------------------------------------
+untar() {  # untar TAR DEST (Python's tarfile with its 'data' filter: no absolute paths, no links out of DEST)
+    mkdir -p "$2"
+    "$PYTHON" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' "$1" "$2" \
+        || fail "$1 is not a readable tar archive (delete it and download again)"
+}
+
+cut_dataset() {  # cut_dataset NAME: what CUT's datasets/download_cut_dataset.sh NAME fetches, into data/NAME
+    local zip=$DOWNLOADS/$1.zip dir
+    fetch "https://efrosgans.eecs.berkeley.edu/cyclegan/datasets/$1.zip" "$zip"
+    verify "$zip" "$1.zip"
+    rm -rf "data/$1"
+    unpack "$zip" data
+    for dir in trainA trainB testA testB; do
+        [ -d "data/$1/$dir" ] || fail "the archive holds no $1/$dir folder; see what it unpacked into data/"
+        echo "  data/$1/$dir: $(find "data/$1/$dir" -type f | wc -l) files"
+    done
+}
+
+cityscapes_steps() {
+    cat <<'EOF'
+Cityscapes needs a (free) account, so it cannot be fetched here. CUT's preparation, step by step:
+  1. Log in at https://www.cityscapes-dataset.com and download gtFine_trainvaltest.zip and
+     leftImg8bit_trainvaltest.zip (Downloads page); unzip both.
+  2. This project has no command that prepares them; CUT's script does. In a clone of
+     https://github.com/taesungp/contrastive-unpaired-translation run
+       python datasets/prepare_cityscapes_dataset.py --gtFine_dir PATH/gtFine \
+           --leftImg8bit_dir PATH/leftImg8bit --output_dir data/cityscapes
+     (its help text spells the first flag --gitFine_dir; the flag is --gtFine_dir). It resizes every
+     photo and every *_color.png label map to 256x256 and writes JPEGs: A = photo, B = label map;
+     the official val split becomes testA/testB (500 pairs), train becomes trainA/trainB.
+  3. Label -> photo is B -> A (CUT's --direction BtoA). Translations are scored against the label
+     maps they came from with
+       python -m metrics.cityscapes_seg --fake RESULTS/fake_B --labels RESULTS/real_A
+     (its segmenter: bash download.sh drn).
+CUT's own Cityscapes models were trained and scored on its resized, JPEG-compressed val set:
+bash download.sh cityscapes-val-cut
+EOF
+}
+
+cityscapes_val_cut() {  # the archive was not opened: its folders are listed once unpacked
+    local tar=$DOWNLOADS/cityscapes_val_for_CUT.tar
+    fetch http://efrosgans.eecs.berkeley.edu/CUT/datasets/cityscapes_val_for_CUT.tar "$tar"
+    verify "$tar" cityscapes_val_for_CUT.tar
+    untar "$tar" data/cityscapes_val_cut
+    echo "unpacked into data/cityscapes_val_cut (CUT's launcher reads it as dataroot cityscapes_val, --phase val, BtoA):"
+    find data/cityscapes_val_cut -mindepth 1 -maxdepth 2 -type d | sed 's/^/  /'
+}
+
+drn_steps() {
+    local dir
+    dir=$("$PYTHON" -m core.utils.weights dir)
+    cat <<EOF
+DRN's Cityscapes models are listed on a web page, not a direct download, so the file is fetched by hand:
+  1. Open http://go.yf.io/drn-cityscapes-models (the Cityscapes models of github.com/fyu/drn) and
+     download drn_d_22_cityscapes.pth (DRN-D-22).
+  2. Finish with:  bash download.sh drn PATH/TO/drn_d_22_cityscapes.pth
+     (it checks that the file loads into DRN-D-22, then copies it to $dir/),
+     or copy it there yourself.
+No SHA-256 is recorded for it: the file is checked by its keys and shapes when it is loaded.
+Hneg_SRC's readme (github.com/jcy132/Hneg_SRC, Single-modal) links its own "drn-d-22" on Google
+Drive; whether it is the same network as DRN's is not known.
+EOF
+}
+
+drn() {  # drn [FILE]: the steps, or put a downloaded DRN-D-22 Cityscapes file in the weight cache
+    if [ $# -lt 1 ]; then drn_steps; exit 0; fi
+    local file=$1 dir
+    [ -f "$file" ] || fail "$file is not a file"
+    echo "sha256 $(sha256 "$file")  $file"
+    "$PYTHON" -c '
+import sys
+from core.utils.errors import run_cli
+from metrics.cityscapes_seg import build_segmenter
+sys.exit(run_cli(lambda: print("loads into DRN-D-22:", sys.argv[1]) if build_segmenter(sys.argv[1]) else None))
+' "$file" || fail "$file is not a DRN-D-22 Cityscapes weight file (see above); nothing was copied"
+    dir=$("$PYTHON" -m core.utils.weights dir)
+    mkdir -p "$dir"
+    cp "$file" "$dir/drn_d_22_cityscapes.pth.part"
+    mv "$dir/drn_d_22_cityscapes.pth.part" "$dir/drn_d_22_cityscapes.pth"
+    echo "$dir/drn_d_22_cityscapes.pth"
+}
+
+cut_pretrained() {  # CUT's released generators (the archive was not opened: its files are listed once unpacked)
+    local tar=$DOWNLOADS/cut_pretrained_models.tar dest=expr/checkpoints/cut_pretrained
+    fetch http://efrosgans.eecs.berkeley.edu/CUT/pretrained_models.tar "$tar"
+    verify "$tar" cut_pretrained_models.tar
+    rm -rf "$dest"
+    untar "$tar" "$dest"
+    echo "CUT's generators in $dest (CUT's checkpoint layout: <name>/latest_net_G.pth):"
+    find "$dest" -type f -name '*.pth' | sed 's/^/  /'
+}
+
+hsrc_single_modal_steps() {
+    cat <<'EOF'
+Hneg_SRC's one-sided (CUT setting) models are Google Drive links whose file ids are not recorded here:
+  1. Open https://github.com/jcy132/Hneg_SRC/tree/main/Single-modal and download, from the links
+     at the top of its readme, "horse-to-zebra" and "Cityscapes" (also "Monet", "drn-d-22").
+  2. Unpack them into expr/checkpoints/. Expected (from its test commands; the archives were not
+     opened): h2z-best/best_net_G.pth and city-best/best_net_G.pth (tested with --epoch best),
+     monet-best/latest_net_G.pth. The generators are CUT's resnet_9blocks.
+  3. Its "drn-d-22" goes in the weight cache: bash download.sh drn PATH/TO/THE/FILE
+EOF
+}
+
+# --------------------------------------------------------------------------------------------
 [ $# -ge 1 ] || { usage; exit 0; }
 target=$1
 shift
@@ -238,6 +355,12 @@ case "$target" in
         echo "use it with: python main.py --mode sample --num_domains 3 --resume_iter 100000 --checkpoint_dir expr/checkpoints/afhq ..." ;;
     pretrained-hsrc-seasons) hsrc_pretrained seasons 1885ZJk4wFI5UKWW_o-2seF8vkMu1jXGt ;;
     pretrained-hsrc-weather) hsrc_pretrained weather 106Y5ssK5WickKsttPYhZgx8OtYYSkLOy ;;
+    pretrained-cut) cut_pretrained ;;
+    pretrained-hsrc-single-modal) hsrc_single_modal_steps ;;
+    drn) drn "$@" ;;
+    horse2zebra) cut_dataset horse2zebra ;;
+    cityscapes) cityscapes_steps ;;
+    cityscapes-val-cut) cityscapes_val_cut ;;
     celeba-hq-dataset)
         fetch "https://www.dropbox.com/s/f7pvjij2xlpff59/celeba_hq.zip?dl=1" "$DOWNLOADS/celeba_hq.zip"
         verify "$DOWNLOADS/celeba_hq.zip" celeba_hq.zip

@@ -45,6 +45,11 @@ WEIGHTS = {
     # torchvision VGG16: features of the LSeSim / PatchGCL releases
     'vgg16': WeightFile(
         'vgg16-397923af.pth', 'https://download.pytorch.org/models/vgg16-397923af.pth', '397923af', 'vgg16'),
+    # DRN-D-22 trained on Cityscapes: the Cityscapes label->photo segmentation scores (metrics/cityscapes_seg.py).
+    # Its page is not a direct download, so `bash download.sh drn` prints the manual steps; no SHA-256 is
+    # recorded, so the file is checked by its keys and shapes when it is loaded.
+    'drn_d_22_cityscapes': WeightFile(
+        'drn_d_22_cityscapes.pth', 'http://go.yf.io/drn-cityscapes-models', None, 'drn'),
 }
 
 
@@ -66,17 +71,24 @@ def require_weight(name, check_hash=True):
     return path
 
 
-def load_weights(module, name):
+def load_weights(module, name, path=None, adapt=None):
     """Load weight file `name` (from the cache, checked) strictly into `module`; returns the module.
 
-    A file that does not fit the network raises one UserError naming the file
-    and the command that fetches the right one.
+    path: another file of the same network instead of the cached one (e.g. a
+    --weights flag); adapt: a function applied to the loaded state dict before the
+    check (for releases saved in an older layout). A file that does not fit the
+    network raises one UserError naming the file and the command that fetches the right one.
     """
-    path = require_weight(name)
+    path = path or require_weight(name)
     try:
         state_dict = safe_load(path)
     except ModelFileError as err:
         raise UserError(f'{err}; delete it and run: bash download.sh {WEIGHTS[name].target}') from None
+    if adapt is not None:
+        state_dict = adapt(state_dict)
+    if not isinstance(state_dict, dict):
+        raise UserError(f'weight file {path} does not hold a state dict of the {name} network; delete it and run: '
+                        f'bash download.sh {WEIGHTS[name].target}')
     missing, unexpected, shapes = (sorted(keys) for keys in state_dict_mismatch(module.state_dict(), state_dict))
     if missing or unexpected or shapes:
         detail = '; '.join(f'{label}: {", ".join(keys[:3])}{" ..." if len(keys) > 3 else ""}'
