@@ -93,3 +93,30 @@ def test_eval_writes_the_standard_fid_of_the_test_translations(cut_layout, tmp_p
     assert written == result and written['FID'] >= 0 and written['protocol'].startswith('standard: TF-Inception')
     assert written['num_fake'] == written['num_real'] == len(list_images(str(cut_layout / 'testA')))
     assert written['real'] == str(cut_layout / 'testB')
+
+
+def test_eval_seg_scores_needs_the_segmenter_and_scores_the_label_inputs(cut_layout, tmp_path, monkeypatch,  # noqa: F811
+                                                                         capsys):
+    """--seg_scores: refused at start-up without DRN-D-22 (naming the download), else seg_scores.json beside
+    the FID, equal to metrics.cityscapes_seg on fake_B against real_A."""
+    from core.config import parse_config
+    from core.cut.evaluate import evaluate_segmentation
+    from core.cut.inference import translate
+    from metrics.cityscapes_seg import paired_images, segmentation_scores
+    from metrics.drn import DRNSeg
+    assert main(cut_flags(cut_layout, tmp_path)) == 0
+    argv = ['--mode', 'eval', '--dataroot', str(cut_layout), '--name', 'run', '--checkpoints_dir', str(tmp_path),
+            '--results_dir', str(tmp_path / 'results'), '--num_test', '2', '--seg_scores']
+    monkeypatch.setenv('STARGAN_WEIGHTS_DIR', str(tmp_path / 'no-weights'))
+    assert main(argv) != 0
+    err = capsys.readouterr().err
+    assert '--seg_scores: missing weight file' in err and 'bash download.sh drn' in err and 'Traceback' not in err
+    cfg = parse_config(argv)
+    out_dir = translate(cfg)
+    torch.manual_seed(0)
+    model = DRNSeg().eval()
+    scores = evaluate_segmentation(cfg, out_dir, 'cpu', model=model)
+    written = json.loads((tmp_path / 'results' / 'run' / 'test_latest' / 'seg_scores.json').read_text())
+    assert written == json.loads(json.dumps(scores)) and scores['num_images'] == 2
+    direct = segmentation_scores(*paired_images(f'{out_dir}/fake_B', f'{out_dir}/real_A'), model=model)
+    assert all(scores[k] == direct[k] and 0 <= scores[k] <= 100 for k in ('mIoU', 'pixAcc', 'classAcc'))

@@ -235,6 +235,13 @@ def _add_schedule_flags(p):
     g.add_argument('--display_freq', type=int, default=400, help='sample grid every this many images')
     g.add_argument('--epoch', default='latest', help='translate: which saved epoch to load (latest or a number)')
     g.add_argument('--num_test', type=int, default=50, help='translate: at most this many test images')
+    g.add_argument('--seg_scores', action='store_true',
+                   help='eval: also the Cityscapes label -> photo scores (mIoU, pixAcc, classAcc) of the translations '
+                        'against their label-map inputs, with DRN-D-22 (bash download.sh drn; docs/evaluation.md)')
+    g.add_argument('--seg_weights', default=None, help='eval --seg_scores: a DRN-D-22 weight file instead of the cached one')
+    g.add_argument('--seg_release_quirks', action='store_true',
+                   help='eval --seg_scores: the released get_mAP.py / get_Acc.py arithmetic (BGR colours, fixed '
+                        'denominators), for comparison with published tables')
 
 
 def _add_ignored_flags(p):

@@ -14,6 +14,10 @@ from core.cut.data import domain_folders
 from core.data.images import DataError
 from core.families.base import Family, register
 from core.modes import Mode
+from core.utils.errors import UserError
+from core.utils.weights import require_weight
+
+SEG_WEIGHTS = 'drn_d_22_cityscapes'   # metrics.cityscapes_seg's weight file (core.utils.weights name)
 
 
 def _data_errors(cfg, phase):
@@ -30,6 +34,19 @@ def train_errors(cfg):
     return _data_errors(cfg, 'train') + checks.training_errors(cfg)
 
 
+def seg_weight_errors(cfg):
+    """eval --seg_scores: the DRN-D-22 weight file (given, or in the weight cache) must be there before any work."""
+    if cfg.mode != 'eval' or not cfg.seg_scores:
+        return []
+    if cfg.seg_weights:
+        return checks.exists_errors(cfg, 'seg_weights')
+    try:
+        require_weight(SEG_WEIGHTS)
+    except UserError as err:
+        return [f'--seg_scores: {err}']
+    return []
+
+
 def translate_errors(cfg):
     """--mode translate and eval: the run's generator file, and the --src image(s) or the --dataroot test images."""
     cfg = options.with_run_flags(cfg)
@@ -37,6 +54,7 @@ def translate_errors(cfg):
     errs = [] if os.path.isfile(path) else [
         f'--name/--epoch: {path} does not exist (train first, or give the --checkpoints_dir, '
         f'--name and --epoch of a saved model)']
+    errs += seg_weight_errors(cfg)
     if cfg.src:
         return errs + checks.exists_errors(cfg, 'src')
     return errs + _data_errors(cfg, cfg.phase)
