@@ -21,6 +21,10 @@ Rules every method follows:
               device; psi < 1 pulls them toward the domain's average style (truncation trick).
 Batches of one size are translated in one forward pass; nothing builds a gradient; the networks
 are loaded once, and a lock makes the object safe to share between threads.
+
+ImageModel holds these rules for every model family; Translator is StarGAN v2's, and a CUT-family
+model (one-sided, no styles: translate(image)) is core.cut.translator.OneSidedTranslator, which
+Translator.load returns for CUT's files.
 """
 import os
 import threading
@@ -256,7 +260,19 @@ class Translator(ImageModel):
         they differ from the defaults, style_dim=, latent_dim=, hidden_dim=, base_dim=,
         max_conv_dim= (the command line's flags; mistakes get the command line's messages).
         device: 'auto' (CUDA when available), 'cpu' or 'cuda'. average_seed: see __init__.
+
+        A CUT-family model (a *_net_G.pth file, or a folder of them) gives a
+        core.cut.translator.OneSidedTranslator instead, which takes epoch=, domain_names= and
+        CUT's network keywords (netG=, ngf=, crop_size=, ...); see that module.
         """
+        from core.cut.translator import OneSidedTranslator, is_cut_model   # it builds on this module
+        if is_cut_model(path):
+            stargan_only = [k for k, v in dict(step=step, arch=arch, img_size=img_size, num_domains=num_domains,
+                                               average_seed=average_seed).items() if v is not None]
+            if stargan_only:
+                raise TypeError(f'{", ".join(stargan_only)}: keyword(s) of a StarGAN v2 model; {path} is a CUT '
+                                f'model (its keywords: epoch=, domain_names=, netG=, ngf=, crop_size=, ...)')
+            return OneSidedTranslator.load(path, device, keep_size, domain_names=domain_names, **net_flags)
         unknown = sorted(set(net_flags) - set(LOAD_FLAGS))
         if unknown:
             raise TypeError(f'Translator.load() got unexpected keyword(s) {", ".join(unknown)}; '
