@@ -1,8 +1,6 @@
 """The web app with a one-sided (CUT family) model: one Translate tab over OneSidedTranslator.translate,
 served on 127.0.0.1 in this process and called through gradio_client."""
-import _thread
 import os
-import threading
 
 import httpx
 import numpy as np
@@ -11,11 +9,10 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError as ClientAppError
 from PIL import Image
 
-import core.app as app_module
 from core.app import build_app, example_pairs, free_port, launch, model_card, model_examples
 from core.translator import Translator
 from main import main
-from test_app import bad_uploads
+from test_app import bad_uploads, serve_visit_and_interrupt
 from test_cut_api import CROP, DOMAINS, SRC, tiny_cut_run
 
 # gradio's queue calls pandas APIs that pandas 3 deprecates; not ours to fix.
@@ -82,19 +79,10 @@ def test_page_shows_the_model_card_and_source_examples(served, translator, run_d
 
 
 def test_mode_app_serves_a_cut_run_then_ctrl_c_stops(run_dir, capsys, monkeypatch):
-    port, serving, answered = free_port('127.0.0.1'), threading.Event(), []
-    wait = app_module.wait_for_ctrl_c
-    monkeypatch.setattr(app_module, 'wait_for_ctrl_c', lambda: (serving.set(), wait()))
-
-    def visit_then_interrupt():
-        if serving.wait(120):
-            answered.append(httpx.get(f'http://127.0.0.1:{port}/', timeout=30).status_code)
-        _thread.interrupt_main()
-    visitor = threading.Thread(target=visit_then_interrupt, daemon=True)
-    visitor.start()
-    status = main(['--mode', 'app', '--model', 'cut', '--checkpoints_dir', str(run_dir.parent), '--name', 'run',
-                   '--port', str(port), '--device', 'cpu'])
-    visitor.join()
+    port = free_port('127.0.0.1')
+    argv = ['--mode', 'app', '--model', 'cut', '--checkpoints_dir', str(run_dir.parent), '--name', 'run',
+            '--device', 'cpu']
+    status, answered = serve_visit_and_interrupt(argv, port, monkeypatch)
     out = capsys.readouterr().out
     assert answered == [200] and status == 130
     assert out.startswith(f'app: serving {run_dir / "latest_net_G.pth"} (step None) at http://127.0.0.1:{port}/')
