@@ -141,7 +141,8 @@ def _dynamic_axes(spec):
 
 def model_meta(nets, cfg, path, step):
     """The contents of model.json for the networks of a loaded checkpoint (see docs/export.md)."""
-    meta = {'format': FORMAT, 'family': 'stargan-v2', 'arch': cfg.arch, 'img_size': cfg.img_size, 'num_domains': cfg.num_domains,
+    meta = {'format': FORMAT, 'family': 'stargan-v2', 'arch': cfg.arch, 'img_size': cfg.img_size,
+            'num_domains': cfg.num_domains,
             'domain_names': list(cfg.facts.domain_names) if cfg.facts.domain_names else None,
             'latent_dim': cfg.latent_dim, 'style_dim': cfg.style_dim,
             'generator_size_multiple': 2 ** encoder_plan(cfg.arch, cfg.img_size).num_down,

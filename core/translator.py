@@ -121,7 +121,8 @@ class ImageModel:
         raise NotImplementedError
 
     def _fit(self, img):
-        """One 8-bit RGB PIL image -> (3, img_size, img_size) in [-1, 1], resized as the family's training was."""
+        """One 8-bit RGB PIL image -> (3, H, W) in [-1, 1] as the family resizes its test images
+        (img_size x img_size, but for CUT's other --preprocess values)."""
         raise NotImplementedError
 
     @torch.no_grad()

@@ -4,7 +4,6 @@ import hashlib
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
 
@@ -64,7 +63,8 @@ def test_the_generator_matches_pytorch_at_any_batch_and_size(exported, batch, si
 def test_the_onnx_file_translates_as_the_python_api(exported):
     _, out, run_dir = exported
     x_src = eval_transform(load_rgb(SRC), CROP, 'resize_and_crop')[None]   # the API's input for SRC
-    _assert_close(_run(out, 'generator', x_src=x_src), Translator.load(run_dir, device='cpu').translate(SRC, True)[None])
+    api = Translator.load(run_dir, device='cpu').translate(SRC, as_tensor=True)   # (3, CROP, CROP)
+    _assert_close(_run(out, 'generator', x_src=x_src), api[None])
 
 
 def test_a_missing_generator_or_out_is_one_line(exported, tmp_path, capsys):

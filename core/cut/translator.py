@@ -17,7 +17,6 @@ import re
 from core.config import parse_config
 from core.cut.data import eval_transform
 from core.cut.inference import FLAGS_HINT, load_generator
-from core.cut.networks import GENERATOR_BLOCKS
 from core.cut.options import generator_path, with_run_flags
 from core.inference import check_generated
 from core.runconfig import RunFacts
