@@ -28,7 +28,7 @@ from core.cut.trainer import build_generator
 from core.data.images import DataError, check_images, list_images
 from core.data.loader import read_image
 from core.sampling import output_stems
-from core.utils.fileio import atomic_write_bytes, safe_load
+from core.utils.fileio import ModelFileError, atomic_write_bytes, safe_load
 
 CHUNK = 8   # images per forward pass
 
@@ -47,6 +47,12 @@ FLAGS_HINT = ('Pass the flags the model was trained with (--netG, --ngf, --normG
               '--no_antialias_up, --no_dropout).')
 
 
+def stored_ngf(state):
+    """The generator width (--ngf) of a state_dict: the output channels of its first convolution, or None."""
+    weight = state.get('model.1.weight', state.get('module.model.1.weight'))
+    return int(weight.shape[0]) if torch.is_tensor(weight) and weight.dim() == 4 else None
+
+
 def load_generator(cfg, device, hint=FLAGS_HINT):
     """(the generator of generator_path(cfg), strictly loaded, in eval mode on `device`; cfg with the --netG
     it was built with). hint: what to do when the file does not fit the flags."""
@@ -59,8 +65,15 @@ def load_generator(cfg, device, hint=FLAGS_HINT):
         raise DamagedCheckpoint(f'{path} holds {bad[1]} ({bad[0]}); it cannot be used')
     if 'netG' not in cfg.facts.explicit_flags:
         cfg = cfg.replace(netG=stored_netG(state, cfg.netG))
+    mismatch = f'{path} does not match the networks built from the current flags'
+    width = stored_ngf(state)
+    if width is not None and width != cfg.ngf:   # the usual mistake, said plainly
+        raise ModelFileError(f'{mismatch}: its generator has width {width} (ngf), not {cfg.ngf}. {hint}')
     G = build_generator(cfg)
-    load_modules({'G': G}, {'G': state}, path, hint)
+    try:
+        load_modules({'G': G}, {'G': state}, path, hint)
+    except ModelFileError as err:   # one line: the first keys that differ, then the hint
+        raise ModelFileError(' '.join(line.strip() for line in str(err).splitlines())) from None
     return G.to(device).eval(), cfg
 
 
