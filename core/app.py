@@ -41,7 +41,7 @@ from PIL import Image  # noqa: E402
 from core.config import SEED_RANGE  # noqa: E402
 from core.families import family_of  # noqa: E402
 from core.families.stargan_v2 import PRESETS  # noqa: E402
-from core.cut.translator import OneSidedTranslator  # noqa: E402
+from core.cut.translator import OneSidedTranslator, is_cut_model  # noqa: E402
 from core.data.images import BadImageError, list_images, load_rgb  # noqa: E402
 from core.inference import ema_steps  # noqa: E402
 from core.sampling import first_per_domain  # noqa: E402
@@ -462,6 +462,10 @@ def load_translator(cfg):
     if family_of(cfg).name == 'cut':
         return OneSidedTranslator.from_config(cfg)
     path, step = _model_source(cfg)
+    if is_cut_model(path):   # a StarGAN v2 command line; CUT's flags describe its generator
+        run = os.path.dirname(os.path.abspath(path)) if os.path.isfile(path) else os.path.abspath(path)
+        raise AppError(f'{path} is a CUT-family model: serve it with --model cut --checkpoints_dir '
+                       f'{os.path.dirname(run)} --name {os.path.basename(run)} (and --epoch, --ngf, ... as needed)')
     return Translator.load(path, device=cfg.device, step=step, **_official_arch(cfg))
 
 

@@ -59,6 +59,10 @@ class DomainError(UserError):
     """A domain name or id that the model does not have."""
 
 
+class FamilyError(UserError):
+    """Keywords of one model family given for a model of another (e.g. arch= for a CUT generator)."""
+
+
 class StyleError(UserError):
     """A style argument of the wrong shape, or too many styles for a video."""
 
@@ -271,7 +275,7 @@ class Translator(ImageModel):
             stargan_only = [k for k, v in dict(step=step, arch=arch, img_size=img_size, num_domains=num_domains,
                                                average_seed=average_seed).items() if v is not None]
             if stargan_only:
-                raise TypeError(f'{", ".join(stargan_only)}: keyword(s) of a StarGAN v2 model; {path} is a CUT '
+                raise FamilyError(f'{", ".join(stargan_only)}: keyword(s) of a StarGAN v2 model; {path} is a CUT '
                                 f'model (its keywords: epoch=, domain_names=, netG=, ngf=, crop_size=, ...)')
             return OneSidedTranslator.load(path, device, keep_size, domain_names=domain_names, **net_flags)
         unknown = sorted(set(net_flags) - set(LOAD_FLAGS))

@@ -14,7 +14,7 @@ from core.cut.networks import ResnetGenerator
 from core.cut.trainer import build_generator
 from core.cut.translator import STYLE_METHODS, NoStyleError, OneSidedTranslator
 from core.data.images import DataError, load_rgb
-from core.translator import DomainError, Translator
+from core.translator import DomainError, FamilyError, Translator
 from core.utils.errors import UserError
 from core.utils.fileio import atomic_write_text
 
@@ -144,7 +144,7 @@ def test_mistakes_are_one_clear_line(run, tmp_path):
     assert one_line(err)
     with pytest.raises(UserError, match='a one-sided model has two'):
         Translator.load(folder, device='cpu', domain_names=['a', 'b', 'c'])
-    with pytest.raises(TypeError, match='num_domains: keyword.* of a StarGAN v2 model'):
+    with pytest.raises(FamilyError, match='num_domains: keyword.* of a StarGAN v2 model'):
         Translator.load(folder, device='cpu', num_domains=2)
     with pytest.raises(TypeError, match='unexpected keyword.*style_dim'):
         Translator.load(folder, device='cpu', style_dim=8)

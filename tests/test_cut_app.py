@@ -92,3 +92,9 @@ def test_mode_app_without_the_generator_is_one_line(tmp_path, capsys):
     assert main(['--mode', 'app', '--model', 'cut', '--checkpoints_dir', str(tmp_path), '--name', 'none']) == 1
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'none/latest_net_G.pth does not exist' in err
+
+
+def test_a_stargan_command_line_given_a_cut_file_says_how_to_serve_it(run_dir, capsys):
+    assert main(['--mode', 'app', '--checkpoint', str(run_dir / 'latest_net_G.pth')]) == 1
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and f'--model cut --checkpoints_dir {run_dir.parent} --name run' in err
