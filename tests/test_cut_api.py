@@ -1,5 +1,6 @@
 """The Python API for the CUT family: Translator.load opens CUT run folders, *_net_G.pth files and released
 generators as a OneSidedTranslator, which translates A -> B with the StarGAN v2 Translator's image rules."""
+import io
 import os
 import threading
 
@@ -7,16 +8,19 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_cut_training import cut_flags, cut_layout  # noqa: F401  (fixture)
 
 from core.config import parse_config
 from core.cut.data import eval_transform
+from core.cut.inference import truncated_png
 from core.cut.networks import ResnetGenerator
 from core.cut.trainer import build_generator
-from core.cut.translator import STYLE_METHODS, NoStyleError, OneSidedTranslator
-from core.data.images import DataError, load_rgb
+from core.cut.translator import STYLE_METHODS, NoStyleError, OneSidedTranslator, run_domain_names
+from core.data.images import DataError, list_images, load_rgb
 from core.translator import DomainError, FamilyError, Translator
 from core.utils.errors import UserError
 from core.utils.fileio import atomic_write_text
+from main import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC_DIR = os.path.join(ROOT, 'assets', 'representative', 'synthetic-seasons', 'src', 'summer')
@@ -172,3 +176,19 @@ def test_a_blown_up_generator_is_refused_when_it_translates(run):
 
 def test_domain_mistakes_use_the_stargan_error_class():
     assert issubclass(DomainError, UserError) and issubclass(NoStyleError, UserError)
+
+
+def test_a_trained_run_opens_as_translate_mode_reads_it(cut_layout, tmp_path):  # noqa: F811
+    """The folder training writes: its flags and domain names, and the pixels --mode translate writes."""
+    assert main(cut_flags(cut_layout, tmp_path)) == 0
+    model = Translator.load(tmp_path / 'run', device='cpu')
+    assert model.domains == list(run_domain_names(str(tmp_path / 'run'))) and model.img_size == CROP
+    argv = ['--mode', 'translate', '--dataroot', str(cut_layout), '--name', 'run', '--checkpoints_dir', str(tmp_path),
+            '--results_dir', str(tmp_path / 'results'), '--num_test', '1']
+    assert main(argv) == 0
+    first = list_images(str(cut_layout / 'testA'))[0]
+    written = np.asarray(Image.open(tmp_path / 'results' / 'run' / 'test_latest' / 'images' / 'fake_B' / '0000.png'))
+    assert np.array_equal(written, np.asarray(Image.open(io.BytesIO(truncated_png(model.translate(first, True))))))
+    steps = sorted(tmp_path.glob('run/*_nets_ema.ckpt'))
+    with pytest.raises(UserError, match='is a training checkpoint of a CUT run; give the run folder'):
+        Translator.load(steps[-1], device='cpu')
