@@ -31,9 +31,10 @@ LOAD_KEYWORDS = ('netG', 'ngf', 'normG', 'no_dropout', 'no_antialias', 'no_antia
                  'preprocess')
 DEFAULT_DOMAINS = ('A', 'B')   # names of a model whose run recorded none
 GENERATOR_FILE = re.compile(r'(.+)_net_G\.pth')
-# The StarGAN v2 methods: a one-sided model has none of them.
+# What a generator file that does not fit the keywords asks for (the command line names its flags instead).
 KEYWORDS_HINT = ('Give the keywords it was trained with (Translator.load(path, netG=..., ngf=..., normG=..., '
                  'no_antialias=..., no_antialias_up=..., no_dropout=...)).')
+# The StarGAN v2 methods: a one-sided model has none of them.
 STYLE_METHODS = ('latent', 'reference', 'style', 'styles', 'style_of', 'apply', 'frames', 'interpolate',
                  'write_video')
 
