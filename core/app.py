@@ -2,14 +2,16 @@
 
     python main.py --mode app                         # the demo model (python main.py --mode demo first)
     python main.py --mode app --checkpoint FILE       # or --checkpoint_dir DIR [--resume_iter N]
+    python main.py --mode app --model cut --checkpoints_dir DIR --name RUN [--epoch E]   # a CUT model
 
-Three tabs, each a thin layer over one Translator call:
+Three tabs for a StarGAN v2 model, each a thin layer over one Translator call:
   Latent       source, target domain, seed, psi, number of styles -> a gallery (Translator.latent)
   Reference    source, reference, target domain -> one image (Translator.reference)
   Interpolate  source and 2-MAX_PATH_STYLES styles (each a seed or a reference): a position slider
                shows the blend at that position (Translator.apply), a button renders the MP4
                (Translator.write_video)
-The page shows the model's file, step, architecture and domains.
+A one-sided (CUT family) model has no styles: its page has one tab, Translate (source -> one image,
+OneSidedTranslator.translate). The page shows the model's file, step, family, architecture and domains.
 
 Rules the app keeps:
   * offline: no analytics, no share link, fonts from gradio's own package; it serves on
@@ -37,11 +39,13 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from core.config import SEED_RANGE  # noqa: E402
+from core.families import family_of  # noqa: E402
 from core.families.stargan_v2 import PRESETS  # noqa: E402
+from core.cut.translator import OneSidedTranslator, is_cut_model  # noqa: E402
 from core.data.images import BadImageError, list_images, load_rgb  # noqa: E402
 from core.inference import ema_steps  # noqa: E402
 from core.sampling import first_per_domain  # noqa: E402
-from core.translator import LOAD_FLAGS, Translator  # noqa: E402
+from core.translator import LOAD_FLAGS, VIDEO_FPS, Translator  # noqa: E402
 from core.utils.errors import UserError  # noqa: E402
 
 MAX_PIXELS = 4096 * 4096         # largest upload decoded (a 16-megapixel photo); larger ones are refused unread
@@ -158,7 +162,7 @@ def shown_as_errors(action):
 
 
 # ----------------------------------------------------------------------------------------------
-# The actions of the three tabs
+# The actions of the tabs
 # ----------------------------------------------------------------------------------------------
 
 class Actions:
@@ -175,6 +179,10 @@ class Actions:
         if name not in self.translator.domains:
             raise page_error(f'Pick a target domain: one of {", ".join(self.translator.domains)}.')
         return name
+
+    def translate(self, image):
+        """The source translated A -> B (a one-sided model)."""
+        return self.translator.translate(upload(image, 'source'))
 
     def latent(self, image, domain, seed, psi, num):
         """[(image, caption)] of `num` random styles of `domain` drawn from `seed`, pulled toward
@@ -250,10 +258,15 @@ def example_pairs(examples_dir, part, domains):
 
 
 def model_card(translator):
-    """One Markdown line: file, step, architecture, size and domains of the model."""
+    """One Markdown line: file, step, family, architecture, size and domains of the model."""
     step = 'unknown' if translator.step is None else translator.step
-    return (f'**Model** `{translator.path}` &nbsp; **step** {step} &nbsp; **architecture** {translator.cfg.arch}, '
-            f'{translator.img_size} px &nbsp; **domains** {", ".join(translator.domains)}')
+    if translator.family == 'cut':   # its files are named by epoch; its domains are a direction
+        step, arch = f'{step} (epoch {translator.epoch})', f'{translator.cfg.netG}, ngf {translator.cfg.ngf}'
+        domains = ' -> '.join(translator.domains)
+    else:
+        arch, domains = translator.cfg.arch, ', '.join(translator.domains)
+    return (f'**Model** `{translator.path}` &nbsp; **step** {step} &nbsp; **family** {translator.family} &nbsp; '
+            f'**architecture** {arch}, {translator.img_size} px &nbsp; **domains** {domains}')
 
 
 def _source_examples(source, examples_dir, domains):
@@ -282,6 +295,19 @@ def _latent_tab(actions, domains, examples_dir):
     shuffle.click(lambda: secrets.randbelow(SEED_RANGE[1] + 1), None, seed, api_name='random_seed')
     run.click(shown_as_errors(actions.latent), [source, domain, seed, psi, num], gallery, api_name='latent',
               preprocess=False)
+
+
+def _translate_tab(actions, domains, examples_dir):
+    """A one-sided model's tab: a source of domain A in, its translation to B out."""
+    with gr.Row():
+        with gr.Column():
+            source = upload_image(f'Source ({domains[0]})', 256, elem_id='translate-source')
+            _source_examples(source, examples_dir, domains[:1])
+        with gr.Column():
+            out = gr.Image(label=f'Translation ({domains[1]})', format='png', interactive=False, height=256,
+                           elem_id='translate-output')
+            run = gr.Button('Translate', variant='primary', elem_id='translate-run')
+    run.click(shown_as_errors(actions.translate), [source], out, api_name='translate', preprocess=False)
 
 
 def _reference_tab(actions, domains, examples_dir):
@@ -347,8 +373,14 @@ def _interpolate_tab(actions, domains, examples_dir):
                  api_name='video', preprocess=False)
 
 
-def build_app(translator, examples_dir, video_dir=None, fps=12.5):
-    """The gradio Blocks of the app for `translator`; examples from examples_dir/{src,ref}/<domain>/.
+# The tabs of each family's page: a one-sided model has no styles, so only Translate applies.
+TABS = {'stargan-v2': (('Latent', _latent_tab), ('Reference', _reference_tab), ('Interpolate', _interpolate_tab)),
+        'cut': (('Translate', _translate_tab),)}
+
+
+def build_app(translator, examples_dir, video_dir=None, fps=VIDEO_FPS):
+    """The gradio Blocks of the app for `translator` (its family's TABS); examples from
+    examples_dir/{src,ref}/<domain>/.
 
     examples_dir may be None (no examples). Rendered videos go to video_dir (a new temporary
     folder when None); fps is their frame rate.
@@ -358,12 +390,9 @@ def build_app(translator, examples_dir, video_dir=None, fps=12.5):
     with gr.Blocks(title='StarGAN v2 + SRC', analytics_enabled=False,
                    delete_cache=(CACHE_LIFETIME, CACHE_LIFETIME)) as app:
         gr.Markdown(model_card(translator), elem_id='model-card')
-        with gr.Tab('Latent'):
-            _latent_tab(actions, domains, examples_dir)
-        with gr.Tab('Reference'):
-            _reference_tab(actions, domains, examples_dir)
-        with gr.Tab('Interpolate'):
-            _interpolate_tab(actions, domains, examples_dir)
+        for name, tab in TABS[translator.family]:
+            with gr.Tab(name):
+                tab(actions, domains, examples_dir)
     app.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
     return app
 
@@ -408,12 +437,14 @@ def _domain_folders(root):
     return sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))) if os.path.isdir(root) else []
 
 
-def examples_folder(domains):
+def examples_folder(domains, exact=True):
     """The first assets/representative/<dataset>/ whose src/ folders are named after the model's
-    domains (it holds the example trees src/<domain>/ and ref/<domain>/), or None."""
+    domains (it holds the example trees src/<domain>/ and ref/<domain>/), or None. exact=False:
+    the first that has a folder for each of `domains` (a one-sided model's source domain)."""
     root = os.path.join(REPO, 'assets', 'representative')
     for name in _domain_folders(root):
-        if _domain_folders(os.path.join(root, name, 'src')) == sorted(domains):
+        found = _domain_folders(os.path.join(root, name, 'src'))
+        if found == sorted(domains) or not exact and set(domains) <= set(found):
             return os.path.join(root, name)
     return None
 
@@ -426,9 +457,23 @@ def free_port(host):
 
 
 def load_translator(cfg):
-    """The Translator of the app's model flags: --checkpoint, --checkpoint_dir [--resume_iter], else the demo's."""
+    """The model of the app's flags: StarGAN v2's --checkpoint, --checkpoint_dir [--resume_iter], else the
+    demo's; the CUT family's --checkpoints_dir/--name/--epoch generator (with its network flags)."""
+    if family_of(cfg).name == 'cut':
+        return OneSidedTranslator.from_config(cfg)
     path, step = _model_source(cfg)
+    if is_cut_model(path):   # a StarGAN v2 command line; CUT's flags describe its generator
+        run = os.path.dirname(os.path.abspath(path)) if os.path.isfile(path) else os.path.abspath(path)
+        raise AppError(f'{path} is a CUT-family model: serve it with --model cut --checkpoints_dir '
+                       f'{os.path.dirname(run)} --name {os.path.basename(run)} (and --epoch, --ngf, ... as needed)')
     return Translator.load(path, device=cfg.device, step=step, **_official_arch(cfg))
+
+
+def model_examples(translator):
+    """The examples folder of the model: its domains' (StarGAN v2), or its source domain's (one-sided)."""
+    if translator.family == 'cut':
+        return examples_folder(translator.domains[:1], exact=False)
+    return examples_folder(translator.domains)
 
 
 def wait_for_ctrl_c():
@@ -441,9 +486,9 @@ def serve(cfg):
     """--mode app: load the model once, then serve the app on --host:--port until Ctrl-C."""
     start = time.perf_counter()
     translator = load_translator(cfg)
-    examples = examples_folder(translator.domains)
+    examples = model_examples(translator)
     with tempfile.TemporaryDirectory(prefix='app-videos-') as video_dir:
-        app = build_app(translator, examples, video_dir, cfg.fps)
+        app = build_app(translator, examples, video_dir, cfg.get('fps', VIDEO_FPS))
         port = cfg.port
         try:
             port = port or free_port(cfg.host)

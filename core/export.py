@@ -1,12 +1,16 @@
 """--mode export: the EMA networks of a checkpoint as ONNX files, for onnxruntime and other runtimes.
 
---out DIR receives (docs/export.md describes every field and runs an example):
+--out DIR receives, for a StarGAN v2 model (docs/export.md describes every field and runs an example):
   generator.onnx        (x_src, s_trg) -> x_fake; any batch, any height and width that are
                         multiples of model.json's generator_size_multiple
   mapping_network.onnx  (z_trg, y_trg) -> s_trg; any batch
   style_encoder.onnx    (x_ref, y_ref) -> s_ref; any batch, img_size x img_size images
   model.json            domain names, sizes, the pixel normalisation, the inputs and outputs of
                         each file, and the per-domain average style (the centre of --psi)
+and for a one-sided CUT-family model (--model cut, the --name/--epoch generator):
+  generator.onnx        x_src -> x_fake (A -> B); any batch, any height and width that are multiples of 4
+  model.json            format cut-onnx/1, family, netG, ngf, crop_size, domain names (A, B), the pixel
+                        normalisation, and the file's input and output
 
 The networks are traced on the CPU by PyTorch's TorchScript-based exporter at
 opset 17. With torch 2.14 the torch.export-based exporter (dynamo=True) gives the
@@ -31,6 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from core.families import family_of
 from core.inference import domain_averages, load_model
 from core.model import encoder_plan
 
@@ -40,6 +45,7 @@ from core.utils.fileio import atomic_write_bytes, atomic_write_text, sha256_file
 OPSET = 17
 META_FILE = 'model.json'
 FORMAT = 'stargan-v2-onnx/1'   # bumped when model.json or the files' inputs change meaning
+CUT_FORMAT = 'cut-onnx/1'      # the same, for the one-sided CUT family's model.json
 
 # Warnings of the TorchScript exporter that say nothing about our networks, as (message, module) filters:
 #  - it and its internals are deprecated in favour of the dynamo exporter (the module docstring says why we keep it);
@@ -60,6 +66,12 @@ PIXELS = {
     'resize': 'training squashed every image to img_size x img_size, bilinear, ignoring the aspect ratio; '
               'the style encoder needs exactly that size',
 }
+# The CUT family's test transform (core.cut.data.eval_transform with the default --preprocess).
+CUT_PIXELS = {**PIXELS,
+              'to_uint8': 'u8 = floor(clip((x + 1) * 127.5 + 0.5, 0, 255))   (rounded, as the Python API; CUT\'s '
+                          'released results truncate: floor((x + 1) / 2 * 255))',
+              'resize': 'CUT resized every test image to crop_size x crop_size, bicubic, ignoring the aspect ratio; '
+                        'any multiple of 4 runs'}
 
 
 class ExportError(UserError):
@@ -85,7 +97,10 @@ def export_errors(cfg):
 
 def network_specs(meta):
     """{network: {'inputs'|'outputs': {tensor name: (shape, dtype)}}}; named axes are dynamic."""
-    S, image = meta['img_size'], (['batch', 3, 'height', 'width'], 'float32')
+    image = (['batch', 3, 'height', 'width'], 'float32')
+    if meta['family'] == 'cut':   # one image in, one out: no styles
+        return {'generator': {'inputs': {'x_src': image}, 'outputs': {'x_fake': image}}}
+    S = meta['img_size']
     style, domain = (['batch', meta['style_dim']], 'float32'), (['batch'], 'int64')
     return {
         # s_trg has batch N or 1: one style for every source.
@@ -115,7 +130,8 @@ def example_inputs(meta, name, sizes, seed=0):
 
 def training_sizes(meta, batch=2):
     """Axis sizes of the examples that trace and check the networks: images of the training size."""
-    return {'batch': batch, 'style_batch': batch, 'height': meta['img_size'], 'width': meta['img_size']}
+    side = meta['crop_size'] if meta['family'] == 'cut' else meta['img_size']
+    return {'batch': batch, 'style_batch': batch, 'height': side, 'width': side}
 
 
 def _dynamic_axes(spec):
@@ -125,7 +141,8 @@ def _dynamic_axes(spec):
 
 def model_meta(nets, cfg, path, step):
     """The contents of model.json for the networks of a loaded checkpoint (see docs/export.md)."""
-    meta = {'format': FORMAT, 'arch': cfg.arch, 'img_size': cfg.img_size, 'num_domains': cfg.num_domains,
+    meta = {'format': FORMAT, 'family': 'stargan-v2', 'arch': cfg.arch, 'img_size': cfg.img_size,
+            'num_domains': cfg.num_domains,
             'domain_names': list(cfg.facts.domain_names) if cfg.facts.domain_names else None,
             'latent_dim': cfg.latent_dim, 'style_dim': cfg.style_dim,
             'generator_size_multiple': 2 ** encoder_plan(cfg.arch, cfg.img_size).num_down,
@@ -133,9 +150,23 @@ def model_meta(nets, cfg, path, step):
     # (num_domains, style_dim): the centres --psi uses
     s_avg = domain_averages(nets.mapping_network, cfg.latent_dim, cfg.seed, torch.device('cpu'))
     meta['style_average'] = [[float(str(v)) for v in row] for row in s_avg.numpy()]   # shortest float32 text
-    meta['networks'] = {name: {'file': name + '.onnx', 'inputs': _describe(spec['inputs']),
-                               'outputs': _describe(spec['outputs'])} for name, spec in network_specs(meta).items()}
-    return meta
+    return _with_networks(meta)
+
+
+def one_sided_meta(model):
+    """The contents of model.json for a core.cut.translator.OneSidedTranslator (see docs/export.md)."""
+    cfg = model.cfg
+    meta = {'format': CUT_FORMAT, 'family': model.family, 'netG': cfg.netG, 'ngf': cfg.ngf,
+            'crop_size': model.img_size, 'domain_names': model.domains, 'generator_size_multiple': model.size_multiple,
+            'checkpoint': os.path.basename(model.path), 'epoch': model.epoch, 'opset': OPSET, 'pixels': CUT_PIXELS}
+    return _with_networks(meta)
+
+
+def _with_networks(meta):
+    """meta with its 'networks' entry: each network's file, inputs and outputs."""
+    return {**meta, 'networks': {name: {'file': name + '.onnx', 'inputs': _describe(spec['inputs']),
+                                        'outputs': _describe(spec['outputs'])}
+                                 for name, spec in network_specs(meta).items()}}
 
 
 def _describe(tensors):
@@ -167,9 +198,15 @@ def onnx_bytes(net, meta, name):
                           input_names=list(spec['inputs']), output_names=list(spec['outputs']),
                           dynamic_axes=_dynamic_axes(spec))
     model = onnx.load_from_string(buffer.getvalue())
-    model.doc_string = f'StarGAN v2 {name} ({meta["arch"]}, {meta["img_size"]} px); see model.json'
+    model.doc_string = _doc_string(meta, name)
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def _doc_string(meta, name):
+    if meta['family'] == 'cut':
+        return f'CUT {name} ({meta["netG"]}, ngf {meta["ngf"]}, {meta["crop_size"]} px); see model.json'
+    return f'StarGAN v2 {name} ({meta["arch"]}, {meta["img_size"]} px); see model.json'
 
 
 def max_abs_difference(net, data, meta, name, sizes):
@@ -199,7 +236,7 @@ def json_text(obj):
 def export_networks(nets, meta, out_dir):
     """Write the ONNX file of every network of meta['networks'] and model.json into out_dir.
 
-    nets: generator, mapping_network, style_encoder (CPU, eval mode). Returns
+    nets: {network: module} (CPU, eval mode), e.g. generator, mapping_network, style_encoder. Returns
     {network: (path, max |onnxruntime - PyTorch| at the training size, or None)}.
     """
     _import_onnx()
@@ -217,13 +254,26 @@ def export_networks(nets, meta, out_dir):
     return written
 
 
+def _stargan_networks(cfg):
+    """(nets, model.json contents) of StarGAN v2's --checkpoint (or --checkpoint_dir/--resume_iter)."""
+    model = load_model(cfg, torch.device('cpu'))
+    return model.nets, model_meta(model.nets, model.cfg, model.path, model.step)
+
+
+def _one_sided_networks(cfg):
+    """(nets, model.json contents) of the CUT family's --checkpoints_dir/--name/--epoch generator."""
+    from core.cut.translator import OneSidedTranslator   # the CUT family's modules load for its models only
+    model = OneSidedTranslator.from_config(cfg.replace(device='cpu'))
+    return {'generator': model.generator}, one_sided_meta(model)
+
+
 def export(cfg):
-    """--mode export: the EMA networks of --checkpoint (or --checkpoint_dir/--resume_iter) into --out."""
+    """--mode export: the networks of the command line's model into --out (StarGAN v2: the EMA generator,
+    mapping network and style encoder; CUT: the generator)."""
     _import_onnx()
     start = time.perf_counter()
-    model = load_model(cfg, torch.device('cpu'))
-    meta = model_meta(model.nets, model.cfg, model.path, model.step)
-    written = export_networks(model.nets, meta, cfg.out)
+    nets, meta = (_one_sided_networks if family_of(cfg).name == 'cut' else _stargan_networks)(cfg)
+    written = export_networks(nets, meta, cfg.out)
     for name, (path, diff) in written.items():
         check = f'max |onnxruntime - PyTorch| {diff:.2g}' if diff is not None else 'onnxruntime not installed: not run'
         print(f'  {os.path.basename(path):22s} {os.path.getsize(path) / 2 ** 20:8.2f} MiB   {check}')

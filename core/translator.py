@@ -21,6 +21,10 @@ Rules every method follows:
               device; psi < 1 pulls them toward the domain's average style (truncation trick).
 Batches of one size are translated in one forward pass; nothing builds a gradient; the networks
 are loaded once, and a lock makes the object safe to share between threads.
+
+ImageModel holds these rules for every model family; Translator is StarGAN v2's, and a CUT-family
+model (one-sided, no styles: translate(image)) is core.cut.translator.OneSidedTranslator, which
+Translator.load returns for CUT's files.
 """
 import os
 import threading
@@ -55,6 +59,10 @@ class DomainError(UserError):
     """A domain name or id that the model does not have."""
 
 
+class FamilyError(UserError):
+    """Keywords of one model family given for a model of another (e.g. arch= for a CUT generator)."""
+
+
 class StyleError(UserError):
     """A style argument of the wrong shape, or too many styles for a video."""
 
@@ -78,10 +86,155 @@ class _LockedGenerator:
         return x_fake
 
 
-class Translator:
+class ImageModel:
+    """What every family's model object shares: the images in and out (module docstring), batches of
+    one size in one forward pass, the lock, and what was loaded (path, step, device).
+
+    A family's class sets `family`, img_size, size_multiple and _fit (one PIL image at the
+    training size), and runs its forward passes through _translate_groups."""
+
+    family = None
+
+    def __init__(self, path, step, device, keep_size):
+        self._path, self._step, self._device = path, step, device
+        self.keep_size = keep_size
+        self._lock = threading.RLock()
+
+    @property
+    def step(self):
+        """Training step of the weights (None when the file name carries none)."""
+        return self._step
+
+    @property
+    def path(self):
+        """The checkpoint file the weights came from."""
+        return self._path
+
+    @property
+    def device(self):
+        return self._device
+
+    @property
+    def img_size(self):
+        """The training size: inputs without keep_size are resized to it."""
+        raise NotImplementedError
+
+    @property
+    def size_multiple(self):
+        """Sides a keep_size input is rounded to: the generator's total down-sampling factor."""
+        raise NotImplementedError
+
+    def _fit(self, img):
+        """One 8-bit RGB PIL image -> (3, H, W) in [-1, 1] as the family resizes its test images
+        (img_size x img_size, but for CUT's other --preprocess values)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def _translate_groups(self, image, as_tensor, run):
+        """run(x) gives a list of (n, 3, H, W) outputs of the batch x, one per variant (a style); returns one
+        output per variant, shaped like the input, each input size group run in one forward pass."""
+        groups, count, single = self._prepare(image, self.keep_size)
+        if len(groups) == 1:   # one size: the outputs are the forward pass's batches
+            return [self._output(x_fake, single, as_tensor) for x_fake in run(groups[0][1])]
+        per_variant = None
+        for ids, x in groups:
+            outs = run(x)
+            per_variant = per_variant or [[None] * count for _ in outs]
+            for k, x_fake in enumerate(outs):
+                for i, j in enumerate(ids):
+                    per_variant[k][j] = x_fake[i]   # (3, H, W)
+        return [self._output(outs, single, as_tensor) for outs in per_variant]
+
+    # ------------------------------------------------------------------------------------------
+    # Images in and out
+    # ------------------------------------------------------------------------------------------
+
+    def generator_size(self, height, width):
+        """(H, W) a keep_size input of that size runs at: each side rounded to the nearest multiple
+        of size_multiple, at least twice it (the bottleneck needs 2 x 2 pixels for its norms)."""
+        m = self.size_multiple
+        return tuple(max(2 * m, int(side / m + 0.5) * m) for side in (height, width))
+
+    def _prepare(self, image, keep_size):
+        """([(input ids, x (n, 3, H, W) on the device)] one entry per size, input count, single input?)."""
+        if torch.is_tensor(image) and image.dim() == 4:
+            return [(list(range(image.size(0))), self._tensor_batch(image, keep_size))], image.size(0), False
+        single = not isinstance(image, (list, tuple))
+        items = [image] if single else list(image)
+        if not items:
+            raise DataError('no images given')
+        xs = [self._one_image(item, keep_size) for item in items]   # (3, H, W) each
+        sizes = {}
+        for i, x in enumerate(xs):
+            sizes.setdefault(tuple(x.shape[-2:]), []).append(i)
+        groups = [(ids, torch.stack([xs[i] for i in ids]).to(self.device)) for ids in sizes.values()]
+        return groups, len(items), single
+
+    def _target_size(self, height, width, keep_size):
+        return self.generator_size(height, width) if keep_size else (self.img_size, self.img_size)
+
+    def _one_image(self, image, keep_size):
+        """One input as (3, H, W) in [-1, 1] at the size it runs at."""
+        if torch.is_tensor(image):
+            if image.dim() != 3:
+                raise DataError(f'an image tensor is (3, H, W) or (N, 3, H, W); got shape {tuple(image.shape)}')
+            return self._tensor_batch(image.unsqueeze(0), keep_size)[0]
+        img = self._pil_image(image)
+        if not keep_size:
+            return self._fit(img)
+        height, width = self.generator_size(img.height, img.width)
+        img = img if img.size == (width, height) else img.resize((width, height), Image.Resampling.BILINEAR)
+        return pil_to_tensor(img)
+
+    @staticmethod
+    def _pil_image(image):
+        """An 8-bit RGB PIL image of a path, a PIL image or an HxWx3 uint8 array."""
+        if isinstance(image, (str, os.PathLike)):
+            try:
+                return load_rgb(os.fspath(image))
+            except BadImageError as err:
+                raise DataError(f'cannot use image {err.path}: {err.reason}') from None
+        if isinstance(image, Image.Image):
+            return to_rgb(image)
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise DataError(f'an image array is H x W x 3 uint8; got {image.dtype} of shape {image.shape}')
+            return Image.fromarray(image)
+        raise TypeError(f'an image is a path, a PIL image, an HxWx3 uint8 array or a tensor; '
+                        f'got {type(image).__name__}')
+
+    def _tensor_batch(self, x, keep_size):
+        """(N, 3, H, W) in [-1, 1] on the device, resized (bilinear, antialiased) to the size it runs at."""
+        if x.size(1) != 3 or x.size(0) == 0 or not x.is_floating_point():
+            raise DataError(f'an image tensor is float (3, H, W) or (N, 3, H, W) in [-1, 1]; '
+                            f'got {x.dtype} of shape {tuple(x.shape)}')
+        if not torch.isfinite(x).all():
+            raise DataError('the image tensor holds NaN or infinite values')
+        x = x.to(self.device, torch.float32)
+        size = self._target_size(x.size(2), x.size(3), keep_size)
+        if tuple(x.shape[-2:]) != size:
+            x = F_nn.interpolate(x, size=size, mode='bilinear', align_corners=False, antialias=True)
+        return x
+
+    @staticmethod
+    def _output(x_fakes, single, as_tensor):
+        """Outputs like the input, from a batch (N, 3, H, W) or a list of (3, H, W): one image, or a
+        list (with as_tensor a batch tensor, or a list of tensors when sizes differ)."""
+        if as_tensor:
+            if single or torch.is_tensor(x_fakes):
+                return x_fakes[0] if single else x_fakes
+            same = len({tuple(x.shape) for x in x_fakes}) == 1
+            return torch.stack(x_fakes) if same else x_fakes
+        images = [Image.fromarray(to_uint8(x).permute(1, 2, 0).cpu().numpy()) for x in x_fakes]
+        return images[0] if single else images
+
+
+class Translator(ImageModel):
     """A trained model's EMA networks with the three ways of using them: latent-guided
     (latent, style, styles), reference-guided (reference, style_of) and interpolation
     (interpolate, frames, write_video). See the module docstring for the argument rules."""
+
+    family = 'stargan-v2'
 
     def __init__(self, model, device, keep_size=False, average_seed=None):
         """model: a core.inference.LoadedModel on `device` (torch.device).
@@ -89,13 +242,11 @@ class Translator:
         average_seed: seed of the z averaged into the truncation centres (default: the
         config's --seed); they are computed once, when psi < 1 first needs them.
         """
+        super().__init__(model.path, model.step, device, keep_size)
         self.model = model
         self.nets, self.cfg = model.nets, model.cfg
-        self.keep_size = keep_size
-        self._device = device
         self._average_seed = model.cfg.seed if average_seed is None else average_seed
         self._averages = None
-        self._lock = threading.RLock()
         self._generator = _LockedGenerator(self.nets.generator, self._lock, model.path)
 
     # ------------------------------------------------------------------------------------------
@@ -114,7 +265,19 @@ class Translator:
         they differ from the defaults, style_dim=, latent_dim=, hidden_dim=, base_dim=,
         max_conv_dim= (the command line's flags; mistakes get the command line's messages).
         device: 'auto' (CUDA when available), 'cpu' or 'cuda'. average_seed: see __init__.
+
+        A CUT-family model (a *_net_G.pth file, or a folder of them) gives a
+        core.cut.translator.OneSidedTranslator instead, which takes epoch=, domain_names= and
+        CUT's network keywords (netG=, ngf=, crop_size=, ...); see that module.
         """
+        from core.cut.translator import OneSidedTranslator, is_cut_model   # it builds on this module
+        if is_cut_model(path):
+            stargan_only = [k for k, v in dict(step=step, arch=arch, img_size=img_size, num_domains=num_domains,
+                                               average_seed=average_seed).items() if v is not None]
+            if stargan_only:
+                raise FamilyError(f'{", ".join(stargan_only)}: keyword(s) of a StarGAN v2 model; {path} is a CUT '
+                                f'model (its keywords: epoch=, domain_names=, netG=, ngf=, crop_size=, ...)')
+            return OneSidedTranslator.load(path, device, keep_size, domain_names=domain_names, **net_flags)
         unknown = sorted(set(net_flags) - set(LOAD_FLAGS))
         if unknown:
             raise TypeError(f'Translator.load() got unexpected keyword(s) {", ".join(unknown)}; '
@@ -153,23 +316,11 @@ class Translator:
         return self.cfg.img_size
 
     @property
-    def step(self):
-        """Training step of the weights (None when the file name carries none)."""
-        return self.model.step
-
-    @property
-    def path(self):
-        """The checkpoint file the weights came from."""
-        return self.model.path
-
-    @property
-    def device(self):
-        return self._device
-
-    @property
     def size_multiple(self):
-        """Sides a keep_size input is rounded to: the generator's total down-sampling factor."""
         return 2 ** self.nets.generator.plan.num_down
+
+    def _fit(self, img):
+        return pil_to_tensor(squash(img, self.img_size))   # squashed, bilinear, as training
 
     def __repr__(self):
         return (f'Translator({self.path!r}, step={self.step}, {self.cfg.arch}, {self.img_size} px, '
@@ -300,19 +451,9 @@ class Translator:
         """The image(s) in the style of one reference image (domain: see style_of)."""
         return self.apply(image, self.style_of(ref, domain), as_tensor)
 
-    @torch.no_grad()
     def _translate(self, image, styles, as_tensor):
         """One output per style (each (1, style_dim)), every input size group in one forward pass."""
-        groups, count, single = self._prepare(image, self.keep_size)
-        if len(groups) == 1:   # one size: the outputs are the forward pass's batches
-            return [self._output(x_fake, single, as_tensor)
-                    for x_fake in translate_styles(self._generator, groups[0][1], styles)]
-        per_style = [[None] * count for _ in styles]
-        for ids, x in groups:
-            for k, x_fake in enumerate(translate_styles(self._generator, x, styles)):
-                for i, j in enumerate(ids):
-                    per_style[k][j] = x_fake[i]   # (3, H, W)
-        return [self._output(outs, single, as_tensor) for outs in per_style]
+        return self._translate_groups(image, as_tensor, lambda x: list(translate_styles(self._generator, x, styles)))
 
     # ------------------------------------------------------------------------------------------
     # Interpolation and video
@@ -371,91 +512,6 @@ class Translator:
                              f'{MAX_VIDEO_FRAMES} frames; give at most {max_video_styles(num_frames)} styles '
                              f'or fewer frames per transition')
         return s
-
-    # ------------------------------------------------------------------------------------------
-    # Images in and out
-    # ------------------------------------------------------------------------------------------
-
-    def generator_size(self, height, width):
-        """(H, W) a keep_size input of that size runs at: each side rounded to the nearest multiple
-        of size_multiple, at least twice it (the bottleneck needs 2 x 2 pixels for its norms)."""
-        m = self.size_multiple
-        return tuple(max(2 * m, int(side / m + 0.5) * m) for side in (height, width))
-
-    def _prepare(self, image, keep_size):
-        """([(input ids, x (n, 3, H, W) on the device)] one entry per size, input count, single input?)."""
-        if torch.is_tensor(image) and image.dim() == 4:
-            return [(list(range(image.size(0))), self._tensor_batch(image, keep_size))], image.size(0), False
-        single = not isinstance(image, (list, tuple))
-        items = [image] if single else list(image)
-        if not items:
-            raise DataError('no images given')
-        xs = [self._one_image(item, keep_size) for item in items]   # (3, H, W) each
-        sizes = {}
-        for i, x in enumerate(xs):
-            sizes.setdefault(tuple(x.shape[-2:]), []).append(i)
-        groups = [(ids, torch.stack([xs[i] for i in ids]).to(self.device)) for ids in sizes.values()]
-        return groups, len(items), single
-
-    def _target_size(self, height, width, keep_size):
-        return self.generator_size(height, width) if keep_size else (self.img_size, self.img_size)
-
-    def _one_image(self, image, keep_size):
-        """One input as (3, H, W) in [-1, 1] at the size it runs at."""
-        if torch.is_tensor(image):
-            if image.dim() != 3:
-                raise DataError(f'an image tensor is (3, H, W) or (N, 3, H, W); got shape {tuple(image.shape)}')
-            return self._tensor_batch(image.unsqueeze(0), keep_size)[0]
-        img = self._pil_image(image)
-        height, width = self._target_size(img.height, img.width, keep_size)
-        if keep_size:
-            img = img if img.size == (width, height) else img.resize((width, height), Image.Resampling.BILINEAR)
-        else:
-            img = squash(img, self.img_size)
-        return pil_to_tensor(img)
-
-    @staticmethod
-    def _pil_image(image):
-        """An 8-bit RGB PIL image of a path, a PIL image or an HxWx3 uint8 array."""
-        if isinstance(image, (str, os.PathLike)):
-            try:
-                return load_rgb(os.fspath(image))
-            except BadImageError as err:
-                raise DataError(f'cannot use image {err.path}: {err.reason}') from None
-        if isinstance(image, Image.Image):
-            return to_rgb(image)
-        if isinstance(image, np.ndarray):
-            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-                raise DataError(f'an image array is H x W x 3 uint8; got {image.dtype} of shape {image.shape}')
-            return Image.fromarray(image)
-        raise TypeError(f'an image is a path, a PIL image, an HxWx3 uint8 array or a tensor; '
-                        f'got {type(image).__name__}')
-
-    def _tensor_batch(self, x, keep_size):
-        """(N, 3, H, W) in [-1, 1] on the device, resized (bilinear, antialiased) to the size it runs at."""
-        if x.size(1) != 3 or x.size(0) == 0 or not x.is_floating_point():
-            raise DataError(f'an image tensor is float (3, H, W) or (N, 3, H, W) in [-1, 1]; '
-                            f'got {x.dtype} of shape {tuple(x.shape)}')
-        if not torch.isfinite(x).all():
-            raise DataError('the image tensor holds NaN or infinite values')
-        x = x.to(self.device, torch.float32)
-        size = self._target_size(x.size(2), x.size(3), keep_size)
-        if tuple(x.shape[-2:]) != size:
-            x = F_nn.interpolate(x, size=size, mode='bilinear', align_corners=False, antialias=True)
-        return x
-
-    @staticmethod
-    def _output(x_fakes, single, as_tensor):
-        """Outputs like the input, from a batch (N, 3, H, W) or a list of (3, H, W): one image, or a
-        list (with as_tensor a batch tensor, or a list of tensors when sizes differ)."""
-        if as_tensor:
-            if single or torch.is_tensor(x_fakes):
-                return x_fakes[0] if single else x_fakes
-            same = len({tuple(x.shape) for x in x_fakes}) == 1
-            return torch.stack(x_fakes) if same else x_fakes
-        images = [Image.fromarray(to_uint8(x).permute(1, 2, 0).cpu().numpy()) for x in x_fakes]
-        return images[0] if single else images
-
 
 def _load_file_or_folder(cfg, path, step, device):
     """LoadedModel of a _nets_ema.ckpt file, or of a checkpoint folder at `step` (None: its newest intact step)."""

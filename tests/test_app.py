@@ -270,9 +270,10 @@ def test_page_and_theme_load_nothing_from_other_hosts(served):
 # --mode app
 # ----------------------------------------------------------------------------------------------
 
-def test_mode_app_serves_then_ctrl_c_stops_cleanly(ckpt, capsys, monkeypatch):
-    """main.py --mode app in this process; Ctrl-C (an interrupt of the main thread) once it serves."""
-    port, serving, answered = free_port('127.0.0.1'), threading.Event(), []
+def serve_visit_and_interrupt(argv, port, monkeypatch):
+    """(exit status, [HTTP status of the page]) of main(argv) (--mode app on `port`) in this process,
+    interrupted by Ctrl-C (an interrupt of the main thread) once it serves and its page was fetched."""
+    serving, answered = threading.Event(), []
     wait = app_module.wait_for_ctrl_c
     monkeypatch.setattr(app_module, 'wait_for_ctrl_c', lambda: (serving.set(), wait()))
 
@@ -282,8 +283,16 @@ def test_mode_app_serves_then_ctrl_c_stops_cleanly(ckpt, capsys, monkeypatch):
         _thread.interrupt_main()
     visitor = threading.Thread(target=visit_then_interrupt, daemon=True)
     visitor.start()
-    status = main(['--mode', 'app', '--checkpoint', ckpt, '--port', str(port), '--device', 'cpu'])
+    status = main(argv + ['--port', str(port)])
     visitor.join()
+    return status, answered
+
+
+def test_mode_app_serves_then_ctrl_c_stops_cleanly(ckpt, capsys, monkeypatch):
+    """main.py --mode app in this process; Ctrl-C once it serves."""
+    port = free_port('127.0.0.1')
+    status, answered = serve_visit_and_interrupt(['--mode', 'app', '--checkpoint', ckpt, '--device', 'cpu'], port,
+                                                 monkeypatch)
     out, err = capsys.readouterr()
     assert answered == [200] and status == 130 and err == 'interrupted\n'
     assert out.startswith(f'app: serving {ckpt} (step {STEP}) at http://127.0.0.1:{port}/')

@@ -2,8 +2,10 @@
 
 networks.py (the released networks and keys), data.py (unaligned A/B data),
 options.py (the flags of CUT and its forks, and how a command line picks the
-family), trainer.py (the training loop), inference.py (--mode translate),
-evaluate.py (--mode eval: FID as published), demo.py (--preset demo-cut).
+family), trainer.py (the training loop), translator.py (the Python API:
+OneSidedTranslator, what --mode translate, app and export load), inference.py
+(--mode translate), evaluate.py (--mode eval: FID as published), demo.py
+(--preset demo-cut).
 Data listing, checkpoints, logging, processes, precision and the patch-loss
 registry (core/contrastive) are shared with StarGAN v2. See docs/cut.md.
 """

@@ -59,7 +59,7 @@ def quality_scores(G, cfg, device):
 
 def report_quality(cfg, device):
     """Print the quality figures of the run's latest generator next to their reference points."""
-    G = load_generator(cfg.replace(epoch='latest'), device)
+    G, _ = load_generator(cfg.replace(epoch='latest'), device)
     s = quality_scores(G, cfg, device)
     print(f'demo: quality of {int(s["num_translations"])} val translations {cfg.direction} '
           f'({",".join(domain_folders(cfg, "val")[2])}):\n'

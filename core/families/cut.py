@@ -34,6 +34,14 @@ def train_errors(cfg):
     return _data_errors(cfg, 'train') + checks.training_errors(cfg)
 
 
+def model_errors(cfg):
+    """The run's generator file (--checkpoints_dir/--name/--epoch): what every mode using a model needs."""
+    path = options.generator_path(cfg)
+    return [] if os.path.isfile(path) else [
+        f'--name/--epoch: {path} does not exist (train first, or give the --checkpoints_dir, '
+        f'--name and --epoch of a saved model)']
+
+
 def seg_weight_errors(cfg):
     """eval --seg_scores: the DRN-D-22 weight file (given, or in the weight cache) must be there before any work."""
     if cfg.mode != 'eval' or not cfg.seg_scores:
@@ -50,11 +58,7 @@ def seg_weight_errors(cfg):
 def translate_errors(cfg):
     """--mode translate and eval: the run's generator file, and the --src image(s) or the --dataroot test images."""
     cfg = options.with_run_flags(cfg)
-    path = options.generator_path(cfg)
-    errs = [] if os.path.isfile(path) else [
-        f'--name/--epoch: {path} does not exist (train first, or give the --checkpoints_dir, '
-        f'--name and --epoch of a saved model)']
-    errs += seg_weight_errors(cfg)
+    errs = model_errors(cfg) + seg_weight_errors(cfg)
     if cfg.src:
         return errs + checks.exists_errors(cfg, 'src')
     return errs + _data_errors(cfg, cfg.phase)
@@ -116,4 +120,10 @@ MODES = {mode.name: mode for mode in (
     Mode('demo', 'core.cut.demo:run_demo', checks.training_errors,
          lambda cfg: checks.folders(cfg, 'checkpoint_dir', 'sample_dir', 'result_dir'),
          'summer -> winter on the synthetic seasons in minutes on a CPU, with its quality figures'),
+    # The shared runners: they open the model through the Python API, which knows the family.
+    Mode('app', 'core.app:serve', model_errors, lambda cfg: {},
+         'a local web app on --host/--port translating A -> B with the --name/--epoch generator'),
+    Mode('export', 'core.export:export', lambda cfg: checks.export_errors(cfg) + model_errors(cfg),
+         lambda cfg: checks.folders(cfg, 'out') if cfg.out else {},
+         'the --name/--epoch generator as an ONNX file (image -> image) and model.json in --out'),
 )}
