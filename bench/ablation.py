@@ -1,7 +1,8 @@
 """Ablation of the patch-wise losses: same data, same seed, same steps, one table.
 
-    python bench/ablation.py [--configs NAME,NAME,...] [--add NAME='FLAGS'] [--steps N] [--seeds K]
-                             [--img_size S] [--batch_size B] [--out_dir DIR] [--reuse] [training flags of main.py]
+    python bench/ablation.py [--family stargan-v2|cut] [--configs NAME,NAME,...] [--add NAME='FLAGS'] [--steps N]
+                             [--seeds K] [--img_size S] [--batch_size B] [--out_dir DIR] [--reuse]
+                             [training flags of main.py]
 
 Renders the synthetic seasons data (--img_size, --num_train images per
 domain, drawn with --seed) once, then trains every selected configuration
@@ -28,6 +29,18 @@ again replaces those run folders, except with --reuse, which keeps every
 finished run whose flags are exactly the new ones (and scores it again). Extra flags after the runner's own are
 passed to every configuration (e.g. --arch hsrc, --n_patch 64). Timings are
 wall-clock on whatever else the machine is doing: compare them within one table.
+
+--family cut ablates the CUT family instead (CUT_CONFIGS; the flags of
+core/cut/options.py): summer -> winter on the same synthetic seasons (60 train
+and 32 val images per domain by default, the demo's), networks of the
+demo-cut preset's size (ngf = ndf = 16, 64 patches), batch 1, --steps as whole
+epochs (a multiple of --num_train // --batch_size, the last 2/5 of the epochs
+with linear learning-rate decay), trained through core.cut.trainer.train with
+the same StepTimer; each run's generator is scored with
+core.cut.demo.quality_scores (domain accuracy and structure of the summer val
+translations, next to the inputs unchanged). Extra flags are then CUT flags.
+Runs train on main.py's CPU threads (half the usable cores unless
+OMP_NUM_THREADS is set).
 """
 import argparse
 import csv
@@ -200,7 +213,8 @@ def peak_rss_mb():
 
 
 class StepTimer:
-    """A core.trainer.StepHook (both families' train loops call it): times every training step and keeps what measurements() needs."""
+    """A core.trainer.StepHook (both families' train loops call it): times every training step and keeps what
+    measurements() needs."""
 
     def __init__(self):
         self.times, self.stats = [], {}
