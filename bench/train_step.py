@@ -1,6 +1,7 @@
 """Time full training iterations on random tensors, count their FLOPs, compare with the device's peak.
 
-    python bench/train_step.py [training flags of main.py] [--iters N] [--nproc P]
+    python bench/train_step.py [training flags of main.py] [--iters N] [--nproc P] [--reference]
+    python bench/train_step.py --model cut --dataroot DIR [CUT flags] [--iters N] [--reference]
 
 Builds the training from the same flags as main.py (--mode train is implied;
 --amp, --channels_last, --compile, --tf32 and --r1_every included) on the
@@ -16,6 +17,18 @@ The last line is
     median_s_per_iter=<float> encoder_passes_per_g_step=<int> gflop_per_iter=<float> utilisation=<float>
 encoder_passes_per_g_step counts generator-encoder passes per G step;
 utilisation = (gflop_per_iter / median_s_per_iter) / peak GFLOP/s.
+
+--model cut times the CUT family's iteration instead (core.cut.trainer.train_step:
+one generator pass, D step, G step with the patch losses) at --crop_size on
+random A and B images; --dataroot is required by the flags but not read. Every
+timed step is in the first epoch (the release's lr and hDCE temperature
+schedules are constant within an epoch). Its encoder passes are G's full pass
+with the taps and the encoder pass of the translation.
+
+--reference also times a fixed workload before and after the benchmark (the
+median of REFERENCE_RUNS forward and backward passes of a 256-channel 3x3
+convolution on 1x256x64x64, fp32) and prints it with the load average, so that
+a figure can be set beside one measured at another time on a shared machine.
 
 --nproc P starts P processes with torch.distributed.run (OMP threads split among
 them on the CPU). --batch_size stays the global batch: each process times
@@ -50,6 +63,9 @@ from core.trainer import build_training, train_step  # noqa: E402
 
 PEAK_SHAPE = (8, 256, 64, 64)   # (N, C, H, W) of the peak convolutions: C in = C out = 256, 3x3, padding 1
 PEAK_REPS = 3
+REFERENCE_SHAPE = (1, 256, 64, 64)   # the fixed reference workload (--reference), fp32, contiguous
+REFERENCE_RUNS = 20
+CUT_EPOCH_STEPS = 10 ** 6   # the CUT family's timed steps all fall in its first epoch
 
 
 def random_batch(cfg, device, seed=0, rows=None):
@@ -65,16 +81,27 @@ def random_batch(cfg, device, seed=0, rows=None):
                  x_ref2=torch.randn(shape, generator=gen).to(device), y_ref=labels())
 
 
-def count_encoder_passes(generator):
-    """Wrap generator.run_encoder with a call counter; returns the counter (a one-item list)."""
+def count_encoder_passes(generator, names=('run_encoder',)):
+    """Wrap the generator's methods `names` with one call counter; returns the counter (a one-item list)."""
     calls = [0]
-    original = generator.run_encoder
 
-    def counted(*args, **kwargs):
-        calls[0] += 1
-        return original(*args, **kwargs)
-    generator.run_encoder = counted
+    def counting(original):
+        def counted(*args, **kwargs):
+            calls[0] += 1
+            return original(*args, **kwargs)
+        return counted
+    for name in names:
+        setattr(generator, name, counting(getattr(generator, name)))
     return calls
+
+
+def cut_batch(cfg, device, seed=0, rows=None):
+    """One CUT training batch of random A and B images at --crop_size (rows default: the batch)."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = cfg.batch_size if rows is None else rows
+    shape = (rows, 3, cfg.crop_size, cfg.crop_size)
+    return Munch(real_A=torch.randn(shape, generator=gen).to(device),
+                 real_B=torch.randn(shape, generator=gen).to(device))
 
 
 def time_iterations(one_iteration, iters, device):
@@ -139,6 +166,30 @@ def conv_peak_gflops(rt):
     return flops / statistics.median(times) / 1e9
 
 
+def reference_workload(runs=REFERENCE_RUNS):
+    """Median seconds of one forward and backward pass of the fixed reference convolution (fp32, CPU threads
+    as they are), and its GFLOP/s."""
+    n, c, h, w = REFERENCE_SHAPE
+    gen = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(c, c, 3, padding=1, bias=False)
+    x = torch.randn(REFERENCE_SHAPE, generator=gen).requires_grad_()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        conv(x).sum().backward()
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    return seconds, 3 * 2 * n * h * w * c * c * 9 / seconds / 1e9
+
+
+def reference_line(when):
+    """One line: the reference workload's median time and the load average (1, 5, 15 min) now."""
+    seconds, gflops = reference_workload()
+    load = os.getloadavg() if hasattr(os, 'getloadavg') else ()
+    return (f'reference_{when}: conv3x3_{"x".join(map(str, REFERENCE_SHAPE))}_fwd_bwd_fp32 median_of_{REFERENCE_RUNS}'
+            f'={seconds:.4f}s ({gflops:.1f} GFLOP/s) loadavg={",".join(f"{v:.2f}" for v in load) or "n/a"}')
+
+
 def r1_period(r1_every):
     """Iterations after which the lazy R1 schedule repeats (two D steps per iteration)."""
     return r1_every // math.gcd(r1_every, 2)
@@ -152,12 +203,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument('--iters', type=int, default=10)
     parser.add_argument('--nproc', type=int, default=1)
+    parser.add_argument('--reference', action='store_true')
     known, rest = parser.parse_known_args(argv)
     if '--mode' not in rest:
         rest = ['--mode', 'train'] + rest
     if known.nproc != 1 and distributed.env_world_size() == 1:
-        return run_cli(lambda: launch(rest, known.iters, known.nproc))
-    return run_cli(lambda: benchmark(parse_config(rest), known.iters))
+        return run_cli(lambda: launch(rest, known.iters, known.nproc, known.reference))
+    return run_cli(lambda: benchmark(parse_config(rest), known.iters, known.reference))
 
 
 def check(cfg, nproc=None):
@@ -172,39 +224,66 @@ def check(cfg, nproc=None):
         raise ConfigError('\n'.join(errs))
 
 
-def launch(argv, iters, nproc):
+def launch(argv, iters, nproc, reference=False):
     """Re-run this script in nproc processes under torch.distributed.run; their exit status."""
     check(parse_config(argv), nproc)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
     env = {**os.environ, 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', str(max(1, cpus // nproc)))}
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc),
-           os.path.abspath(__file__), '--iters', str(iters), *argv]
+           os.path.abspath(__file__), '--iters', str(iters), *(['--reference'] if reference else []), *argv]
     return subprocess.run(cmd, env=env).returncode
 
 
-def benchmark(cfg, iters):
-    """Print the figures of `iters` timed training iterations built from cfg (rank 0 prints)."""
+def is_cut(cfg):
+    """True for a config of the CUT family (--model cut)."""
+    return cfg.get('model') == 'cut'
+
+
+def benchmark(cfg, iters, reference=False):
+    """Print the figures of `iters` timed training iterations built from cfg (rank 0 prints); with reference,
+    the reference workload before and after them."""
     check(cfg)
     rt = distributed.setup(cfg)
     try:
+        before = reference_line('before') if reference and rt.rank == 0 else None
         figures = measure(cfg, rt, iters)
+        after = reference_line('after') if reference and rt.rank == 0 else None
     finally:
         distributed.shutdown()
     if rt.rank == 0:
+        for line in (before, after):
+            if line:
+                print(line)
         report(cfg, rt, iters, figures)
+
+
+def family_training(cfg, rt):
+    """(run, step(i) running training iteration i on a fixed random batch, encoder-pass counter, G steps per
+    iteration, iterations per timed sample) of cfg's family, on this process's rows."""
+    device, rows = rt.device, cfg.batch_size // rt.world_size
+    if is_cut(cfg):
+        from core.cut import trainer as cut
+        cfg = cfg.replace(steps_per_epoch=CUT_EPOCH_STEPS,
+                          total_iters=(cfg.n_epochs + cfg.n_epochs_decay) * CUT_EPOCH_STEPS)
+        run = cut.build_training(cfg, rt)
+        run.batch_part = rows
+        calls = count_encoder_passes(run.nets.G, ('forward_with_taps', 'encode'))
+        batch = cut_batch(cfg, device, seed=rt.rank, rows=rows)
+        return run, lambda step: cut.train_step(run, cfg, batch, step), calls, 1, 1
+    run = build_training(cfg, rt)
+    calls = count_encoder_passes(run.nets.generator)
+    batch = random_batch(cfg, device, seed=rt.rank, rows=rows)
+    return run, lambda step: train_step(run, cfg, batch, step, device), calls, 2, r1_period(cfg.r1_every)
 
 
 def measure(cfg, rt, iters):
     """The benchmark's figures, combined over the processes."""
     device = rt.device
-    run = build_training(cfg, rt)
-    calls = count_encoder_passes(run.nets.generator)
-    batch = random_batch(cfg, device, seed=rt.rank, rows=cfg.batch_size // rt.world_size)
-    period = r1_period(cfg.r1_every)
+    run, one_step, calls, g_steps, period = family_training(cfg, rt)
 
     def iterations(sample):
         for step in range(sample * period, (sample + 1) * period):
-            train_step(run, cfg, batch, step, device)
+            one_step(step)
     times, cpu_times = time_iterations(iterations, iters, device)
     per_iter = calls[0] // ((iters + 1) * period)   # every iteration, warm-up included, runs the same passes
     flops = count_flops(lambda: iterations(iters + 1)) / period
@@ -213,20 +292,24 @@ def measure(cfg, rt, iters):
                                             'peak': peak, 'cpu_s': statistics.median(cpu_times) / period})
     mean = {k: float(v) for k, v in mean.items()}
     params = sum(p.numel() for net in run.nets.values() for p in net.parameters())
-    return Munch(s_per_iter=mean['s'], cpu_s_per_iter=mean['cpu_s'], encoder_passes=per_iter // 2,
+    return Munch(s_per_iter=mean['s'], cpu_s_per_iter=mean['cpu_s'], encoder_passes=per_iter // g_steps,
                  gflop=mean['flops'] * rt.world_size / 1e9, peak_gflops=peak * rt.world_size, params=params,
                  period=period)
 
 
 def report(cfg, rt, iters, f):
     """The info lines and the figures line (last)."""
-    print(f'device={rt.device.type} arch={cfg.arch} img_size={cfg.img_size} batch_size={cfg.batch_size} '
+    model = (f'model=cut netG={cfg.netG} ngf={cfg.ngf} ndf={cfg.ndf} crop_size={cfg.crop_size} '
+             f'num_patches={cfg.num_patches} identity={cfg.identity}' if is_cut(cfg) else
+             f'arch={cfg.arch} img_size={cfg.img_size}')
+    print(f'device={rt.device.type} {model} batch_size={cfg.batch_size} '
           f'patch_losses={",".join(f"{n}={w}" for n, w in cfg.patch_losses) or "none"} '
           f'nce_layers={",".join(map(str, cfg.nce_layers)) if cfg.patch_losses else "-"} '
           f'params={f.params} threads={torch.get_num_threads()} iters={iters} '
           f'median_cpu_s_per_iter={f.cpu_s_per_iter:.4f}')
+    r1 = '' if is_cut(cfg) else f'r1_every={cfg.r1_every} '
     print(f'processes={rt.world_size} amp={cfg.amp} channels_last={cfg.channels_last} compile={cfg.compile} '
-          f'r1_every={cfg.r1_every} iters_per_sample={f.period} flops_counted=eager '
+          f'{r1}iters_per_sample={f.period} flops_counted=eager '
           f'peak_gflops={f.peak_gflops:.1f} peak_conv={"x".join(map(str, PEAK_SHAPE))}_3x3')
     utilisation = f.gflop / f.s_per_iter / f.peak_gflops
     print(f'median_s_per_iter={f.s_per_iter:.4f} encoder_passes_per_g_step={f.encoder_passes} '

@@ -114,3 +114,52 @@ def test_bad_flags_stop_before_any_training(tmp_path, capsys):
     err = capsys.readouterr().err
     assert 'configuration put' in err and '--put_negatives' in err
     assert not (tmp_path / 'abl').exists()
+
+
+def test_cut_family_configurations_are_valid_runs():
+    from core.config import parse_config
+    args, extra = ablation.parse_args(['--family', 'cut', '--steps', '120'])
+    assert (args.batch_size, args.num_train, args.num_val, args.out_dir) == (1, 60, 32, 'expr/ablation-cut')
+    expected = {'none': (), 'patchnce': ('patchnce',), 'dce': ('dce',), 'src+hdce': ('src', 'hdce'),
+                'put': ('put',), 'patchgcl': ('patchgcl',)}
+    for name, _, flags in ablation.select_configs('all', (), ablation.CUT_CONFIGS):
+        cfg = parse_config(ablation.run_flags(args, 'data', 'runs/' + name, flags, extra))
+        assert cfg.model == 'cut' and cfg.seed == 777 and cfg.crop_size == 32 and cfg.batch_size == 1
+        assert tuple(n for n, _ in cfg.patch_losses) == expected[name], name
+        assert cfg.identity == (name != 'none') and (cfg.n_epochs, cfg.n_epochs_decay) == (2, 0)
+        assert cfg.checkpoint_dir == 'runs/' + name + '/checkpoints' and cfg.domains == 'summer,winter'
+    hsrc = parse_config(ablation.run_flags(args, 'data', 'r', ablation.CUT_CONFIGS['src+hdce'][1], extra))
+    assert hsrc.patch_losses == (('src', 0.1), ('hdce', 1.0)) and hsrc.use_curriculum and hsrc.HDCE_gamma == 50
+    assert parse_config(ablation.run_flags(args, 'data', 'r', ablation.CUT_CONFIGS['put'][1], extra)).put_negatives == 5
+    with pytest.raises(UserError, match='unknown src$|unknown src;'):
+        ablation.select_configs('src', (), ablation.CUT_CONFIGS)
+
+
+def test_cut_family_steps_are_whole_epochs(tmp_path, capsys):
+    assert ablation.main(['--family', 'cut', '--configs', 'put', '--steps', '50', '--out_dir', str(tmp_path)]) == 1
+    assert '--steps 50' in capsys.readouterr().err and not (tmp_path / 'runs').exists()
+
+
+def test_tiny_cut_ablation_end_to_end(tmp_path, monkeypatch):
+    calls = []
+
+    def quality_scores(G, cfg, device):
+        calls.append((cfg.patch_losses, cfg.checkpoints_dir, cfg.seed))
+        assert type(G).__name__ == 'ResnetGenerator' and not G.training
+        return {'domain_acc': 0.5, 'domain_acc_input': 0.0, 'classifier_val_acc': 1.0, 'structure': 0.25,
+                'identity_structure': 0.3, 'num_translations': 2.0}
+
+    monkeypatch.setattr(ablation.FAMILIES['cut'], 'scorer', lambda: quality_scores)
+    out = tmp_path / 'abl'
+    assert ablation.main(['--family', 'cut', '--configs', 'src+hdce', '--steps', '2', '--num_train', '2',
+                          '--num_val', '2', '--seeds', '1', '--out_dir', str(out), '--num_patches', '8']) == 0
+    rows = list(csv.DictReader(io.StringIO((out / 'ablation.csv').read_text())))
+    assert list(rows[0]) == list(ablation.FAMILIES['cut'].columns) and len(rows) == 1
+    row = rows[0]
+    assert row['status'] == 'ok' and row['finite'] == 'True' and row['patch_losses'] == 'src=0.1 + hdce=1'
+    assert float(row['median_s_per_iter']) > 0 and row['domain_acc'] == '0.5' and row['identity_structure'] == '0.3'
+    assert calls == [((('src', 0.1), ('hdce', 1.0)), str(out), 777)]   # one classifier cache for every run
+    assert (out / 'runs' / 'src+hdce' / 'seed777' / 'checkpoints' / 'latest_net_G.pth').is_file()
+    md = (out / 'ablation.md').read_text()
+    assert '# Patch-loss ablation of the CUT family' in md and 'family: cut' in md
+    assert '| src+hdce | src=0.1 + hdce=1 | 1/1 |' in md and 'extra flags: --num_patches 8' in md

@@ -72,3 +72,39 @@ def test_uneven_split_names_the_flags(capsys):
 def test_impossible_precision_names_the_flag(capsys):
     assert bench.main([*TINY, '--amp', 'fp16']) == 1
     assert '--amp fp16' in capsys.readouterr().err
+
+
+CUT_TINY = ['--model', 'cut', '--dataroot', 'not-read', '--crop_size', '32', '--ngf', '8', '--ndf', '8',
+            '--num_patches', '16', '--netF_nc', '16', '--lambda_HDCE', '0.1', '--lambda_SRC', '0.05', '--dce_idt',
+            '--use_curriculum', '--HDCE_gamma', '50', '--HDCE_gamma_min', '10', '--device', 'cpu']
+
+
+def test_cut_family_figures():
+    out = subprocess.run([sys.executable, SCRIPT, *CUT_TINY, '--iters', '1'], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert 'model=cut netG=resnet_6blocks' in lines[-3] and 'patch_losses=src=0.05,hdce=0.1' in lines[-3]
+    figures = {k: float(v) for k, v in (item.split('=') for item in lines[-1].split())}
+    assert tuple(figures) == FIGURES
+    # G's pass with the taps over [real_A; real_B], then the encoder over [fake_B; idt_B]
+    assert_sane(figures)
+
+
+def test_cut_family_flops_grow_with_the_identity_path():
+    from core.cut import trainer as cut
+
+    def flops(flags):
+        cfg = parse_config(['--mode', 'train', *flags])
+        cfg = cfg.replace(steps_per_epoch=10, total_iters=10 * (cfg.n_epochs + cfg.n_epochs_decay))
+        run = cut.build_training(cfg, Runtime(0, 1, 0, torch.device('cpu')))
+        run.batch_part = 1
+        batch = bench.cut_batch(cfg, torch.device('cpu'))
+        return bench.count_flops(lambda: cut.train_step(run, cfg, batch, 0))
+    with_idt, without = flops(CUT_TINY), flops([f for f in CUT_TINY if f != '--dce_idt'])
+    assert with_idt > 1.5 * without > 0
+
+
+def test_reference_workload_line():
+    seconds, gflops = bench.reference_workload(runs=1)
+    assert seconds > 0 and gflops > 0
