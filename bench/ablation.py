@@ -374,7 +374,7 @@ def score_cut_run(scorer, run_dir, args):
     with open(os.path.join(run_dir, 'spec.json')) as f:
         cfg = parse_config(json.load(f)['flags'])
     device = resolve_device(args.device)
-    G = load_generator(cfg.replace(epoch='latest'), device)
+    G, _ = load_generator(cfg.replace(epoch='latest'), device)
     scores = scorer(G, cfg.replace(checkpoints_dir=args.out_dir, seed=args.seed), device)
     return {k: float(scores[k]) for k in CUT_QUALITY_KEYS if k in scores}
 
