@@ -2,13 +2,13 @@
 
     python bench/style_spread.py                          # the demo model (--preset demo --resume_iter latest)
     python bench/style_spread.py --resume_iter 600        # the demo run's step 600
-    python bench/style_spread.py [main.py flags] [--styles K] [--max_sources N] [--seed S]
+    python bench/style_spread.py [main.py flags] [--styles K] [--max_sources N] [--style_seed S]
 
 Every figure is a mean absolute difference in grey levels (0-255, over pixels and RGB channels)
 between two images of the same layout:
 
   model     The val images (up to --max_sources per season) are translated into each other season
-            with K latent styles (Translator.latent: the first K styles of --seed).
+            with K latent styles (Translator.latent: the first K styles of --style_seed).
               within psi 1.0   two of the K styles of one season, every pair, at psi 1.0
               within psi 0.5   the same at psi 0.5 (styles pulled halfway to the season's average)
               psi 0.5 vs 1.0   one style at psi 0.5 against itself at psi 1.0
@@ -128,7 +128,8 @@ def parse(argv):
                                      epilog='Other flags are main.py\'s checkpoint and data flags.')
     parser.add_argument('--styles', type=int, default=STYLES, help='styles per source and target season (>= 2)')
     parser.add_argument('--max_sources', type=int, default=MAX_SOURCES, help='val images per season to translate')
-    parser.add_argument('--seed', type=int, default=0, help='seed of the model\'s latent styles')
+    # Not --seed: that is main.py's flag (the seed of the truncation centres), passed on to the model.
+    parser.add_argument('--style_seed', type=int, default=0, help='seed of the model\'s latent styles')
     args, rest = parser.parse_known_args(argv)
     if args.styles < 2 or args.max_sources < 1:
         parser.error('--styles must be at least 2 and --max_sources at least 1')
@@ -150,7 +151,7 @@ def main(argv=None):
         seasons = list(params['domains'])
         if model.domains != seasons:
             raise UserError(f'the model\'s domains {model.domains} are not the dataset\'s {seasons}')
-        figures = model_figures(model, picked, seasons, args.styles, args.seed)
+        figures = model_figures(model, picked, seasons, args.styles, args.style_seed)
         figures.update(renderer_figures(picked, seasons, params['dataset'], args.styles, model.img_size))
         figures['ratio'] = figures['model_within'] / max(figures['renderer_within'], 1e-8)
         print(f'{model!r}: {len(picked)} sources x {len(seasons) - 1} target seasons x {args.styles} styles '
