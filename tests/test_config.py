@@ -213,7 +213,7 @@ def test_argv_is_parsed_once_and_the_flags_it_gives_are_run_facts(monkeypatch):
     # given on the command line, even when equal to the preset's value; neither a flag nor in the JSON
     assert cfg.facts.explicit_flags == ('mode', 'patch_loss', 'preset', 'val_batch_size')
     assert 'explicit_flags' not in cfg and 'domain_names' not in cfg and 'explicit_flags' not in cfg.to_json()
-    assert cfg.img_size == 32 and cfg.patch_losses == (('src', 0.1), ('hdce', 1.0), ('put', 2.0))
+    assert cfg.img_size == 32 and cfg.patch_losses == (('src', 0.01), ('hdce', 0.1), ('put', 2.0))
     assert parse_config(['--mode', 'train']).facts.explicit_flags == ('mode',)
     assert Config.from_json(cfg.to_json()) == cfg   # flags only: the facts do not take part
 

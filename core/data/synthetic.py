@@ -625,20 +625,25 @@ def _check_scene_args(dataset, domain, size):
         raise ValueError(f'image size must be an integer from {MIN_SIZE} to {MAX_SIZE}, got {size!r}')
 
 
-def render_scene(layout_seed, dataset, domain, size=64):
+def render_scene(layout_seed, dataset, domain, size=64, style_seed=None):
     """Render the layout drawn from `layout_seed` in one domain: uint8 (size, size, 3).
 
     The geometry depends only on layout_seed, so rendering one seed in every
     domain of a dataset gives paired images with the same structure. Rain,
     snowflakes and a slight colour jitter come from a (seed, dataset, domain)
-    stream, so they differ between domains but are deterministic.
+    stream, so they differ between domains but are deterministic. The image's
+    style within the domain (light, palette, sky) is drawn from style_seed,
+    by default the layout's own seed (as the datasets are drawn); another
+    style_seed renders the same scene in another style of the domain.
     """
     _check_scene_args(dataset, domain, size)
-    if not isinstance(layout_seed, (int, np.integer)) or layout_seed < 0:
-        raise ValueError(f'layout_seed must be a non-negative integer, got {layout_seed!r}')
-    layout_seed = int(layout_seed)
+    style_seed = layout_seed if style_seed is None else style_seed
+    for name, value in (('layout_seed', layout_seed), ('style_seed', style_seed)):
+        if not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f'{name} must be a non-negative integer, got {value!r}')
+    layout_seed, style_seed = int(layout_seed), int(style_seed)
     style_rng = np.random.default_rng(np.random.SeedSequence(
-        [layout_seed, _STREAM_STYLE, zlib.crc32(dataset.encode()), zlib.crc32(domain.encode())]))
+        [style_seed, _STREAM_STYLE, zlib.crc32(dataset.encode()), zlib.crc32(domain.encode())]))
     look = _vary_look(_look(dataset, domain), style_rng)
     layout = _draw_layout(layout_seed)
     rng = np.random.default_rng(np.random.SeedSequence(
