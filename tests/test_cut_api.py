@@ -12,7 +12,7 @@ from test_cut_training import cut_flags, cut_layout  # noqa: F401  (fixture)
 
 from core.config import parse_config
 from core.cut.data import eval_transform
-from core.cut.inference import truncated_png
+from core.cut.translate import truncated_png
 from core.cut.networks import ResnetGenerator
 from core.cut.trainer import build_generator
 from core.cut.translator import STYLE_METHODS, NoStyleError, OneSidedTranslator, run_domain_names

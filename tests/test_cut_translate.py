@@ -101,7 +101,7 @@ def test_eval_seg_scores_needs_the_segmenter_and_scores_the_label_inputs(cut_lay
     the FID, equal to metrics.cityscapes_seg on fake_B against real_A."""
     from core.config import parse_config
     from core.cut.evaluate import evaluate_segmentation
-    from core.cut.inference import translate
+    from core.cut.translate import translate
     from metrics.cityscapes_seg import paired_images, segmentation_scores
     from metrics.drn import DRNSeg
     assert main(cut_flags(cut_layout, tmp_path)) == 0

@@ -14,7 +14,8 @@ import time
 import torch
 
 from core.cut.data import domain_folders, eval_transform
-from core.cut.inference import load_generator, translate
+from core.cut.inference import load_generator
+from core.cut.translate import translate
 from core.cut.trainer import train
 from core.data.images import check_images, list_domains, list_images
 from core.data.loader import read_image

@@ -17,7 +17,7 @@ import json
 import os
 
 from core.cut.data import domain_folders
-from core.cut.inference import translate
+from core.cut.translate import translate
 from core.cut.options import with_run_flags
 from core.data.images import list_images
 from core.utils.device import resolve_device

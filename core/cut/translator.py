@@ -20,7 +20,7 @@ from core.cut.inference import FLAGS_HINT, load_generator
 from core.cut.options import generator_path, with_run_flags
 from core.inference import check_generated
 from core.runconfig import RunFacts
-from core.translator import DomainError, ImageModel
+from core.image_model import DomainError, ImageModel
 from core.utils.device import resolve_device
 from core.utils.errors import UserError
 from core.utils.fileio import ModelFileError

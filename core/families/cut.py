@@ -113,7 +113,7 @@ class CUT(Family):
 MODES = {mode.name: mode for mode in (
     Mode('train', 'core.cut.trainer:train', train_errors, lambda cfg: checks.folders(cfg, 'checkpoint_dir', 'sample_dir'),
          'train a one-sided model on --dataroot (trainA, trainB), or resume it (--continue_train)'),
-    Mode('translate', 'core.cut.inference:translate', translate_errors, lambda cfg: checks.folders(cfg, 'result_dir'),
+    Mode('translate', 'core.cut.translate:translate', translate_errors, lambda cfg: checks.folders(cfg, 'result_dir'),
          'translate --src (or the --dataroot test A images) A -> B with the --name/--epoch generator'),
     Mode('eval', 'core.cut.evaluate:evaluate', translate_errors, lambda cfg: checks.folders(cfg, 'result_dir'),
          'FID of the test A -> B translations against test B, as CUT and Hneg_SRC report it'),
