@@ -115,7 +115,8 @@ def app_figures(path, translator, repeats):
 def export_figures(path, out_dir):
     from core.config import parse_config
     from core.export import export
-    written = export(parse_config(['--mode', 'export', '--checkpoint_dir', path, '--out', out_dir]))
+    written = export(parse_config(['--mode', 'export', '--checkpoint_dir', path, '--resume_iter', 'latest',
+                                  '--out', out_dir]))
     for name, (file, diff) in written.items():
         print(f'{"export: " + name:38s} {os.path.getsize(file) / 2 ** 20:8.2f} MiB   max |ort - torch| {diff:.2g}')
 
