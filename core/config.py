@@ -8,11 +8,12 @@ w_hpf (0 here: the FAN high-pass path of the CelebA-HQ model is removed, see --w
 A config is built once (parse_config: one pass over argv), validated once,
 never mutated, saved as config.json with every run and stored inside every
 checkpoint; the record itself, and the run facts kept beside it, are
-core.runconfig. This module is the command line: --mode's choices and help
-come from core.modes, and every registered plug-in (patch losses of
-core/contrastive/, metrics of metrics/) adds and checks its own flags: no
-metric is named here, and patch losses only where the Hneg_SRC flags and the
-presets select them.
+core.runconfig. This module is the command line: the model family comes
+first (core.families.select), --mode's choices and help come from the
+families' tables of modes, and every registered plug-in (model families of
+core/families/, patch losses of core/contrastive/, metrics of metrics/) adds
+and checks its own flags: no family or metric is named here, and patch losses
+only where the Hneg_SRC flags select them.
 """
 import argparse
 import difflib
